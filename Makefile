@@ -1,0 +1,35 @@
+# mmvid set-up and jobs. `make demo` and `make test` each set everything up first on a fresh machine.
+#   TORCH_SPEC   the torch requirement installed before the project (default: the CPU build here)
+#   TORCH_INDEX  an extra index for it, e.g. https://download.pytorch.org/whl/cu128 on a GPU machine
+#   EXTRAS       the project extras (default dev; "dev,gpu" adds flash-attn)
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS      ?= dev
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.mmvid-installed
+
+.PHONY: setup demo test test-slow clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m mmvid.data.demo --out data/demo
+	$(PY) -m mmvid.data.validate data/demo/sft.json
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+clean-venv:
+	rm -rf $(VENV)

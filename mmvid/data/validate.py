@@ -1,0 +1,155 @@
+"""Check a LLaVA-format data file (yours or mmvid's) before training on it.
+
+    python -m mmvid.data.validate DATA.json [MORE.jsonl ...] [--video-root DIR] [--no-decode]
+                                  [--show 5] [--report report.json]
+
+Checks every sample: structure (turns alternate human/gpt), one `<video>` placeholder per
+video, no empty questions or answers, every video present and decodable (first and last frame,
+through `mmvid.data.read_video`). Prints a summary per data file; exits 0 when clean, 1 when any
+sample has an error, 2 when a data file cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmvid.data.conversations import (
+    VIDEO_PLACEHOLDER,
+    DataFormatError,
+    Problem,
+    check_sample,
+    load_conversations,
+    sample_videos,
+)
+from mmvid.data.video_io import VideoDecodeError, read_video
+
+
+@dataclass
+class Report:
+    path: str
+    samples: int = 0
+    videos: int = 0  # unique video files referenced
+    errors: dict[str, list[str]] = field(default_factory=dict)  # kind -> messages
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    def error(self, kind: str, message: str) -> None:
+        self.errors.setdefault(kind, []).append(message)
+
+    def warn(self, kind: str, message: str) -> None:
+        self.warnings.setdefault(kind, []).append(message)
+
+    @property
+    def num_errors(self) -> int:
+        return sum(len(v) for v in self.errors.values())
+
+
+def validate_file(
+    path: str | Path,
+    video_root: str | Path | None = None,
+    decode: bool = True,
+    placeholder: str = VIDEO_PLACEHOLDER,
+    progress: bool = True,
+) -> Report:
+    """Validate one data file. Raises FileNotFoundError / DataFormatError when it cannot be read."""
+    path = Path(path)
+    root = Path(video_root) if video_root is not None else path.parent
+    samples = load_conversations(path)
+    if not isinstance(samples, list):
+        raise DataFormatError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
+    report = Report(str(path), samples=len(samples))
+    users: dict[str, list[str]] = defaultdict(list)  # video path -> samples using it
+    ids = Counter()
+    for i, sample in enumerate(samples):
+        name = _name(sample, i)
+        for problem in check_sample(sample, placeholder):
+            report.error(problem.kind, f"{name}: {problem.message}")
+        if isinstance(sample, dict):
+            if "id" not in sample:
+                report.warn("missing_id", f"{name}: no 'id'")
+            else:
+                ids[str(sample["id"])] += 1
+            try:
+                for video in sample_videos(sample):
+                    users[video].append(name)
+            except TypeError:
+                pass  # a malformed 'video' is already reported
+    for sample_id, n in ids.items():
+        if n > 1:
+            report.warn("duplicate_id", f"id {sample_id!r} is used by {n} samples")
+    report.videos = len(users)
+    for video in tqdm(users, desc=f"checking videos of {path.name}", unit="video", disable=not progress):
+        problem = check_video(root / video, decode)
+        if problem is not None:
+            for name in users[video]:
+                report.error(problem.kind, f"{name}: {problem.message}")
+    return report
+
+
+def check_video(path: Path, decode: bool = True) -> Problem | None:
+    """None when the video exists (and decodes, with `decode`), else the problem."""
+    if not path.is_file():
+        return Problem("missing_video", f"video not found: {path}")
+    if not decode:
+        return None
+    try:
+        read_video(path, num_frames=2)
+    except (VideoDecodeError, ValueError) as e:
+        return Problem("unreadable_video", str(e))
+    return None
+
+
+def _name(sample, index: int) -> str:
+    if isinstance(sample, dict) and "id" in sample:
+        return f"sample {sample['id']!r} (#{index})"
+    return f"sample #{index}"
+
+
+def format_report(report: Report, show: int = 5) -> str:
+    lines = [f"{report.path}: {report.samples} samples, {report.videos} unique videos"]
+    for title, groups in (("error", report.errors), ("warning", report.warnings)):
+        for kind in sorted(groups):
+            items = groups[kind]
+            lines.append(f"  {title} {kind}: {len(items)}")
+            lines += [f"    {item}" for item in items[:show]]
+            if len(items) > show:
+                lines.append(f"    ... and {len(items) - show} more")
+    lines.append(f"  {'OK' if report.num_errors == 0 else f'FAILED: {report.num_errors} errors'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmvid.data.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
+    parser.add_argument("--video-root", help="folder the video paths are relative to (default: each data file's folder)")
+    parser.add_argument("--no-decode", action="store_true", help="only check that videos exist")
+    parser.add_argument("--placeholder", default=VIDEO_PLACEHOLDER, help="the video placeholder (default %(default)s)")
+    parser.add_argument("--show", type=int, default=5, help="examples shown per problem kind")
+    parser.add_argument("--report", help="also write the full report as JSON here")
+    args = parser.parse_args(argv)
+
+    status, reports = 0, []
+    for data in args.data:
+        try:
+            report = validate_file(data, args.video_root, decode=not args.no_decode, placeholder=args.placeholder)
+        except (FileNotFoundError, DataFormatError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 2
+            continue
+        reports.append(report)
+        print(format_report(report, args.show))
+        if report.num_errors:
+            status = max(status, 1)
+    if args.report:
+        Path(args.report).write_text(json.dumps([asdict(r) for r in reports], indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Shared fixtures: videos the tests write themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmvid.data import write_video
+from mmvid.testing import indexed_frames
+
+
+@pytest.fixture
+def make_video(tmp_path: Path):
+    """Factory: write an indexed clip (see mmvid.testing) and return its path."""
+
+    def make(name: str = "clip.mp4", num_frames: int = 24, fps: float = 8.0, height: int = 32, width: int = 32) -> Path:
+        return write_video(tmp_path / name, indexed_frames(num_frames, height, width), fps=fps)
+
+    return make
