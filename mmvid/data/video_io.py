@@ -21,8 +21,8 @@ that exist are returned and the last one is repeated to reach `num_frames`
 instead. "fps" sampling treats `num_frames` as a cap, so it never pads.
 
 Backends: decord (fast random access) with PyAV as the fallback. `backend="auto"` tries decord
-and then PyAV when decord is missing or fails on the file (decord 0.6 fails on some widths that
-are not a multiple of 32, for one); an explicit backend never falls back. Both backends
+and then PyAV when decord is missing or fails on the file (decord 0.6 fails on some frame widths,
+16, 24, 48 and 72 among them); an explicit backend never falls back. Both backends
 plan on the same per-frame presentation timestamps, so they return the same frames and times.
 Bad files raise `VideoDecodeError` (a `ValueError`) naming the path and what each backend said.
 """
