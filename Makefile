@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m mmvid.data.demo --out data/demo
-	$(PY) -m mmvid.data.validate data/demo/sft.json
+	$(PY) -m mmvid.data.shapes --out data/shapes
+	$(PY) -m mmvid.data.validate data/shapes/train/sft.jsonl data/shapes/val/sft.jsonl data/shapes/test/sft.jsonl
+	$(PY) -m mmvid.data.shapes.analyzer data/shapes --split test --limit 100
 
 test: setup
 	$(PY) -m pytest

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from mmvid.data import DataFormatError, check_sample, load_conversations
-from mmvid.data.demo import main as demo_main
 from mmvid.data.validate import main as validate_main
 from mmvid.data.validate import validate_file
 
@@ -102,10 +101,3 @@ def test_validate_runs_as_a_module(make_video, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "missing_video: 1" in out.stdout
-
-
-def test_demo_job_writes_a_valid_data_set(tmp_path):
-    out = tmp_path / "demo"
-    assert demo_main(["--out", str(out), "--videos", "3", "--frames", "6", "--size", "16"]) == 0
-    assert validate_main([str(out / "sft.json")]) == 0
-    assert len(list((out / "videos").glob("*.mp4"))) == 3
