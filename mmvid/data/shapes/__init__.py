@@ -6,9 +6,20 @@
 - `build`: writes a data set folder (`python -m mmvid.data.shapes --out data/shapes`).
 """
 
-from mmvid.data.shapes.analyzer import Analysis, TrackedObject, analyze, compare
 from mmvid.data.shapes.build import WorldExistsError, WorldSettings, build_world, load_truth, read_settings, scene_for
 from mmvid.data.shapes.world import ACTIONS, COLOURS, DEFAULT_HELD_OUT, SHAPES, ObjectSpec, Scene, render, sample_scene
+
+_ANALYZER = ("Analysis", "TrackedObject", "analyze", "compare")
+
+
+def __getattr__(name: str):
+    # The analyzer loads lazily, so `python -m mmvid.data.shapes.analyzer` does not import itself twice.
+    if name in _ANALYZER:
+        from mmvid.data.shapes import analyzer
+
+        return getattr(analyzer, name)
+    raise AttributeError(f"module 'mmvid.data.shapes' has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIONS",
