@@ -248,3 +248,12 @@ def test_analyzer_command_on_a_built_world(tiny_world):
     result = evaluate_split(out, "val", workers=1, progress=False)
     assert set(result) == {"rendered", "mp4"}
     assert result["rendered"]["count"][1] == TINY["val"]
+
+
+def test_action_distractors_follow_the_held_out_setting(tmp_path):
+    out = tmp_path / "w"
+    held_out = ("zigzag", "orbit", "shake", "spin", "bounce")  # bounce held out, pulse in the main world
+    build_world(out, WorldSettings(train=0, val=40, test=0, fewshot=0, frames=16, size=32, held_out=held_out), progress=False)
+    options = {o for line in (out / "val" / "tv_align.jsonl").read_text().splitlines()
+               for row in [json.loads(line)] if row["category"] == "action" for o in row["options"]}
+    assert "bounces" not in options and "pulses" in options

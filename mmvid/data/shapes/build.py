@@ -211,8 +211,8 @@ def write_text_files(out: Path, settings: WorldSettings, split: str) -> dict[str
         video, vid = video_name(i), f"{split}-{i:06d}"
         rng = np.random.default_rng([settings.seed, SPLIT_IDS[split], i, 1])  # text randomness, per video
         captions.append({"id": vid, "video": video, "captions": text.captions(scene, rng)})
-        sft.append(text.conversation(scene, video, vid, rng, sft_positions))
-        bench += text.benchmark_questions(scene, video, vid, rng, bench_positions)
+        sft.append(text.conversation(scene, video, vid, rng, sft_positions, settings.main_actions))
+        bench += text.benchmark_questions(scene, video, vid, rng, bench_positions, settings.main_actions)
         t2v.append({"id": vid, "video": video, **text.t2v_prompt(scene, rng)})
     for name, rows in (("captions", captions), ("sft", sft), ("tv_align", bench), ("t2v", t2v)):
         _write_jsonl(folder / f"{name}.jsonl", rows)

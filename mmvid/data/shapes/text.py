@@ -327,8 +327,11 @@ def _count_shape(scene: world.Scene, rng: np.random.Generator) -> str:
     return pool[int(rng.integers(len(pool)))]
 
 
-def _questions(scene: world.Scene, rng: np.random.Generator) -> list[_Question]:
-    """At most one question per category, in CATEGORIES order, skipping those not unambiguous."""
+def _questions(scene: world.Scene, rng: np.random.Generator, actions: tuple[str, ...] | None = None) -> list[_Question]:
+    """At most one question per category, in CATEGORIES order, skipping those not unambiguous.
+
+    `actions` is the world's action vocabulary that action distractors come from (default: every
+    action not held out by default)."""
     _check_scene(scene)
     objects = scene.objects
     if not objects:
@@ -354,7 +357,9 @@ def _questions(scene: world.Scene, rng: np.random.Generator) -> list[_Question]:
         questions.append(_Question("count", f"How many {shape} shapes are there?", answer,
                                    _others(rng, numbers, answer), reply=answer))
     obj = objects[int(rng.integers(len(objects)))]
-    seen = [ACTION_PHRASES[a] for a in world.ACTIONS if a not in world.DEFAULT_HELD_OUT]
+    if actions is None:
+        actions = tuple(a for a in world.ACTIONS if a not in world.DEFAULT_HELD_OUT)
+    seen = [ACTION_PHRASES[a] for a in actions]
     answer = ACTION_PHRASES[obj.action]
     questions.append(_Question("action", f"What does {_the(obj)} do?", answer, _others(rng, seen, answer),
                                reply=f"it {action_phrase(obj)}"))
@@ -382,7 +387,8 @@ def _with_letters(q: _Question, positions: dict[str, int], rng: np.random.Genera
 
 
 def benchmark_questions(
-    scene: world.Scene, video: str, id_prefix: str, rng: np.random.Generator, positions: dict[str, int]
+    scene: world.Scene, video: str, id_prefix: str, rng: np.random.Generator, positions: dict[str, int],
+    actions: tuple[str, ...] | None = None,
 ) -> list[dict]:
     """TV-Align-style multiple-choice questions about one video, at most one per category.
 
@@ -391,6 +397,7 @@ def benchmark_questions(
         id_prefix: each question's id is f"{id_prefix}-{category}".
         positions: category -> count of questions so far, owned by the caller (start with {}) and
             updated here, so the answers of a split spread evenly over A-D.
+        actions: the actions action distractors are drawn from (default: those not held out by default).
 
     Returns:
         dicts {"id", "video", "question", "options" (4 distinct strings), "answer" (a letter),
@@ -400,7 +407,7 @@ def benchmark_questions(
         ValueError: a colour used twice in the scene, or an unknown attribute.
     """
     result = []
-    for q in _questions(scene, rng):
+    for q in _questions(scene, rng, actions):
         options, letter = _with_letters(q, positions, rng)
         result.append({"id": f"{id_prefix}-{q.category}", "video": video, "question": q.question,
                        "options": options, "answer": letter, "answer_text": q.answer, "category": q.category})
@@ -413,7 +420,8 @@ def benchmark_questions(
 
 
 def conversation(
-    scene: world.Scene, video: str, sample_id: str, rng: np.random.Generator, positions: dict[str, int]
+    scene: world.Scene, video: str, sample_id: str, rng: np.random.Generator, positions: dict[str, int],
+    actions: tuple[str, ...] | None = None,
 ) -> dict:
     """One LLaVA-format SFT sample: a caption turn, then 2-4 question turns, at least one multiple-choice.
 
@@ -424,6 +432,7 @@ def conversation(
     Args:
         positions: balancing counters for the multiple-choice answers (see `benchmark_questions`);
             keep a separate dict from the benchmark's.
+        actions: as in `benchmark_questions`.
 
     Raises:
         ValueError: a scene without objects, or a bad scene.
@@ -432,7 +441,7 @@ def conversation(
     request = CAPTION_REQUESTS[int(rng.integers(len(CAPTION_REQUESTS)))]
     turns = [(f"{VIDEO_PLACEHOLDER}\n{request}", caption)]
     num_turns = int(rng.integers(2, 5))
-    pool = _questions(scene, rng)
+    pool = _questions(scene, rng, actions)
     pool = [pool[i] for i in rng.permutation(len(pool))]
     num_choice = int(rng.integers(1, min(num_turns, len(pool)) + 1))
     qa = []
