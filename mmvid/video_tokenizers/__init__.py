@@ -1,0 +1,78 @@
+"""Video tokenizers behind one interface (`VideoTokenizer`), and their registry.
+
+    from mmvid.video_tokenizers import build_video_tokenizer, load_video_tokenizer, VIDEO_TOKENIZERS
+    tok = build_video_tokenizer("vtok_base", token_dim=16)   # preset + overrides
+    with torch.device("meta"):                                # counts without memory
+        big = build_video_tokenizer("vtok_clip_l336")
+
+The library lives here (not in the top-level `tokenizers/` job folder, which would shadow Hugging
+Face's `tokenizers`); "video tokenizer" also keeps these apart from the LLM's text tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TokenLayout, VideoTokenizer, config_from_dict
+from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
+from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
+
+VIDEO_TOKENIZERS = {
+    "frames_tiny": frames_tiny,
+    "frames_base": frames_base,
+    "frames_base_full": frames_base_full,
+    "vtok_tiny": vtok_tiny,
+    "vtok_base": vtok_base,
+    "vtok_clip_l336": vtok_clip_l336,
+}
+ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok}
+
+
+def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
+    """A preset by name, with config fields overridden. Raises KeyError for an unknown name."""
+    if name not in VIDEO_TOKENIZERS:
+        raise KeyError(f"unknown video tokenizer {name!r}; known: {sorted(VIDEO_TOKENIZERS)}")
+    tokenizer = VIDEO_TOKENIZERS[name](**overrides)
+    tokenizer.preset = name
+    return tokenizer
+
+
+def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VideoTokenizer:
+    """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a video tokenizer checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    record = json.loads((path / CONFIG_FILE).read_text())
+    if record.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+    architecture = record.get("architecture")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[architecture]
+    data = dict(record["config"])
+    if "hf_path" in data:
+        data["hf_path"] = None  # the checkpoint's own weights include the vision model
+    tokenizer = cls(config_from_dict(cls.config_class, data))
+    tokenizer.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(map_location)))
+    tokenizer.preset = record.get("preset")
+    return tokenizer
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "VIDEO_TOKENIZERS",
+    "FramesConfig",
+    "FramesTokenizer",
+    "TokenLayout",
+    "VTok",
+    "VTokConfig",
+    "VideoTokenizer",
+    "build_video_tokenizer",
+    "load_video_tokenizer",
+]

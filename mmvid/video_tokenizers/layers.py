@@ -1,0 +1,145 @@
+"""Transformer building blocks shared by the video tokenizers (ViT encoder, attention pooling,
+the grid decoder). Attention goes through `F.scaled_dot_product_attention`, which picks flash or
+memory-efficient kernels on GPU and a plain implementation on CPU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when `context` is None."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
+        mask = None
+        if key_padding_mask is not None:  # bool (B, M), True = attend
+            mask = key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention then MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A frame encoder: patchify, learned positions, transformer blocks, final norm.
+
+    (B, 3, H, W) -> (B, S, dim) with S = (H / patch_size) * (W / patch_size).
+    """
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int):
+        super().__init__()
+        self.grid = image_size // patch_size
+        self.patch = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
+        self.blocks = nn.ModuleList([Block(dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.patch(x), "b d h w -> b (h w) d") + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class AttentionPool(nn.Module):
+    """K learned queries cross-attend to a set of features, then an MLP: (B, S, dim) -> (B, K, out)."""
+
+    def __init__(self, dim: int, num_queries: int, num_heads: int, out: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(1, num_queries, dim))
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm_out = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, 4 * dim, out)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        q = self.queries.expand(features.shape[0], -1, -1)
+        x = q + self.attn(self.norm_q(q), self.norm_kv(features))
+        return self.mlp(self.norm_out(x))
+
+
+class GridDecoder(nn.Module):
+    """Renders one frame from a few memory tokens (TiTok-style): learned patch-grid queries and the
+    memory run through joint self-attention; the grid outputs become pixel patches.
+
+    (B, M, dim) memory -> (B, 3, H, W) in roughly [-1, 1].
+    """
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int):
+        super().__init__()
+        self.grid, self.patch_size = image_size // patch_size, patch_size
+        self.queries = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
+        self.blocks = nn.ModuleList([Block(dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 3 * patch_size * patch_size)
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        n = self.grid * self.grid
+        x = torch.cat([self.queries.expand(memory.shape[0], -1, -1), memory], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        patches = self.head(self.norm(x[:, :n]))  # (B, S, 3 p p)
+        return rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid, p=self.patch_size, q=self.patch_size)
+
+
+def grid_positions(grid: int) -> torch.Tensor:
+    """(grid*grid, 2) cell centres (y, x) in [0, 1], row-major."""
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([yy.flatten(), xx.flatten()], dim=1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT-style init: truncated-normal linear and conv weights, zero biases, unit LayerNorms;
+    learned queries and positions start at std 0.02 so they are distinct from step one."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for name, p in module.named_parameters():
+        if name.endswith(("queries", "pos")) and p.dim() == 3:
+            nn.init.trunc_normal_(p, std=0.02)

@@ -1,0 +1,100 @@
+"""Reconstruction objectives for video tokenizers, kept apart from the models.
+
+MSE on pixels always; a perceptual term (VGG16 feature distance, LPIPS-style without its learned
+channel weights) when VGG16 weights are available as a local file. Nothing is downloaded: without
+weights the perceptual term is off and `build_perceptual_loss` logs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+log = logging.getLogger(__name__)
+
+# VGG16's convolutional stack ("M" = max-pool); the feature taps are after relu1_2 .. relu5_3.
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_TAPS = (3, 8, 15, 22, 29)  # indices in `features` after which a feature map is taken
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PerceptualLoss(nn.Module):
+    """Mean squared distance between unit-normalised VGG16 features of two videos, frame by frame.
+
+    The weights file holds torchvision-style keys `features.N.weight/bias` (safetensors or a
+    PyTorch state dict, read with `weights_only=True`).
+    """
+
+    def __init__(self, weights_path: str | Path):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for v in _VGG16:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=False)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.features.load_state_dict(_read_state(weights_path), strict=True)
+        self.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y: (B, C, T, H, W) in [-1, 1] -> scalar."""
+        a = (rearrange(x, "b c t h w -> (b t) c h w") + 1) / 2
+        b = (rearrange(y, "b c t h w -> (b t) c h w") + 1) / 2
+        a, b = (a - self.mean) / self.std, (b - self.mean) / self.std
+        loss = x.new_zeros(())
+        for i, layer in enumerate(self.features):
+            a, b = layer(a), layer(b)
+            if i in _TAPS:
+                loss = loss + (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean()
+            if i >= _TAPS[-1]:
+                break
+        return loss
+
+
+def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.") or k[0].isdigit()}
+
+
+def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
+    """The perceptual loss when its weights file exists, else None (with a warning if one was named)."""
+    if not weights_path:
+        return None
+    if not Path(weights_path).is_file():
+        log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)", weights_path)
+        return None
+    return PerceptualLoss(weights_path)
+
+
+def reconstruction_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    perceptual: PerceptualLoss | None = None,
+    perceptual_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MSE (+ weight * perceptual). Returns the loss and its parts for logging."""
+    mse = F.mse_loss(reconstruction, target)
+    parts = {"mse": float(mse.detach())}
+    loss = mse
+    if perceptual is not None and perceptual_weight > 0:
+        p = perceptual(reconstruction, target)
+        parts["perceptual"] = float(p.detach())
+        loss = loss + perceptual_weight * p
+    return loss, parts

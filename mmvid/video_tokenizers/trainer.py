@@ -1,0 +1,241 @@
+"""Training any video tokenizer: one visible loop, single process or DDP under torchrun.
+
+    python tokenizers/train.py --config tokenizers/vtok/vtok_base.yaml [key=value ...]
+    torchrun --nproc_per_node 2 tokenizers/train.py --config tokenizers/vtok/vtok_tiny.yaml
+
+Data: a built synthetic world (default `data/shapes`, built on first use if missing), any folder
+of videos, or a .txt list (`data.source`). Each step: encode -> decode -> loss (from `losses.py`)
+-> backward -> clip -> AdamW step. Every `val_every` steps: PSNR and SSIM on validation videos.
+Every `checkpoint_every` steps: an atomic checkpoint (weights, optimizer, scheduler, sampler
+position, RNG); re-running the same command after a kill resumes from the newest. At the end:
+`save_pretrained` to `<out>/final`, loadable with `load_video_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mmvid.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from mmvid.config import config_to_dict, save_config
+from mmvid.data.video_dataset import ResumableSampler, VideoClipDataset, list_videos
+from mmvid.metrics import psnr, ssim
+from mmvid.video_tokenizers import build_video_tokenizer
+from mmvid.video_tokenizers.base import VideoTokenizer
+from mmvid.video_tokenizers.losses import build_perceptual_loss, reconstruction_loss
+
+log = logging.getLogger("mmvid.tokenizer_train")
+DEFAULT_WORLD = "data/shapes"
+
+
+@dataclass
+class DataConfig:
+    source: str = DEFAULT_WORLD  # a synthetic-world folder, a folder of videos, or a .txt list of paths
+    train_split: str | None = "train"  # world split (or subfolder); None for a plain folder / list
+    val_split: str | None = "val"
+    val_source: str | None = None  # validation videos from elsewhere (default: `source`)
+    num_frames: int = 16
+    size: int = 64  # frames are resized (short side) and centre-cropped to size x size
+    sampling: str = "uniform"  # "uniform" or "clip"
+    num_workers: int = 0  # DataLoader worker processes
+    build_world: bool = True  # build the default synthetic world when `source` is it and it is missing
+
+
+@dataclass
+class TokenizerTrainConfig:
+    model: str = "vtok_base"  # a preset of mmvid.video_tokenizers.VIDEO_TOKENIZERS
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # preset config fields to change
+    data: DataConfig = field(default_factory=DataConfig)
+    out: str = "runs/tokenizer"  # run folder: config, metrics.jsonl, checkpoints/, final/
+    steps: int = 2000  # optimizer steps
+    max_minutes: float | None = None  # also stop after this much training time (equal-time comparisons)
+    batch_size: int = 8  # videos per step per process
+    lr: float = 3e-4
+    warmup_steps: int = 100  # linear warm-up, then constant
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # VGG16 weights file for the perceptual term (MSE only without)
+    log_every: int = 10
+    val_every: int = 200
+    val_videos: int = 32
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.val_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world_size, torch.device("cuda", local)
+    return rank, world_size, torch.device("cpu")
+
+
+def ensure_data(cfg: DataConfig) -> None:
+    """Build the default synthetic world when it is the source and missing."""
+    if Path(cfg.source).exists() or not cfg.build_world or Path(cfg.source) != Path(DEFAULT_WORLD):
+        return
+    from mmvid.data.shapes.build import WorldSettings, build_world
+
+    log.info("building the default synthetic world at %s", cfg.source)
+    build_world(cfg.source, WorldSettings(), workers=min(4, os.cpu_count() or 1))
+
+
+@torch.no_grad()
+def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader, device: torch.device) -> dict[str, float]:
+    """Mean PSNR and SSIM (on [-1, 1], data range 2) of encode -> decode over the given videos."""
+    was_training = tokenizer.training
+    tokenizer.eval()
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
+    for batch in videos:
+        x = (batch["video"] if isinstance(batch, dict) else batch).to(device)
+        y = tokenizer.decode(tokenizer.encode(x), num_frames=x.shape[2]).clamp(-1, 1)
+        scores["psnr"] += psnr(y, x).tolist()
+        scores["ssim"] += ssim(y, x).tolist()
+    tokenizer.train(was_training)
+    return {k: float(sum(v) / len(v)) for k, v in scores.items()}
+
+
+def _write_metrics(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def run(cfg: TokenizerTrainConfig) -> dict[str, float]:
+    """Train (or resume) and return the final validation metrics."""
+    rank, world_size, device = setup_distributed(cfg.device)
+    main = rank == 0
+    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    if main:
+        ensure_data(cfg.data)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if world_size > 1:
+        dist.barrier()
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
+    model = tokenizer
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(tokenizer, device_ids=[device.index] if device.type == "cuda" else None)
+    d = cfg.data
+    train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True)
+    val_videos = list_videos(d.val_source or d.source, d.val_split)[: cfg.val_videos]
+    val_loader = DataLoader(VideoClipDataset(val_videos, d.num_frames, d.size), batch_size=cfg.batch_size)
+
+    params = [p for p in tokenizer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    perceptual = build_perceptual_loss(cfg.perceptual_weights)
+    if perceptual is not None:
+        perceptual.to(device)
+
+    step, trained_seconds = 0, 0.0
+    last = latest_checkpoint(out)
+    if last is not None:  # resume exactly where the newest complete checkpoint stopped
+        state = load_checkpoint(last, tokenizer)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        step, trained_seconds = state["step"], state["trained_seconds"]
+        if main:
+            log.info("resumed from %s (step %d)", last, step)
+
+    metrics_path = out / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"training {cfg.model}", unit="step", disable=not main)
+    budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
+    val: dict[str, float] = {}
+    done = step >= cfg.steps or trained_seconds >= budget
+    while not done:
+        for batch in loader:
+            start = time.perf_counter()
+            x = batch["video"].to(device)
+            reconstruction = model(x)
+            loss, parts = reconstruction_loss(reconstruction, x, perceptual, cfg.perceptual_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            optimizer.step()
+            scheduler.step()
+            sampler.advance(len(batch["index"]))
+            step += 1
+            seconds = time.perf_counter() - start
+            trained_seconds += seconds
+            bar.update()
+            if main and step % cfg.log_every == 0:
+                rate = cfg.batch_size * world_size / seconds
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", videos_s=f"{rate:.1f}")
+                _write_metrics(metrics_path, {"step": step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm),
+                                              "lr": scheduler.get_last_lr()[0], "videos_per_s": rate, "seconds": trained_seconds})
+            done = step >= cfg.steps or trained_seconds >= budget
+            if main and (step % cfg.val_every == 0 or done):
+                val = evaluate(tokenizer, val_loader, device)
+                bar.write(f"step {step}: val psnr {val['psnr']:.2f} dB, ssim {val['ssim']:.4f}")
+                _write_metrics(metrics_path, {"step": step, "val_psnr": val["psnr"], "val_ssim": val["ssim"], "seconds": trained_seconds})
+            if step % cfg.checkpoint_every == 0 or done:
+                if main:
+                    save_checkpoint(out, step, tokenizer, {
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "sampler": sampler.state_dict(), "trained_seconds": trained_seconds,
+                        "config": config_to_dict(cfg)}, keep=cfg.keep_checkpoints)
+                if world_size > 1:
+                    dist.barrier()
+            if done:
+                break
+        else:
+            sampler.set_epoch(sampler.epoch + 1)
+    bar.close()
+    if main:
+        tokenizer.save_pretrained(out / "final")
+        if not val:
+            val = evaluate(tokenizer, val_loader, device)
+        summary = {"step": step, "trained_seconds": round(trained_seconds, 1), "val_psnr": val["psnr"], "val_ssim": val["ssim"]}
+        (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("saved %s: %s", out / "final", summary)
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return val

@@ -1,0 +1,242 @@
+"""The video tokenizer interface, the frame-sampling baseline and VTok."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+
+import pytest
+import torch
+
+from mmvid.data import frames_to_tensor
+from mmvid.data.shapes.world import render, sample_scene
+from mmvid.metrics import psnr
+from mmvid.video_tokenizers import VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers.losses import PerceptualLoss, build_perceptual_loss, reconstruction_loss
+
+FRAME_COUNTS = (8, 16, 32, 64, 128)
+
+
+def _video(batch=2, frames=8, size=32, seed=0) -> torch.Tensor:
+    """A batch of synthetic-world clips in the model layout."""
+    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+
+
+# ---------------------------------------------------------------- registry and counts
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(KeyError, match="vtok_base"):
+        build_video_tokenizer("vtok_huge")
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_TOKENIZERS))
+def test_every_preset_builds_on_meta_with_exact_counts(name):
+    with torch.device("meta"):
+        tok = build_video_tokenizer(name)
+    assert tok.preset == name and sum(p.numel() for p in tok.parameters()) > 0
+    size, c = tok.config.image_size, tok.config
+    for T in FRAME_COUNTS:
+        n = tok.num_tokens(T, size, size)
+        if name.startswith("vtok"):
+            assert n == c.key_tokens + math.ceil((T - 1) / c.temporal_stride)
+        else:
+            assert n == T * c.tokens_per_frame
+        assert tok.token_layout(T, size, size).num_tokens == n
+
+
+def test_paper_layouts():
+    with torch.device("meta"):
+        clip = build_video_tokenizer("vtok_clip_l336")
+    assert clip.config.key_tokens == 576 and clip.num_tokens(16, 336, 336) == 576 + 15
+    assert build_video_tokenizer("vtok_base").num_tokens(16, 64, 64) == 64 + 15
+    assert build_video_tokenizer("frames_base").num_tokens(16, 64, 64) == 80  # within 2% of VTok's 79
+    assert build_video_tokenizer("frames_base_full").num_tokens(16, 64, 64) == 16 * 64
+
+
+def test_temporal_stride_counts_and_decodes():
+    tok = build_video_tokenizer("vtok_tiny", temporal_stride=3)
+    video = _video(frames=8)
+    tokens = tok.encode(video)
+    assert tokens.shape[1] == 16 + math.ceil(7 / 3) == tok.num_tokens(8, 32, 32)
+    assert tok.decode(tokens, num_frames=8).shape == video.shape
+    with pytest.raises(ValueError, match="num_frames"):
+        tok.decode(tokens)
+
+
+# ---------------------------------------------------------------- encode / decode
+
+
+@pytest.mark.parametrize("name", ["frames_tiny", "vtok_tiny"])
+def test_round_trip_shapes_and_layout(name):
+    tok = build_video_tokenizer(name)
+    video = _video(frames=8)
+    tokens = tok.encode(video)
+    assert tokens.shape == (2, tok.num_tokens(8, 32, 32), tok.token_dim)
+    assert tok.decode(tokens, num_frames=8).shape == video.shape
+    layout = tok.token_layout(8, 32, 32)
+    assert layout.group.shape == layout.time.shape == (tokens.shape[1],)
+    assert layout.position.shape == (tokens.shape[1], 3)
+    assert not layout.discrete and tok.codebook_size is None
+
+
+def test_vtok_layout_says_key_then_residuals():
+    tok = build_video_tokenizer("vtok_tiny")
+    layout = tok.token_layout(8, 32, 32)
+    assert layout.groups == ("key", "residual")
+    assert layout.group.tolist() == [0] * 16 + [1] * 7
+    assert layout.time.tolist() == [0] * 16 + list(range(1, 8))
+    middle = build_video_tokenizer("vtok_tiny", key_frame="middle").token_layout(8, 32, 32)
+    assert middle.time.tolist() == [3] * 16 + [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_key_frame_tokens_do_not_depend_on_later_frames():
+    tok = build_video_tokenizer("vtok_tiny")
+    video = _video(frames=8)
+    changed = video.clone()
+    changed[:, :, 1:] = torch.rand_like(changed[:, :, 1:]) * 2 - 1
+    a, b = tok.encode(video), tok.encode(changed)
+    torch.testing.assert_close(a[:, :16], b[:, :16])
+    assert not torch.allclose(a[:, 16:], b[:, 16:])
+
+
+def test_static_video_gives_identical_residual_tokens():
+    tok = build_video_tokenizer("vtok_tiny")
+    still = _video(frames=2)[:, :, :1].expand(-1, -1, 8, -1, -1).contiguous()
+    residual = tok.encode(still)[:, 16:]
+    torch.testing.assert_close(residual, residual[:, :1].expand_as(residual))
+    moving = tok.encode(_video(frames=8))[:, 16:]
+    assert (moving - moving[:, :1]).abs().max() > 1e-4
+
+
+def test_max_change_key_frame_needs_its_index_to_decode():
+    tok = build_video_tokenizer("vtok_tiny", key_frame="max_change")
+    video = _video(frames=8)
+    video[:, :, 5:] = -video[:, :, 5:]  # a cut at frame 5
+    tokens, keys = tok.encode(video, return_key_index=True)
+    assert keys.tolist() == [5, 5]
+    assert tok.decode(tokens, num_frames=8, key_index=keys).shape == video.shape
+    with pytest.raises(ValueError, match="key_index"):
+        tok.decode(tokens, num_frames=8)
+
+
+@pytest.mark.parametrize(
+    "video, match",
+    [
+        (torch.zeros(3, 8, 32, 32), "rank 5"),
+        (torch.zeros(1, 1, 8, 32, 32), "3 colour channels"),
+        (torch.zeros(1, 3, 1, 32, 32), "at least 2 frames"),
+        (torch.zeros(1, 3, 8, 48, 48), "expects 32x32"),
+        (torch.zeros(1, 3, 8, 32, 32, dtype=torch.uint8), "float video"),
+    ],
+)
+def test_bad_input_says_what_was_expected(video, match):
+    with pytest.raises(ValueError, match=match):
+        build_video_tokenizer("vtok_tiny").encode(video)
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="key_frame"):
+        build_video_tokenizer("vtok_tiny", key_frame="last")
+    with pytest.raises(ValueError, match="pool_size"):
+        build_video_tokenizer("frames_tiny", pool="grid", pool_size=9)
+    with pytest.raises(ValueError, match="hf_path"):
+        build_video_tokenizer("vtok_tiny", feature_extractor="hf")
+
+
+# ---------------------------------------------------------------- save / load / training
+
+
+@pytest.mark.parametrize("name, overrides", [("frames_tiny", {}), ("frames_tiny", {"pool": "queries", "pool_size": 3}),
+                                             ("vtok_tiny", {}), ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2})])
+def test_save_then_load_gives_identical_outputs(tmp_path, name, overrides):
+    tok = build_video_tokenizer(name, **overrides).eval()
+    video = _video(frames=8)
+    tok.save_pretrained(tmp_path)
+    again = load_video_tokenizer(tmp_path).eval()
+    assert again.preset == name and again.config == tok.config
+    torch.testing.assert_close(again.encode(video), tok.encode(video), rtol=0, atol=0)
+    torch.testing.assert_close(again(video), tok(video), rtol=0, atol=0)
+
+
+def test_load_rejects_what_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a video tokenizer checkpoint"):
+        load_video_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["frames_tiny", "vtok_tiny"])
+def test_one_batch_overfits(name):
+    torch.manual_seed(0)
+    tok = build_video_tokenizer(name)
+    video = _video(batch=2, frames=8)
+    optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
+    with torch.no_grad():
+        start = psnr(tok(video).clamp(-1, 1), video).mean().item()
+    for _ in range(150):
+        loss, _ = reconstruction_loss(tok(video), video)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        end = psnr(tok(video).clamp(-1, 1), video).mean().item()
+    assert end > start + 8, (start, end)
+
+
+# ---------------------------------------------------------------- the frozen Hugging Face feature extractor
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    model = CLIPVisionModel(config).eval()
+    folder = tempfile.mkdtemp(prefix="tiny-clip-")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_vtok_with_a_frozen_hf_vision_model(tiny_clip, tmp_path):
+    folder, clip = tiny_clip
+    tok = build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_path=folder).eval()
+    assert tok.config.dim == 32 and tok.config.hf_config["model_type"] == "clip_vision_model"
+    assert not any(p.requires_grad for p in tok.features.parameters())
+    video = _video(frames=4)
+    feats = tok.frame_features(video)
+    pixels = ((video[:, :, 0] + 1) / 2 - tok.features.mean) / tok.features.std
+    expected = clip(pixel_values=pixels).last_hidden_state[:, 1:]  # the pretrained weights, no class token
+    torch.testing.assert_close(feats[:, 0], expected, rtol=1e-4, atol=1e-5)
+    assert tok.encode(video).shape == (2, 16 + 3, 8)
+    tok.save_pretrained(tmp_path)
+    again = load_video_tokenizer(tmp_path).eval()  # rebuilt from the stored config, weights from safetensors
+    torch.testing.assert_close(again.encode(video), tok.encode(video))
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    probe = PerceptualLoss.__new__(PerceptualLoss)
+    torch.nn.Module.__init__(probe)
+    layers, channels = [], 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+            layers.append(torch.nn.MaxPool2d(2))
+        else:
+            layers += [torch.nn.Conv2d(channels, v, 3, padding=1), torch.nn.ReLU()]
+            channels = v
+    weights = {f"features.{k}": v for k, v in torch.nn.Sequential(*layers).state_dict().items()}
+    save_file(weights, str(tmp_path / "vgg16.safetensors"))
+    loss = build_perceptual_loss(str(tmp_path / "vgg16.safetensors"))
+    a, b = _video(batch=1, frames=2), _video(batch=1, frames=2, seed=5)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6) and loss(a, b).item() > 0
+    total, parts = reconstruction_loss(b, a, loss, perceptual_weight=0.5)
+    assert set(parts) == {"mse", "perceptual"} and total.item() > parts["mse"]
+    assert build_perceptual_loss(None) is None
+    assert build_perceptual_loss(str(tmp_path / "missing.pth")) is None
+    assert "perceptual loss off" in caplog.text
