@@ -121,7 +121,7 @@ def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader,
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     for batch in videos:
         x = (batch["video"] if isinstance(batch, dict) else batch).to(device)
-        y = tokenizer.decode(tokenizer.encode(x), num_frames=x.shape[2]).clamp(-1, 1)
+        y = tokenizer(x).clamp(-1, 1)  # encode -> decode (forward also carries VTok's max_change key index)
         scores["psnr"] += psnr(y, x).tolist()
         scores["ssim"] += ssim(y, x).tolist()
     tokenizer.train(was_training)
