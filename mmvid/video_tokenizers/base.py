@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class TokenLayout:
     @property
     def num_tokens(self) -> int:
         return int(self.group.numel())
+
+    def to(self, device: torch.device | str) -> "TokenLayout":
+        return replace(self, group=self.group.to(device), time=self.time.to(device), position=self.position.to(device))
 
     def to_dict(self) -> dict:
         """A JSON-ready manifest (lists, not tensors)."""

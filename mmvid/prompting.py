@@ -1,0 +1,129 @@
+"""From LLaVA conversations to model inputs: chat template, video-span expansion, label masks.
+
+    encoded = encode_conversation(tokenizer, sample["conversations"], video_ids, tokens_per_video=79)
+    encoded.input_ids   # list[int]: <video> became <|video_start|> + 79 x <video> + <|video_end|>
+    encoded.labels      # list[int]: -100 everywhere except the assistant turns (and their end token)
+
+Label masks come from the tokenizer's own chat template, not from hand-written separators (the
+"all labels masked, loss 0" bug family): each assistant turn's span is the difference between the
+template rendered up to that turn with a generation prompt and the template rendered through it.
+A template for which that is not a clean prefix is refused with a clear error rather than masked
+wrongly. Nothing is ever truncated: a sample longer than `max_length` raises `SampleTooLongError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+class SampleTooLongError(ValueError):
+    """A sample does not fit `max_length`; it is rejected whole, never cut inside a video span."""
+
+
+@dataclass(frozen=True)
+class VideoTokenIds:
+    placeholder: int  # "<video>": what users write, and what each video position holds after expansion
+    start: int  # "<|video_start|>"
+    end: int  # "<|video_end|>"
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    num_videos: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def to_messages(conversations: list[dict]) -> list[dict]:
+    """LLaVA turns ({"from": "human"|"gpt"|"system", "value"}) -> chat messages ({"role", "content"})."""
+    messages = []
+    for i, turn in enumerate(conversations):
+        role = ROLES.get(turn.get("from"))
+        if role is None or not isinstance(turn.get("value"), str):
+            raise ValueError(f"turn {i} must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got {turn!r}")
+        messages.append({"role": role, "content": turn["value"]})
+    return messages
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def encode_conversation(
+    tokenizer,
+    conversations: list[dict],
+    video_ids: VideoTokenIds,
+    tokens_per_video: int | list[int],
+    max_length: int | None = None,
+    sample_id: str | None = None,
+) -> EncodedSample:
+    """Tokenize a conversation with the chat template, supervise only assistant turns, and expand
+    every `<video>` into start + N positions + end.
+
+    Args:
+        tokens_per_video: N for every video, or one N per video in order.
+
+    Raises:
+        ValueError: the template cannot give clean assistant spans, or no assistant turn exists.
+        SampleTooLongError: the expanded sample is longer than `max_length`.
+    """
+    messages = to_messages(conversations)
+    full = _render(tokenizer, messages, generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    supervised = 0
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:k], generation_prompt=True)
+        through = _render(tokenizer, messages[: k + 1], generation_prompt=False)
+        if full[: len(before)] != before or full[: len(through)] != through:
+            raise ValueError("the chat template does not render conversations as clean prefixes, so assistant "
+                             "turns cannot be masked reliably; use a template whose turns only append")
+        labels[len(before) : len(through)] = full[len(before) : len(through)]
+        supervised += len(through) - len(before)
+    if supervised == 0:
+        raise ValueError(f"sample {sample_id!r} has no assistant tokens to learn from")
+
+    input_ids, out_labels = expand_videos(full, labels, video_ids, tokens_per_video, sample_id)
+    if max_length is not None and len(input_ids) > max_length:
+        raise SampleTooLongError(
+            f"sample {sample_id!r} needs {len(input_ids)} tokens (with {full.count(video_ids.placeholder)} video span(s)) "
+            f"but max_length is {max_length}; use fewer frames, a smaller video token budget, or a larger max_length"
+        )
+    return EncodedSample(input_ids, out_labels, full.count(video_ids.placeholder))
+
+
+def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoTokenIds, tokens_per_video: int | list[int],
+                  sample_id: str | None = None) -> tuple[list[int], list[int] | None]:
+    """Replace each placeholder by start + N placeholders + end; video positions get no labels."""
+    count = ids.count(video_ids.placeholder)
+    per_video = [tokens_per_video] * count if isinstance(tokens_per_video, int) else list(tokens_per_video)
+    if len(per_video) != count:
+        raise ValueError(f"sample {sample_id!r}: {count} video placeholder(s) in the text but {len(per_video)} video(s)")
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    v = 0
+    for i, token in enumerate(ids):
+        if token == video_ids.placeholder:
+            span = [video_ids.start] + [video_ids.placeholder] * per_video[v] + [video_ids.end]
+            out_ids += span
+            out_labels += [IGNORE_INDEX] * len(span)
+            v += 1
+        else:
+            out_ids.append(token)
+            out_labels.append(labels[i] if labels is not None else IGNORE_INDEX)
+    return out_ids, (out_labels if labels is not None else None)
+
+
+def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds, tokens_per_video: int | list[int]) -> list[int]:
+    """Token ids of a chat ending in a generation prompt, with video spans expanded (for `generate`)."""
+    return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids, tokens_per_video)[0]

@@ -1,0 +1,399 @@
+"""VideoLLM: a video tokenizer + a projector + any Hugging Face decoder-only LLM.
+
+    model = VideoLLM.build(VideoLLMConfig(llm="path/to/llm", video_tokenizer="vtok_base"))
+    batch = model.collate([model.encode_sample(sample, video) for sample, video in items])
+    loss = model(**batch).loss
+    text = model.generate(video, "What moves?", max_new_tokens=32)
+    model.save_pretrained("runs/x/final");  VideoLLM.from_pretrained("runs/x/final")
+
+Each `<video>` in the text becomes `<|video_start|>` + N positions + `<|video_end|>`, where N is
+the projector's output count for the tokenizer's tokens; the projected features are scattered into
+those positions after a count check. The checkpoint carries a versioned manifest (special token
+ids, the rule for N) that is validated when loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mmvid.projectors import ProjectorConfig, build_projector
+from mmvid.prompting import IGNORE_INDEX, EncodedSample, VideoTokenIds, encode_conversation, encode_prompt
+from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
+from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers.base import config_from_dict
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+
+
+@dataclass
+class VideoLLMConfig:
+    llm: str | None = None  # local folder or hub id of an AutoModelForCausalLM (weights via from_pretrained)
+    llm_config: dict | None = None  # or a config dict with "model_type" (tiny models built from scratch)
+    text_tokenizer: str | None = None  # folder of the LLM's tokenizer (default: `llm`)
+    video_tokenizer: str = "vtok_tiny"  # a preset name, or a folder written by save_pretrained
+    video_tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
+    projector: str = "mlp2x_gelu"  # a key of mmvid.projectors.PROJECTORS or mlp{N}x_gelu
+    projector_kwargs: dict[str, Any] = field(default_factory=dict)  # other ProjectorConfig fields
+    num_frames: int = 16  # frames fed to the video tokenizer
+    max_length: int = 2048  # longest sample in tokens; longer ones are rejected, never truncated
+    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA in half precision when installed, else sdpa, else eager
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    train_llm: bool = True
+    train_projector: bool = True
+    train_video_tokenizer: bool = False
+    lora: bool = False  # LoRA adapters on the LLM (peft); the LLM's own weights then stay frozen
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+
+    def __post_init__(self):
+        if (self.llm is None) == (self.llm_config is None):
+            raise ValueError("give exactly one of llm (a path or hub id) and llm_config (a config dict)")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}; known: {list(ATTENTION)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+        if self.num_frames < 1 or self.max_length < 8:
+            raise ValueError("num_frames must be >= 1 and max_length >= 8")
+
+
+def choose_attn_implementation(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """flash_attention_2 when installed, on CUDA and in half precision; else SDPA; else eager."""
+    device = torch.device(device)
+    if requested != "auto":
+        if requested == "flash_attention_2" and not _flash_attn_available():
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package (pip install mmvid[gpu]) "
+                             "and CUDA; use 'auto' to fall back to sdpa")
+        return requested
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn_available():
+        choice = "flash_attention_2"
+    elif hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        choice = "sdpa"
+    else:
+        choice = "eager"
+    log.info("attention: %s (device %s, dtype %s, flash-attn %s)", choice, device.type, dtype,
+             "installed" if _flash_attn_available() else "not installed")
+    return choice
+
+
+def _flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class VideoLLM(nn.Module):
+    def __init__(self, config: VideoLLMConfig, llm: nn.Module, text_tokenizer, video_tokenizer: VideoTokenizer,
+                 projector: nn.Module):
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.text_tokenizer = text_tokenizer
+        self.video_tokenizer = video_tokenizer
+        self.projector = projector
+        ids = {t: text_tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)}
+        self.video_ids = VideoTokenIds(ids[VIDEO_TOKEN], ids[VIDEO_START], ids[VIDEO_END])
+        size = video_tokenizer.config.image_size
+        self.image_size = size
+        self.tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(config.num_frames, size, size))
+        self.layout = video_tokenizer.token_layout(config.num_frames, size, size)
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: VideoLLMConfig, text_tokenizer=None, device: str | torch.device = "cpu") -> "VideoLLM":
+        """Assemble a fresh model (pretrained LLM weights when `config.llm` is a path or hub id)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        dtype = getattr(torch, config.dtype)
+        attn = choose_attn_implementation(config.attn_implementation, device, dtype)
+        if text_tokenizer is None:
+            source = config.text_tokenizer or config.llm
+            if source is None:
+                raise ValueError("a model built from llm_config needs text_tokenizer (a folder, or pass the tokenizer)")
+            text_tokenizer = AutoTokenizer.from_pretrained(source)
+        elif isinstance(text_tokenizer, (str, os.PathLike)):
+            text_tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
+        add_video_special_tokens(text_tokenizer)
+        if ensure_chat_template(text_tokenizer):
+            log.info("the text tokenizer has no chat template; using mmvid's default template")
+        if text_tokenizer.pad_token is None:
+            text_tokenizer.pad_token = text_tokenizer.eos_token
+        if config.llm is not None:
+            llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=attn)
+        else:
+            data = dict(config.llm_config)
+            data.setdefault("vocab_size", len(text_tokenizer))  # a model from scratch: exactly the tokenizer's vocabulary
+            llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
+                                                   dtype=dtype, attn_implementation=attn)
+        if len(text_tokenizer) > llm.get_input_embeddings().num_embeddings:
+            llm.resize_token_embeddings(len(text_tokenizer))
+        if Path(config.video_tokenizer).is_dir():
+            video_tokenizer = load_video_tokenizer(config.video_tokenizer)
+        else:
+            video_tokenizer = build_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
+        projector = build_projector(_projector_config(config, video_tokenizer, llm))
+        model = cls(config, llm, text_tokenizer, video_tokenizer, projector).to(device)
+        model.projector.to(dtype)
+        model.apply_trainable()
+        return model
+
+    def apply_trainable(self) -> dict[str, int]:
+        """Set requires_grad from the train_* flags (and LoRA) in one place; logs and returns counts."""
+        c = self.config
+        if c.lora and not _is_peft(self.llm):
+            from peft import LoraConfig, get_peft_model
+
+            self.llm = get_peft_model(self.llm, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
+        for name, part, flag in (("llm", self.llm, c.train_llm), ("projector", self.projector, c.train_projector),
+                                 ("video_tokenizer", self.video_tokenizer, c.train_video_tokenizer)):
+            if name == "llm" and c.lora:
+                for pname, p in part.named_parameters():
+                    p.requires_grad = flag and "lora_" in pname
+            else:
+                part.requires_grad_(flag)
+        if getattr(self.video_tokenizer.config, "feature_extractor", None) == "hf" and self.video_tokenizer.config.freeze_features:
+            self.video_tokenizer.features.requires_grad_(False)
+        counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad)
+                  for name, part in (("llm", self.llm), ("projector", self.projector), ("video_tokenizer", self.video_tokenizer))}
+        total = sum(p.numel() for p in self.parameters())
+        log.info("trainable parameters: %s of %d", ", ".join(f"{k} {v:,}" for k, v in counts.items()), total)
+        return counts
+
+    # -- text ------------------------------------------------------------------------------------------
+
+    def encode_sample(self, conversations: list[dict], sample_id: str | None = None, num_videos: int | None = None) -> EncodedSample:
+        """Token ids and labels of one LLaVA conversation (see mmvid.prompting)."""
+        encoded = encode_conversation(self.text_tokenizer, conversations, self.video_ids, self.tokens_per_video,
+                                      self.config.max_length, sample_id)
+        if num_videos is not None and encoded.num_videos != num_videos:
+            raise ValueError(f"sample {sample_id!r}: {encoded.num_videos} <video> placeholder(s) but {num_videos} video(s)")
+        return encoded
+
+    def count_tokens(self, sample: dict) -> int:
+        """Pre-flight: the token count of a LLaVA sample after video expansion (no truncation, no check
+        against max_length), to vet a data set before training."""
+        encoded = encode_conversation(self.text_tokenizer, sample["conversations"], self.video_ids,
+                                      self.tokens_per_video, None, sample.get("id"))
+        return len(encoded)
+
+    def collate(self, samples: list[EncodedSample], videos: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad a batch; `videos` is the list of every video of the batch in order, each (C, T, H, W)."""
+        width = max(len(s) for s in samples)
+        pad = self.text_tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.full((len(samples), width), pad, dtype=torch.long),
+            "attention_mask": torch.zeros((len(samples), width), dtype=torch.long),
+            "labels": torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long),
+        }
+        for i, s in enumerate(samples):
+            n = len(s)
+            batch["input_ids"][i, :n] = torch.tensor(s.input_ids)
+            batch["attention_mask"][i, :n] = 1
+            batch["labels"][i, :n] = torch.tensor(s.labels)
+        if videos:
+            batch["videos"] = torch.stack(videos)
+        return batch
+
+    # -- video ----------------------------------------------------------------------------------------
+
+    def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
+        """(V, C, T, H, W) float in [-1, 1] -> projected features (V, N, hidden). Encode once, reuse
+        across turns by passing the result as `video_features`."""
+        if videos.ndim == 4:
+            videos = videos[None]
+        T = videos.shape[2]
+        if T != self.config.num_frames:
+            raise ValueError(f"this model reads {self.config.num_frames} frames per video, got {T}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_video_tokenizer):
+            tokens = self.video_tokenizer.encode(videos.to(self._device()))
+        return self.projector(tokens, self.layout.to(tokens.device))
+
+    def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
+              video_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with the video features scattered into the video positions."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        positions = input_ids == self.video_ids.placeholder
+        num_positions = int(positions.sum())
+        if video_features is None and videos is not None:
+            video_features = self.encode_video(videos)
+        num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
+        if num_positions != num_features:
+            raise ValueError(f"video tokens and features do not match: tokens: {num_positions}, features: {num_features}")
+        if num_features:
+            flat = video_features.reshape(-1, video_features.shape[-1]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(positions[..., None].expand_as(embeds), flat)
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None, **kwargs):
+        embeds = self.embed(input_ids, videos, video_features)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, video: torch.Tensor | None = None, prompt: str | None = None, messages: list[dict] | None = None,
+                 video_features: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, streamer=None, **kwargs) -> str:
+        """Answer a prompt (or continue `messages`) about a video; greedy by default."""
+        if messages is None:
+            if not prompt or not prompt.strip():
+                raise ValueError("generate needs a non-empty prompt or messages")
+            has_video = video is not None or video_features is not None
+            messages = [{"role": "user", "content": (f"{VIDEO_TOKEN}\n" if has_video else "") + prompt}]
+        if video is not None and video_features is None:
+            video_features = self.encode_video(video if video.ndim == 5 else video[None])
+        count = 0 if video_features is None else video_features.shape[0]
+        ids = encode_prompt(self.text_tokenizer, messages, self.video_ids, [self.tokens_per_video] * count)
+        input_ids = torch.tensor([ids], device=self._device())
+        embeds = self.embed(input_ids, video_features=video_features)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                                eos_token_id=self.text_tokenizer.eos_token_id, pad_token_id=self.text_tokenizer.pad_token_id,
+                                streamer=streamer, **sampling, **kwargs)
+        return self.text_tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+    def _device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def manifest(self) -> dict:
+        """What a checkpoint promises about its tokens; checked again on load."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "video_token": VIDEO_TOKEN, "video_token_id": self.video_ids.placeholder,
+            "video_start": VIDEO_START, "video_start_id": self.video_ids.start,
+            "video_end": VIDEO_END, "video_end_id": self.video_ids.end,
+            "pad_token_id": self.text_tokenizer.pad_token_id, "eos_token_id": self.text_tokenizer.eos_token_id,
+            "vocab_size": len(self.text_tokenizer),
+            "num_frames": self.config.num_frames, "image_size": self.image_size,
+            "video_tokenizer_tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size, self.image_size),
+            "tokens_per_video": self.tokens_per_video,
+            "rule": "each <video> -> <|video_start|> + tokens_per_video x <video> + <|video_end|>; "
+                    "tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(num_frames, image_size, image_size))",
+            "token_layout": self.layout.to_dict(),
+        }
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + tokenizer files."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        llm = self.llm.get_base_model() if _is_peft(self.llm) else self.llm
+        config = asdict(self.config)
+        config["llm"], config["llm_config"] = None, llm.config.to_dict()
+        record = {
+            "format_version": FORMAT_VERSION,
+            "videollm": config,
+            "video_tokenizer": {"architecture": self.video_tokenizer.architecture, "preset": self.video_tokenizer.preset,
+                                "config": asdict(self.video_tokenizer.config)},
+            "projector": asdict(self.projector.config),
+            "manifest": self.manifest(),
+        }
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(_untie(state), str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        (path / CONFIG_FILE).write_text(json.dumps(record, indent=1, default=str))
+        self.text_tokenizer.save_pretrained(path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoLLM":
+        """Load a folder written by `save_pretrained`, offline; validates the manifest."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a VideoLLM checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        record = json.loads((path / CONFIG_FILE).read_text())
+        if "videollm" not in record or "manifest" not in record:
+            raise ValueError(f"{path}/{CONFIG_FILE} is not a VideoLLM config (no 'videollm'/'manifest' sections)")
+        if record["format_version"] > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+        config = VideoLLMConfig(**record["videollm"])
+        dtype = getattr(torch, config.dtype)
+        attn = choose_attn_implementation(config.attn_implementation, device, dtype)
+        data = dict(config.llm_config)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data), dtype=dtype,
+                                               attn_implementation=attn)
+        text_tokenizer = AutoTokenizer.from_pretrained(path)
+        vt = record["video_tokenizer"]
+        arch = ARCHITECTURES[vt["architecture"]]
+        vt_config = dict(vt["config"])
+        if "hf_path" in vt_config:
+            vt_config["hf_path"] = None  # the checkpoint's weights include the vision model
+        video_tokenizer = arch(config_from_dict(arch.config_class, vt_config))
+        video_tokenizer.preset = vt["preset"]
+        projector = build_projector(ProjectorConfig(**record["projector"]))
+        model = cls(config, llm, text_tokenizer, video_tokenizer, projector)
+        if config.lora:
+            model.apply_trainable()  # wraps the LLM with the same adapters before the weights load
+        _check_manifest(record["manifest"], model.manifest(), path)
+        state = load_file(str(path / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not _tied(model, k)]
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.to(device)
+        model.apply_trainable()
+        return model
+
+
+def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer, llm: nn.Module) -> ProjectorConfig:
+    kwargs = dict(config.projector_kwargs)
+    kwargs.setdefault("in_dim", video_tokenizer.token_dim)
+    kwargs.setdefault("out_dim", llm.get_input_embeddings().embedding_dim)
+    if video_tokenizer.discrete:
+        kwargs.setdefault("codebook_size", video_tokenizer.codebook_size)
+    return ProjectorConfig(type=config.projector, **kwargs)
+
+
+def _is_peft(module: nn.Module) -> bool:
+    return hasattr(module, "peft_config")
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied input/output embeddings): store each tensor once."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state.items():
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel() and state[seen[ptr]].shape == v.shape:
+            continue  # a tied copy; the model re-ties it on load
+        seen[ptr] = k
+        out[k] = v
+    return out
+
+
+def _tied(model: nn.Module, key: str) -> bool:
+    llm = model.llm.get_base_model() if _is_peft(model.llm) else model.llm
+    return key.endswith("lm_head.weight") and getattr(llm.config, "tie_word_embeddings", False)
+
+
+def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
+    keys = ("video_token_id", "video_start_id", "video_end_id", "pad_token_id", "eos_token_id", "vocab_size",
+            "num_frames", "image_size", "video_tokenizer_tokens", "tokens_per_video")
+    diff = {k: (saved.get(k), rebuilt.get(k)) for k in keys if saved.get(k) != rebuilt.get(k)}
+    if saved.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: manifest format {saved['format_version']} is newer than this mmvid ({FORMAT_VERSION})")
+    if diff:
+        text = ", ".join(f"{k}: checkpoint {a!r} vs rebuilt {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path}: the token layout manifest does not match the rebuilt model ({text}); "
+                         f"the tokenizer files or video tokenizer config were changed after saving")

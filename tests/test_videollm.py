@@ -1,0 +1,247 @@
+"""VideoLLM: merge, label masks, no truncation, LLM families, projectors, save/load, generate, LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmvid.data import frames_to_tensor
+from mmvid.data.shapes import text, world
+from mmvid.prompting import IGNORE_INDEX, SampleTooLongError, encode_conversation
+from mmvid.text_tokenizer import train_text_tokenizer
+from mmvid.videollm import VideoLLM, VideoLLMConfig, choose_attn_implementation
+
+FAMILIES = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
+    # GPT-NeoX: parallel attention/MLP residual, LayerNorm with bias, partial rotary embeddings.
+    "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=512, use_parallel_residual=True, rotary_pct=0.25),
+}
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    corpus = []
+    for seed in range(200):
+        scene = world.sample_scene(seed)
+        rng = np.random.default_rng(seed)
+        corpus += text.captions(scene, rng)
+        corpus += [t["value"] for t in text.conversation(scene, "v.mp4", "x", rng, {})["conversations"]]
+    out = tmp_path_factory.mktemp("text-tokenizer")
+    train_text_tokenizer(corpus, out, vocab_size=400)
+    return out
+
+
+def _model(tokenizer_dir, family="llama", **overrides) -> VideoLLM:
+    torch.manual_seed(0)
+    settings = dict(llm_config=dict(FAMILIES[family]), text_tokenizer=str(tokenizer_dir), video_tokenizer="vtok_tiny",
+                    num_frames=8, max_length=256)
+    config = VideoLLMConfig(**{**settings, **overrides})
+    return VideoLLM.build(config)
+
+
+def _video(seed=0, frames=8, size=32) -> torch.Tensor:
+    return frames_to_tensor(world.render(world.sample_scene(seed, frames, size, size)))
+
+
+def _sample(answer="A small red star bounces.", question="<video>\nDescribe the video."):
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer},
+            {"from": "human", "value": "What colour is the star?"}, {"from": "gpt", "value": "red"}]
+
+
+# ---------------------------------------------------------------- text side
+
+
+def test_video_span_expansion_and_label_mask_cover_exactly_the_answers(tokenizer_dir):
+    model = _model(tokenizer_dir)
+    tok = model.text_tokenizer
+    encoded = model.encode_sample(_sample())
+    ids, labels = encoded.input_ids, encoded.labels
+    n = model.tokens_per_video
+    start = ids.index(model.video_ids.start)
+    assert ids[start + 1 : start + 1 + n] == [model.video_ids.placeholder] * n
+    assert ids[start + 1 + n] == model.video_ids.end and ids.count(model.video_ids.placeholder) == n
+    supervised = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert supervised == [label for label in labels if label != IGNORE_INDEX]
+    assert tok.decode(supervised, skip_special_tokens=False).replace(" ", "") == \
+        "A small red star bounces.<|end|>\nred<|end|>\n".replace(" ", "")
+    assert all(label == IGNORE_INDEX for label in labels[start : start + n + 2])
+
+
+@pytest.mark.parametrize("template", ["default", "chatml"])
+def test_masks_are_non_empty_and_exact_for_every_template(tokenizer_dir, template):
+    model = _model(tokenizer_dir)
+    tok = model.text_tokenizer
+    if template == "chatml":
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.chat_template = CHATML
+    encoded = encode_conversation(tok, _sample(answer="it bounces"), model.video_ids, 5)
+    answer_ids = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    assert answer_ids
+    decoded = tok.decode(answer_ids, skip_special_tokens=False)
+    assert "it bounces" in decoded and "red" in decoded
+    assert "Describe" not in decoded and "colour" not in decoded
+
+
+def test_samples_longer_than_max_length_are_rejected_whole_with_their_id(tokenizer_dir):
+    model = _model(tokenizer_dir, max_length=40)
+    sample = {"id": "long-1", "conversations": _sample()}
+    needed = model.count_tokens(sample)
+    assert needed > 40
+    with pytest.raises(SampleTooLongError, match=rf"'long-1' needs {needed} tokens"):
+        model.encode_sample(sample["conversations"], sample_id="long-1")
+
+
+def test_several_videos_in_one_sample(tokenizer_dir):
+    model = _model(tokenizer_dir)
+    conv = [{"from": "human", "value": "<video>\n<video>\nSame objects?"}, {"from": "gpt", "value": "no"}]
+    encoded = model.encode_sample(conv, num_videos=2)
+    batch = model.collate([encoded], videos=[_video(0), _video(1)])
+    assert torch.isfinite(model(**batch).loss)
+    with pytest.raises(ValueError, match="2 <video> placeholder"):
+        model.encode_sample(conv, num_videos=1)
+
+
+# ---------------------------------------------------------------- merge
+
+
+def test_merge_refuses_a_count_mismatch(tokenizer_dir):
+    model = _model(tokenizer_dir)
+    batch = model.collate([model.encode_sample(_sample())])
+    features = model.encode_video(torch.stack([_video(0), _video(1)]))  # two videos for one span
+    with pytest.raises(ValueError, match=rf"tokens: {model.tokens_per_video}, features: {2 * model.tokens_per_video}"):
+        model(input_ids=batch["input_ids"], video_features=features)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_llm_family_trains(tokenizer_dir, family):
+    model = _model(tokenizer_dir, family)
+    batch = model.collate([model.encode_sample(_sample()), model.encode_sample(_sample("A blue circle stays still."))],
+                          videos=[_video(0), _video(1)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+@pytest.mark.parametrize("projector, kwargs", [("linear", {}), ("mlp2x_gelu", {}), ("mlp3x_gelu", {}),
+                                               ("pool", {"budget": 6}), ("resampler", {"num_queries": 4, "depth": 1})])
+def test_each_projector_feeds_the_llm(tokenizer_dir, projector, kwargs):
+    model = _model(tokenizer_dir, projector=projector, projector_kwargs=kwargs)
+    if projector in ("pool", "resampler"):
+        assert model.tokens_per_video == next(iter(kwargs.values()))
+    else:
+        assert model.tokens_per_video == model.video_tokenizer.num_tokens(8, 32, 32)
+    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    loss = model(**batch).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.projector.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- freezing, attention
+
+
+def test_freezing_flags_and_lora(tokenizer_dir):
+    model = _model(tokenizer_dir, train_llm=False)
+    counts = model.apply_trainable()
+    assert counts["llm"] == 0 and counts["projector"] > 0 and counts["video_tokenizer"] == 0
+    lora = _model(tokenizer_dir, lora=True, lora_r=4)
+    names = [n for n, p in lora.llm.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+
+
+def test_attention_choice_on_cpu():
+    assert choose_attn_implementation("auto", "cpu", torch.float32) == "sdpa"
+    assert choose_attn_implementation("eager", "cpu", torch.float32) == "eager"
+    with pytest.raises(ValueError, match="flash-attn"):
+        choose_attn_implementation("flash_attention_2", "cpu", torch.bfloat16)
+
+
+# ---------------------------------------------------------------- checkpoints and generation
+
+
+@pytest.mark.parametrize("overrides", [{}, {"lora": True, "lora_r": 4}])
+def test_save_load_round_trip_gives_identical_logits(tokenizer_dir, tmp_path, overrides):
+    model = _model(tokenizer_dir, "qwen2", **overrides).eval()
+    if overrides.get("lora"):  # make the adapters non-trivial
+        with torch.no_grad():
+            for n, p in model.llm.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    model.save_pretrained(tmp_path)
+    again = VideoLLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    assert again.manifest() == model.manifest()
+
+
+def test_loading_checks_the_manifest_and_the_folder(tokenizer_dir, tmp_path):
+    model = _model(tokenizer_dir)
+    model.save_pretrained(tmp_path / "ok")
+    record = json.loads((tmp_path / "ok" / "config.json").read_text())
+    record["manifest"]["tokens_per_video"] += 1
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="tokens_per_video"):
+        VideoLLM.from_pretrained(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="not a VideoLLM checkpoint"):
+        VideoLLM.from_pretrained(tmp_path / "missing")
+
+
+def test_generate_with_and_without_a_cached_video(tokenizer_dir):
+    from transformers.generation.streamers import BaseStreamer
+
+    model = _model(tokenizer_dir).eval()
+    video = _video()
+    direct = model.generate(video, "What moves?", max_new_tokens=6)
+    cached = model.generate(prompt="What moves?", video_features=model.encode_video(video[None]), max_new_tokens=6)
+    assert direct == cached
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.chunks = []
+
+        def put(self, value):
+            self.chunks.append(value)
+
+        def end(self):
+            self.chunks.append("end")
+
+    streamer = Collect()
+    model.generate(video, "What moves?", max_new_tokens=4, streamer=streamer)
+    assert streamer.chunks[-1] == "end" and len(streamer.chunks) >= 2
+    torch.manual_seed(0)
+    a = model.generate(video, "What moves?", max_new_tokens=6, do_sample=True, temperature=1.5)
+    torch.manual_seed(0)
+    assert model.generate(video, "What moves?", max_new_tokens=6, do_sample=True, temperature=1.5) == a
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        model.generate(video, "   ")
+    assert isinstance(model.generate(prompt="Hello", max_new_tokens=3), str)  # text only
+
+
+def test_llm_from_a_local_pretrained_folder(tokenizer_dir, tmp_path):
+    """The real loading path: AutoModelForCausalLM.from_pretrained on a folder (saved here, offline)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data = dict(FAMILIES["llama"])
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), vocab_size=len(tokenizer), **data))
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    model = VideoLLM.build(VideoLLMConfig(llm=str(tmp_path / "llm"), video_tokenizer="vtok_tiny", num_frames=8))
+    torch.testing.assert_close(model.llm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
+    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    assert torch.isfinite(model(**batch).loss)
