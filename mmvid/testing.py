@@ -44,3 +44,31 @@ def write_offset_video(path: str | Path, num_frames: int, fps: int, first_pts: i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny", num_frames: int = 8,
+                  vocab_size: int = 400, seed: int = 0, **config):
+    """A tiny untrained VideoLLM for tests: a sentencepiece tokenizer trained on synthetic-world text
+    (saved under `workdir/text-tokenizer`, reused if present) and a 2-layer LLM built from a config."""
+    import torch
+
+    from mmvid.data.shapes import text, world
+    from mmvid.text_tokenizer import train_text_tokenizer
+    from mmvid.videollm import VideoLLM, VideoLLMConfig
+
+    folder = Path(workdir) / "text-tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        corpus = []
+        for s in range(200):
+            scene = world.sample_scene(s)
+            rng = np.random.default_rng(s)
+            corpus += text.captions(scene, rng)
+            corpus += [t["value"] for t in text.conversation(scene, "v.mp4", "x", rng, {})["conversations"]]
+        train_text_tokenizer(corpus, folder, vocab_size=vocab_size)
+    llm = {"llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False)}[family]
+    torch.manual_seed(seed)
+    settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer, num_frames=num_frames,
+                    max_length=1024)
+    return VideoLLM.build(VideoLLMConfig(**{**settings, **config})).eval()

@@ -1,0 +1,25 @@
+"""Evaluation: `python eval/run.py --bench NAME[,NAME...]` and `evaluate(model, benches)` on a live model.
+
+`BENCHES` maps each bench name to its `run(ctx) -> BenchResult` function.
+"""
+
+from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, evaluate, format_table, run_benches, write_results
+
+from mmvid.evaluation import fewshot, recon, tokens, tv_align
+
+
+def _lm_eval(ctx: BenchContext) -> BenchResult:
+    from mmvid.evaluation.lm_eval_bench import run  # lm-eval is slow to import; only when asked
+
+    return run(ctx)
+
+
+BENCHES = {
+    "tv_align": tv_align.run,
+    "fewshot": fewshot.run,
+    "recon": recon.run,
+    "tokens": tokens.run,
+    "lm_eval": _lm_eval,
+}
+
+__all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches", "write_results"]

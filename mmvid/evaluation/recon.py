@@ -1,0 +1,221 @@
+"""Reconstruction bench: how well a video tokenizer reproduces videos, how many tokens it spends, how fast.
+
+    python eval/run.py --bench recon                                  # the VideoLLM's own video tokenizer
+    python eval/run.py --bench recon --tokenizer runs/vtok/final      # a folder written by save_pretrained
+    python eval/run.py --bench recon --tokenizer vtok_tiny --data my_videos/ --split none --frames 16
+    python eval/run.py --bench recon --tokenizer runs/vtok/final --fvd_model i3d_torchscript.pt
+
+Each video is read at `frames` frames (uniform sampling) and the tokenizer's `config.image_size`, encoded,
+decoded and clamped to [-1, 1]. Metrics:
+
+    psnr, ssim                  mean over videos (with stderr), on [-1, 1] (data range 2), see mmvid.metrics
+    tokens_per_video            tokenizer.num_tokens(frames, size, size), before any projector
+    encode_videos_per_s         videos / seconds spent in encode (data loading and metrics excluded)
+    decode_videos_per_s         videos / seconds spent in decode
+    videos                      how many videos were scored
+    fvd                         only with --fvd_model: the Frechet distance between features of the real
+                                videos and of their reconstructions (a reconstruction FVD, "rFVD")
+
+FVD needs a feature extractor that mmvid does not ship or download: a TorchScript module (e.g. an I3D
+exported with `torch.jit.script`/`torch.jit.trace` and `.save(path)`) that maps a float video batch
+(B, 3, T, H, W) in [-1, 1], H = W = `fvd_size` (default 224; `none` keeps the tokenizer's size), to
+features (B, D). Exporting it, and matching the frame count, size and value range the original network was
+trained with (I3D: 224x224, [-1, 1], >= 9 frames), is the user's job. The estimate is biased for small
+sets: compare FVDs only at the same number of videos (standard practice uses thousands).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from mmvid.data.video_dataset import VideoClipDataset, list_videos
+from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
+from mmvid.metrics import psnr, ssim
+from mmvid.video_tokenizers import VideoTokenizer, build_video_tokenizer, load_video_tokenizer
+
+DEFAULT_FRAMES = 16  # when no VideoLLM says how many frames it reads
+DEFAULT_FVD_SIZE = 224  # I3D's input size
+NO_VALUE = ("", "none", "null")
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    """Reconstruct `ctx.limit` videos of `ctx.data` (split `--split`) through a tokenizer; score them."""
+    tokenizer, source = _tokenizer(ctx)
+    model_frames = ctx.model.config.num_frames if ctx.model is not None else DEFAULT_FRAMES
+    frames = int(ctx.option("frames") or model_frames)
+    size = tokenizer.config.image_size
+    split = ctx.option("split", "test")
+    split = None if split is None or split.lower() in NO_VALUE else split
+    extractor, fvd_size = _fvd_extractor(ctx)  # fails on a bad path before any work is done
+
+    data = ctx.data or DEFAULT_DATA
+    videos = list_videos(data, split)[: ctx.limit]
+    loader = DataLoader(VideoClipDataset(videos, frames, size, seed=ctx.seed), batch_size=ctx.batch_size)
+    device = _device(tokenizer)
+    dtype = next(tokenizer.parameters()).dtype
+    carries_key = "return_key_index" in inspect.signature(tokenizer.encode).parameters  # VTok "max_change"
+
+    was_training = tokenizer.training
+    tokenizer.eval()
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
+    paths: list[str] = []
+    encode_s = decode_s = 0.0
+    real_features, fake_features = [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x = batch["video"].to(device, dtype)  # (B, 3, T, H, W)
+                start = _now(device)
+                if carries_key:
+                    tokens, keys = tokenizer.encode(x, return_key_index=True)
+                else:
+                    tokens, keys = tokenizer.encode(x), None
+                middle = _now(device)
+                if keys is not None:
+                    y = tokenizer.decode(tokens, num_frames=frames, key_index=keys)
+                else:
+                    y = tokenizer.decode(tokens, num_frames=frames)
+                encode_s += middle - start
+                decode_s += _now(device) - middle
+                y = y.clamp(-1, 1)
+                scores["psnr"] += psnr(y, x).tolist()
+                scores["ssim"] += ssim(y, x).tolist()
+                paths += list(batch["path"])
+                if extractor is not None:
+                    real_features.append(_features(extractor, x, fvd_size))
+                    fake_features.append(_features(extractor, y, fvd_size))
+    finally:
+        tokenizer.train(was_training)
+
+    n = len(paths)
+    metrics = [Metric(name, *mean_stderr(values), n=n) for name, values in scores.items()]
+    metrics += [
+        Metric("tokens_per_video", float(tokenizer.num_tokens(frames, size, size))),
+        Metric("encode_videos_per_s", n / encode_s if encode_s > 0 else float("inf"), n=n),
+        Metric("decode_videos_per_s", n / decode_s if decode_s > 0 else float("inf"), n=n),
+        Metric("videos", float(n)),
+    ]
+    if extractor is not None:
+        fvd = frechet_distance(torch.cat(real_features), torch.cat(fake_features))
+        metrics.append(Metric("fvd", fvd, n=n))
+    settings = {
+        "tokenizer": source,
+        "preset": tokenizer.preset,
+        "data": str(data),
+        "split": split,
+        "frames": frames,
+        "size": size,
+        "device": str(device),
+        "fvd_model": ctx.option("fvd_model"),
+        "fvd_size": fvd_size if extractor is not None else None,
+    }
+    samples = None
+    if ctx.log_samples:
+        samples = [{"path": p, "psnr": a, "ssim": b}
+                   for p, a, b in zip(paths, scores["psnr"], scores["ssim"])]
+    return BenchResult("recon", metrics, settings, samples)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frechet distance
+# ----------------------------------------------------------------------------------------------
+
+
+def frechet_distance(features_a, features_b, eps: float = 1e-6) -> float:
+    """The Frechet distance between Gaussians fitted to two feature sets (FID/FVD's formula):
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
+
+    Args:
+        features_a, features_b: numpy arrays or torch tensors (N, D) and (M, D), N, M >= 2.
+        eps: added to both covariances' diagonals when their product's square root is not finite
+            (singular covariances, e.g. fewer samples than feature dimensions).
+    Returns:
+        The distance (float); the imaginary part numerical error leaves in the square root is dropped.
+    """
+    from scipy import linalg
+
+    a, b = _as_float64(features_a), _as_float64(features_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected feature arrays (N, D) and (M, D), got shapes {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a covariance needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sigma_a = np.atleast_2d(np.cov(a, rowvar=False))  # (D, D)
+    sigma_b = np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(sigma_a)) * eps
+        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(covmean))
+
+
+def _as_float64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _tokenizer(ctx: BenchContext) -> tuple[VideoTokenizer, str]:
+    """The `--tokenizer` (a save_pretrained folder or a preset name), else the VideoLLM's own."""
+    name = ctx.option("tokenizer")
+    if name is None:  # the model's tokenizer stays where the model is
+        return ctx.load_model().video_tokenizer, f"videollm:{ctx.model_path or 'live model'}"
+    if Path(name).is_dir():
+        tokenizer = load_video_tokenizer(name)
+    else:
+        tokenizer = build_video_tokenizer(name)  # KeyError listing the presets for any other name
+    return tokenizer.to("cuda" if torch.cuda.is_available() else "cpu"), name
+
+
+def _fvd_extractor(ctx: BenchContext) -> tuple[torch.jit.ScriptModule | None, int | None]:
+    path = ctx.option("fvd_model")
+    if path is None:
+        return None, None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"FVD feature extractor not found: {path}; --fvd_model takes a TorchScript "
+                                f"file (e.g. an I3D exported with torch.jit) mapping (B, 3, T, H, W) "
+                                f"in [-1, 1] to (B, D)")
+    size = ctx.option("fvd_size")
+    size = DEFAULT_FVD_SIZE if size is None else None if size.lower() in NO_VALUE else int(size)
+    extractor = torch.jit.load(path, map_location="cpu").eval()
+    return extractor.to("cuda" if torch.cuda.is_available() else "cpu"), size
+
+
+def _features(extractor: torch.jit.ScriptModule, video: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> features (B, D) in float64 on the CPU."""
+    B, T = video.shape[0], video.shape[2]
+    if size is not None and video.shape[-2:] != (size, size):
+        flat = video.float().permute(0, 2, 1, 3, 4).reshape(B * T, 3, *video.shape[-2:])  # (B T, 3, H, W)
+        flat = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
+        video = flat.reshape(B, T, 3, size, size).permute(0, 2, 1, 3, 4)  # (B, 3, T, size, size)
+    device = next(iter(extractor.parameters()), torch.empty(0)).device
+    features = extractor(video.float().to(device))
+    if features.ndim != 2 or features.shape[0] != B:
+        raise ValueError(f"the FVD feature extractor must return (B, D) = ({B}, D), "
+                         f"got {tuple(features.shape)}")
+    return features.detach().double().cpu()
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _now(device: torch.device) -> float:
+    """perf_counter after the device's queued work has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

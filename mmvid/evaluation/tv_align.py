@@ -1,0 +1,143 @@
+"""`tv_align`: the TV-Align-style multiple-choice benchmark, per category and overall.
+
+    python eval/run.py --bench tv_align [--data data/shapes] [--split test] [--mode loglikelihood|generate|both]
+    python eval/run.py --bench tv_align --data my_bench.jsonl [--video-root DIR]
+
+Data: a synthetic world's `{split}/tv_align.jsonl` (default: the test split), or any JSONL of
+`{"id", "video", "question", "options", "answer", "category"}` (answer: a letter, or the option
+text). Video paths are relative to the JSONL's folder unless `video_root` is given.
+
+Scoring modes:
+- `loglikelihood` (default): the question and lettered options as the user turn, each option's
+  continuation scored. `option_format=letter` (default; what mmvid's SFT teaches) scores "A".."D";
+  `option_format=text` scores the option texts (lm-eval's cloze style). Reports `acc` and the
+  length-normalised `acc_norm`.
+- `generate`: greedy answer, parsed as a letter or an option's text (`gen_acc`; `gen_unparsed`
+  counts answers that named no option; they count as wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mmvid.data import frames_to_tensor, read_video
+from mmvid.data.shapes.text import multiple_choice_prompt
+from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
+from mmvid.evaluation.scoring import continuation_logprobs, parse_choice, pick
+from mmvid.text_tokenizer import VIDEO_TOKEN
+
+MODES = ("loglikelihood", "generate", "both")
+REQUIRED = ("id", "video", "question", "options", "answer", "category")
+
+
+class BenchmarkFormatError(ValueError):
+    """A benchmark file line that is not a valid question."""
+
+
+def load_questions(path: str | Path) -> list[dict]:
+    """Read and check a benchmark JSONL; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    questions = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkFormatError(f"{where}: invalid JSON ({e.msg})") from e
+        if not isinstance(item, dict):
+            raise BenchmarkFormatError(f"{where}: expected a JSON object")
+        missing = [k for k in REQUIRED if k not in item]
+        if missing:
+            raise BenchmarkFormatError(f"{where}: missing {missing} (each line needs {list(REQUIRED)})")
+        options = item["options"]
+        if not (isinstance(options, list) and 2 <= len(options) <= 26 and all(isinstance(o, str) and o for o in options)):
+            raise BenchmarkFormatError(f"{where}: 'options' must be a list of 2-26 non-empty strings")
+        letters = list(string.ascii_uppercase[: len(options)])
+        answer = item["answer"]
+        if answer in letters:
+            item["answer_index"] = letters.index(answer)
+        elif answer in options:
+            item["answer_index"] = options.index(answer)
+        else:
+            raise BenchmarkFormatError(f"{where}: answer {answer!r} is neither a letter in {letters} nor an option")
+        questions.append(item)
+    if not questions:
+        raise BenchmarkFormatError(f"{path}: no questions")
+    return questions
+
+
+def benchmark_file(ctx: BenchContext) -> Path:
+    data = Path(ctx.data or DEFAULT_DATA)
+    if data.suffix == ".jsonl":
+        return data
+    return data / ctx.option("split", "test") / "tv_align.jsonl"
+
+
+def _prompt(question: dict) -> str:
+    options = question["options"]
+    if len(options) == 4:
+        return multiple_choice_prompt(question["question"], options)
+    lines = "\n".join(f"{letter}. {o}" for letter, o in zip(string.ascii_uppercase, options))
+    return f"{question['question']}\n{lines}\nAnswer with the option's letter."
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    mode = ctx.option("mode", "loglikelihood")
+    option_format = ctx.option("option_format", "letter")
+    if mode not in MODES:
+        raise ValueError(f"unknown tv_align mode {mode!r}; known: {list(MODES)}")
+    if option_format not in ("letter", "text"):
+        raise ValueError(f"option_format must be 'letter' or 'text', got {option_format!r}")
+    path = benchmark_file(ctx)
+    questions = load_questions(path)[: ctx.limit]
+    root = Path(ctx.option("video_root") or path.parent)
+    model = ctx.load_model()
+    hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    samples = []
+    cache: dict[str, torch.Tensor] = {}  # video path -> projected features: questions share videos
+    for q in tqdm(questions, desc="tv_align", unit="question"):
+        video_path = str(root / q["video"])
+        if video_path not in cache:
+            cache.clear()  # questions of one video are adjacent; keep one video's features
+            video = read_video(video_path, num_frames=model.config.num_frames, size=model.image_size)
+            cache[video_path] = model.encode_video(frames_to_tensor(video.frames)[None])
+        features = cache[video_path]
+        messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{_prompt(q)}"}]
+        letters = list(string.ascii_uppercase[: len(q["options"])])
+        record = {"id": q["id"], "category": q["category"], "answer": letters[q["answer_index"]]}
+        if mode in ("loglikelihood", "both"):
+            choices = letters if option_format == "letter" else q["options"]
+            scores = continuation_logprobs(model, messages, choices, features)
+            raw, norm = pick(scores, choices)
+            for name, choice in (("acc", raw), ("acc_norm", norm)):
+                hit = float(choice == q["answer_index"])
+                hits[name]["overall"].append(hit)
+                hits[name][q["category"]].append(hit)
+            record.update(loglikelihoods=scores, choice=letters[raw])
+        if mode in ("generate", "both"):
+            text = model.generate(messages=messages, video_features=features, max_new_tokens=int(ctx.option("max_new_tokens", "8")))
+            choice = parse_choice(text, q["options"], letters)
+            hit = float(choice == q["answer_index"])
+            hits["gen_acc"]["overall"].append(hit)
+            hits["gen_acc"][q["category"]].append(hit)
+            hits["gen_unparsed"]["overall"].append(float(choice is None))
+            record.update(generated=text, parsed=None if choice is None else letters[choice])
+        samples.append(record)
+    metrics = []
+    for name, groups in hits.items():
+        for group in ["overall"] + sorted(g for g in groups if g != "overall"):
+            value, stderr = mean_stderr(groups[group])
+            metrics.append(Metric(name if group == "overall" else f"{group}/{name}", value, stderr, len(groups[group])))
+    settings = {"file": str(path), "mode": mode, "option_format": option_format, "questions": len(questions),
+                "chance": 1 / len(questions[0]["options"])}
+    return BenchResult("tv_align", metrics, settings, samples)

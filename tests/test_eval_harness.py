@@ -1,0 +1,157 @@
+"""eval/run.py: the runner, tv_align (both scoring modes), fewshot, the JSON record, live evaluation."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvid.data.shapes.build import WorldSettings, build_world
+from mmvid.evaluation import BenchContext, evaluate, run_benches
+from mmvid.evaluation.fewshot import episodes, load_fewshot
+from mmvid.evaluation.scoring import parse_choice
+from mmvid.evaluation.tv_align import BenchmarkFormatError, load_questions
+from mmvid.testing import tiny_videollm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "world"
+    build_world(out, WorldSettings(train=0, val=0, test=6, fewshot=3, frames=8, size=32), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_videollm(tmp_path_factory.mktemp("eval-model"))
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tmp_path_factory) -> Path:
+    return model.save_pretrained(tmp_path_factory.mktemp("saved") / "final")
+
+
+def _metrics(record, bench):
+    return {k: v["value"] for k, v in record["results"][bench]["metrics"].items()}
+
+
+def test_tv_align_loglikelihood_reports_categories_with_stderr(model, world):
+    record = run_benches(["tv_align"], BenchContext(model=model, data=str(world), limit=12))
+    metrics = record["results"]["tv_align"]["metrics"]
+    assert metrics["acc"]["n"] == 12 and 0 <= metrics["acc"]["value"] <= 1 and metrics["acc"]["stderr"] is not None
+    assert "acc_norm" in metrics and any(k.endswith("/acc") for k in metrics)
+    categories = {k.split("/")[0] for k in metrics if "/" in k}
+    assert categories <= {"colour", "shape", "count", "action", "spatial", "temporal"} and len(categories) >= 3
+
+
+def test_scoring_modes_agree_on_a_model_that_always_prefers_one_option(model, world):
+    b = model.text_tokenizer.convert_tokens_to_ids(model.text_tokenizer.tokenize("B"))[0]
+
+    def prefer_b(module, inputs, output):
+        output[..., b] += 1e4
+        return output
+
+    handle = model.llm.get_output_embeddings().register_forward_hook(prefer_b)
+    try:
+        ctx = BenchContext(model=model, data=str(world), limit=12, options={"mode": "both", "max_new_tokens": "1"},
+                           log_samples=True)
+        record = run_benches(["tv_align"], ctx)
+    finally:
+        handle.remove()
+    questions = load_questions(world / "test" / "tv_align.jsonl")[:12]
+    truth = sum(q["answer"] == "B" for q in questions) / 12
+    metrics = _metrics(record, "tv_align")
+    assert metrics["acc"] == metrics["gen_acc"] == pytest.approx(truth)
+    assert metrics["gen_unparsed"] == 0
+    assert all(s["choice"] == s["parsed"] == "B" for s in record["samples"]["tv_align"])
+
+
+def test_user_benchmark_file_with_text_answers(model, world, tmp_path):
+    line = {"id": "q1", "video": str(world / "test" / "videos" / "000000.mp4"), "question": "Is it there?",
+            "options": ["yes", "no", "maybe"], "answer": "no", "category": "mine"}
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    record = run_benches(["tv_align"], BenchContext(model=model, data=str(path), options={"option_format": "text"}))
+    assert "mine/acc" in record["results"]["tv_align"]["metrics"]
+    assert record["results"]["tv_align"]["settings"]["chance"] == pytest.approx(1 / 3)
+
+
+def test_malformed_benchmark_lines_name_their_line(tmp_path):
+    good = {"id": "a", "video": "v.mp4", "question": "q?", "options": ["x", "y"], "answer": "A", "category": "c"}
+    cases = {"{not json": "invalid JSON", json.dumps({**good, "answer": "Z"}): "neither a letter",
+             json.dumps({k: v for k, v in good.items() if k != "options"}): "missing ['options']",
+             json.dumps({**good, "options": ["only"]}): "2-26"}
+    for bad, message in cases.items():
+        path = tmp_path / "b.jsonl"
+        path.write_text(json.dumps(good) + "\n\n" + bad + "\n")
+        with pytest.raises(BenchmarkFormatError, match=rf"b\.jsonl:3: .*{re.escape(message)}"):
+            load_questions(path)
+
+
+def test_parse_choice():
+    options = ["red", "blue", "green", "white"]
+    assert parse_choice("B", options, list("ABCD")) == 1
+    assert parse_choice(" (C) green", options, list("ABCD")) == 2
+    assert parse_choice("it is white", options, list("ABCD")) == 3
+    assert parse_choice("no idea", options, list("ABCD")) is None
+
+
+def test_fewshot_episodes_are_fixed_by_the_seed_and_balanced(world):
+    _, items = load_fewshot(BenchContext(data=str(world)))
+    a = episodes(items, ways=3, shots=1, count=6, seed=0)
+    b = episodes(items, ways=3, shots=1, count=6, seed=0)
+    assert [(q["id"], labels) for _, q, labels in a] == [(q["id"], labels) for _, q, labels in b]
+    for support, query, labels in a:
+        assert len(support) == 3 and query["label"] in labels and query not in support
+        assert sorted(s["label"] for s in support) == sorted(labels)
+    with pytest.raises(ValueError, match="5-way 3-shot"):
+        episodes(items, ways=5, shots=3, count=1, seed=0)
+
+
+def test_fewshot_bench_runs(model, world):
+    ctx = BenchContext(model=model, data=str(world), limit=3, options={"ways": "2", "shots": "1"})
+    metrics = _metrics(run_benches(["fewshot"], ctx), "fewshot")
+    assert set(metrics) == {"2way_1shot/acc", "2way_1shot/acc_norm"} and 0 <= metrics["2way_1shot/acc"] <= 1
+
+
+def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "eval/run.py", "--bench", "tv_align", "--model", str(saved_model), "--data", str(world),
+           "--limit", "6", "--output", str(out), "--log-samples"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| tv_align" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["schema_version"] == 1 and record["git_commit"]
+    settings = record["settings"]
+    for key in ("model", "frames", "sampling", "fps", "prompt_template", "decode_backend", "seed", "data", "limit"):
+        assert key in settings, key
+    assert settings["frames"] == 8 and settings["prompt_template"]
+    assert record["results"]["tv_align"]["metrics"]["acc"]["n"] == 6
+    assert len(record["samples"]["tv_align"]) == 6
+
+
+def test_cli_errors_are_clear(tmp_path, world):
+    run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    missing = run("--bench", "tv_align", "--model", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no VideoLLM checkpoint" in missing.stderr
+    default = run("--bench", "tv_align", "--model", "runs/sft-default/final-missing")
+    assert default.returncode == 2
+    unknown = run("--bench", "mmlu_pro_video")
+    assert unknown.returncode == 2 and "unknown bench" in unknown.stderr and "tv_align" in unknown.stderr
+
+
+def test_evaluate_on_a_live_model_writes_the_same_json(model, world, tmp_path):
+    model.train()
+    record = evaluate(model, ["tv_align"], output=tmp_path / "live.json", data=str(world), limit=4)
+    assert model.training  # restored
+    assert json.loads((tmp_path / "live.json").read_text())["results"] == json.loads(json.dumps(record["results"]))
+    assert torch.is_grad_enabled()
