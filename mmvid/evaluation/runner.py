@@ -164,7 +164,10 @@ def format_table(record: dict) -> str:
     for bench, result in record["results"].items():
         for name, m in result["metrics"].items():
             value = m["value"]
-            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if isinstance(value, float) and not value.is_integer():
+                text = f"{value:.4f}"
+            else:
+                text = str(int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
             rows.append((bench, name, text, "" if m["stderr"] is None else f"{m['stderr']:.4f}", "" if m["n"] is None else str(m["n"])))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
