@@ -215,15 +215,15 @@ class VideoLLM(nn.Module):
 
     def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
         """(V, C, T, H, W) float in [-1, 1] -> projected features (V, N, hidden). Encode once, reuse
-        across turns by passing the result as `video_features`."""
+        across turns by passing the result as `video_features`. T may differ from the configured
+        `num_frames` (the token count follows the tokenizer's rule, e.g. S + T - 1 for VTok)."""
         if videos.ndim == 4:
             videos = videos[None]
         T = videos.shape[2]
-        if T != self.config.num_frames:
-            raise ValueError(f"this model reads {self.config.num_frames} frames per video, got {T}")
+        layout = self.layout if T == self.config.num_frames else self.video_tokenizer.token_layout(T, self.image_size, self.image_size)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_video_tokenizer):
             tokens = self.video_tokenizer.encode(videos.to(self._device()))
-        return self.projector(tokens, self.layout.to(tokens.device))
+        return self.projector(tokens, layout.to(tokens.device))
 
     def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
               video_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -259,7 +259,8 @@ class VideoLLM(nn.Module):
         if video is not None and video_features is None:
             video_features = self.encode_video(video if video.ndim == 5 else video[None])
         count = 0 if video_features is None else video_features.shape[0]
-        ids = encode_prompt(self.text_tokenizer, messages, self.video_ids, [self.tokens_per_video] * count)
+        per_video = 0 if video_features is None else video_features.shape[1]
+        ids = encode_prompt(self.text_tokenizer, messages, self.video_ids, [per_video] * count)
         input_ids = torch.tensor([ids], device=self._device())
         embeds = self.embed(input_ids, video_features=video_features)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)

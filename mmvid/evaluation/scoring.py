@@ -25,7 +25,8 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
     """
     tok = model.text_tokenizer
     count = 0 if video_features is None else video_features.shape[0]
-    context = encode_prompt(tok, messages, model.video_ids, [model.tokens_per_video] * count)
+    per_video = 0 if video_features is None else video_features.shape[1]
+    context = encode_prompt(tok, messages, model.video_ids, [per_video] * count)
     pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
     if any(len(p) == 0 for p in pieces):
         raise ValueError(f"a continuation encodes to no tokens: {continuations!r}")

@@ -1,0 +1,317 @@
+"""Talk to a trained VideoLLM about a video.
+
+    python -m mmvid.chat --model runs/sft-default/final --video clip.mp4          # interactive
+    python -m mmvid.chat --video clip.mp4 --prompt "What moves?"                   # one answer, exit 0
+    printf 'What moves?\\nAnd then?\\n' | mmvid-chat --video clip.mp4              # one turn per line
+
+Commands: /video PATH, /frames N, /reset, /save FILE, /help, /quit. Ctrl-C stops the current
+answer, not the conversation; Ctrl-D (end of input) quits.
+
+The video is encoded once; every turn reuses the KV cache of everything said so far (the video
+span included) and only runs the new tokens, so later turns start answering much sooner than the
+first (the `ttft_s` of each turn is in the transcript that /save writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmvid.prompting import encode_prompt
+from mmvid.text_tokenizer import VIDEO_TOKEN
+
+DEFAULT_MODEL = "runs/sft-default/final"
+HELP = """commands:
+  /video PATH   talk about another video (starts a new conversation)
+  /frames N     read videos with N frames (re-reads the current video)
+  /reset        forget the conversation, keep the video
+  /save FILE    write the transcript as JSON
+  /help         this list
+  /quit         leave (Ctrl-D also quits; Ctrl-C stops an answer)"""
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    ttft_s: float | None = None  # time to first token (assistant turns)
+    seconds: float | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class ChatSession:
+    """A conversation about one video with a VideoLLM, with the KV cache kept across turns."""
+
+    model: object
+    num_frames: int | None = None  # default: the model's
+    fps: float | None = None
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int | None = None
+    video_path: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+    encode_calls: int = 0  # how many times a video was encoded (tests check the cache is reused)
+    reused_tokens: int = 0  # tokens of the last prompt served from the KV cache instead of recomputed
+
+    def __post_init__(self):
+        self.num_frames = self.num_frames or self.model.config.num_frames
+        self._features: torch.Tensor | None = None
+        self._cache = None  # the LLM's KV cache for `_cached_ids`
+        self._cached_ids: list[int] = []
+        self._generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def set_video(self, path: str | None) -> None:
+        """Read and encode a video (raises FileNotFoundError / VideoDecodeError); a new conversation."""
+        if path is None:
+            self._features, self.video_path = None, None
+        else:
+            from mmvid.data import frames_to_tensor, read_video
+
+            sampling = dict(sampling="fps", fps=self.fps) if self.fps else {}
+            video = read_video(path, num_frames=self.num_frames, size=self.model.image_size, **sampling)
+            with torch.no_grad():
+                self._features = self.model.encode_video(frames_to_tensor(video.frames)[None])
+            self.encode_calls += 1
+            self.video_path = str(path)
+        self.reset()
+
+    def set_frames(self, n: int) -> None:
+        if n < self.model.video_tokenizer.min_frames:
+            raise ValueError(f"this video tokenizer needs at least {self.model.video_tokenizer.min_frames} frames")
+        self.num_frames = n
+        if self.video_path is not None:
+            self.set_video(self.video_path)
+
+    def reset(self) -> None:
+        self.turns = []
+        self._cache, self._cached_ids = None, []
+
+    def messages(self) -> list[dict]:
+        out = []
+        for i, turn in enumerate(self.turns):
+            content = turn.content
+            if i == 0 and self._features is not None:
+                content = f"{VIDEO_TOKEN}\n{content}"
+            out.append({"role": turn.role, "content": content})
+        return out
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def ask(self, text: str, on_text=None) -> Turn:
+        """Answer one user turn; `on_text(piece)` receives the answer as it is generated."""
+        if not text.strip():
+            raise ValueError("empty prompt")
+        model = self.model
+        start = time.perf_counter()
+        self.turns.append(Turn("user", text))
+        per_video = 0 if self._features is None else self._features.shape[1]
+        ids = encode_prompt(model.text_tokenizer, self.messages(), model.video_ids,
+                            [per_video] * (self._features is not None))
+        # Reuse the cache for the longest prefix we already ran (the video span, earlier turns).
+        keep = 0
+        for a, b in zip(self._cached_ids, ids):
+            if a != b:
+                break
+            keep += 1
+        if self._cache is None:
+            keep = 0
+        else:
+            cached = self._cache.get_seq_length()  # the final token of an answer (eos) was never run
+            keep = min(keep, cached, len(ids) - 1)  # at least one new token must run, for the logits
+            if cached > keep:
+                self._cache.crop(-(cached - keep))  # negative: drop that many tokens from the end
+        self.reused_tokens = keep
+        new = torch.tensor([ids[keep:]], device=model._device())
+        features = self._features if keep == 0 else None  # the video span is new only on a fresh cache
+        embeds = model.embed(new, video_features=features)
+        generated: list[int] = []
+        answer_text, ttft, interrupted = "", None, False
+        eos = model.text_tokenizer.eos_token_id
+        try:
+            out = model.llm(inputs_embeds=embeds, past_key_values=self._cache if keep else None, use_cache=True)
+            self._cache, self._cached_ids = out.past_key_values, list(ids)
+            logits = out.logits[0, -1]
+            for _ in range(self.max_new_tokens):
+                token = self._choose(logits)
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+                self._cached_ids.append(token)
+                if token == eos:
+                    break
+                generated.append(token)
+                piece = model.text_tokenizer.decode(generated, skip_special_tokens=True)[len(answer_text):]
+                answer_text += piece
+                if on_text and piece:
+                    on_text(piece)
+                step = model.llm.get_input_embeddings()(torch.tensor([[token]], device=model._device()))
+                out = model.llm(inputs_embeds=step, past_key_values=self._cache, use_cache=True)
+                self._cache = out.past_key_values
+                logits = out.logits[0, -1]
+        except KeyboardInterrupt:
+            interrupted = True  # keep what was said; a forward pass may have been cut halfway, so
+            self._cache, self._cached_ids = None, []  # the next turn rebuilds the cache (the video stays encoded)
+        turn = Turn("assistant", answer_text.strip(), ttft, time.perf_counter() - start, interrupted)
+        self.turns.append(turn)
+        return turn
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / self.temperature, -1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the smallest set reaching top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs.cpu(), 1, generator=self._generator))
+
+    def transcript(self) -> dict:
+        return {
+            "video": self.video_path,
+            "num_frames": self.num_frames,
+            "settings": {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
+                         "seed": self.seed, "fps": self.fps},
+            "turns": [t.__dict__ for t in self.turns],
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mmvid-chat", description="Chat with a VideoLLM about a video.")
+    parser.add_argument("--model", "--model-path", "--model_path", default=DEFAULT_MODEL, help="a VideoLLM folder (default %(default)s)")
+    parser.add_argument("--video", help="the video to talk about")
+    parser.add_argument("--prompt", help="answer this one prompt and exit")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", "--top_p", type=float, default=1.0, dest="top_p")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128, dest="max_new_tokens")
+    parser.add_argument("--num-frames", "--num_frames", type=int, dest="num_frames", help="default: the model's")
+    parser.add_argument("--fps", type=float, help="sample frames at this rate (capped by --num-frames)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def load_session(args) -> ChatSession:
+    from mmvid.videollm import VideoLLM
+
+    path = Path(args.model)
+    if not (path / "config.json").is_file():
+        hint = " (train one with `deepspeed train/sft.py`)" if args.model == DEFAULT_MODEL else ""
+        raise FileNotFoundError(f"no VideoLLM checkpoint at {path}{hint}")
+    model = VideoLLM.from_pretrained(path, device=args.device).eval()
+    if args.dtype:
+        model.to(getattr(torch, args.dtype))
+    torch.manual_seed(args.seed)
+    return ChatSession(model, num_frames=args.num_frames, fps=args.fps, temperature=args.temperature, top_p=args.top_p,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        session = load_session(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.video:
+        if not _switch(session, args.video):
+            return 1 if args.prompt else _loop(session)
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            print("error: empty prompt", file=sys.stderr)
+            return 2
+        _answer(session, args.prompt, stream=False)
+        return 0
+    return _loop(session)
+
+
+def _switch(session: ChatSession, path: str) -> bool:
+    from mmvid.data import VideoDecodeError
+
+    try:
+        session.set_video(path)
+    except (FileNotFoundError, VideoDecodeError, ValueError) as e:
+        print(f"cannot use video: {e}")
+        return False
+    print(f"[video {path}: {session.num_frames} frames, {session._features.shape[1]} video tokens]")
+    return True
+
+
+def _answer(session: ChatSession, text: str, stream: bool) -> None:
+    if stream:
+        print("assistant> ", end="", flush=True)
+        turn = session.ask(text, on_text=lambda piece: print(piece, end="", flush=True))
+        print(" [stopped]" if turn.interrupted else "")
+    else:
+        print(session.ask(text).content)
+
+
+def _loop(session: ChatSession) -> int:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("mmvid chat: type a question, or /help")
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            print("(empty prompt: type a question, or /help)")
+            continue
+        if text.startswith("/"):
+            command, _, argument = text.partition(" ")
+            argument = argument.strip()
+            if command == "/quit":
+                return 0
+            if command == "/help":
+                print(HELP)
+            elif command == "/reset":
+                session.reset()
+                print("[conversation reset]")
+            elif command == "/video":
+                if argument:
+                    _switch(session, argument)
+                else:
+                    print("usage: /video PATH")
+            elif command == "/frames":
+                try:
+                    session.set_frames(int(argument))
+                    print(f"[{session.num_frames} frames]")
+                except ValueError as e:
+                    print(f"usage: /frames N ({e})")
+            elif command == "/save":
+                if not argument:
+                    print("usage: /save FILE")
+                    continue
+                try:
+                    Path(argument).write_text(json.dumps(session.transcript(), indent=1))
+                    print(f"[saved {argument}]")
+                except OSError as e:
+                    print(f"cannot save: {e}")
+            else:
+                print(f"unknown command {command}; /help lists them")
+            continue
+        _answer(session, text, stream=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
