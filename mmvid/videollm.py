@@ -39,7 +39,7 @@ ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 
 @dataclass
 class VideoLLMConfig:
-    llm: str | None = None  # local folder or hub id of an AutoModelForCausalLM (weights via from_pretrained)
+    llm: str | None = None  # local folder or hub id of an AutoModelForCausalLM (weights via from_pretrained); wins over llm_config
     llm_config: dict | None = None  # or a config dict with "model_type" (tiny models built from scratch)
     text_tokenizer: str | None = None  # folder of the LLM's tokenizer (default: `llm`)
     video_tokenizer: str = "vtok_tiny"  # a preset name, or a folder written by save_pretrained
@@ -60,8 +60,10 @@ class VideoLLMConfig:
     lora_target_modules: str = "all-linear"
 
     def __post_init__(self):
-        if (self.llm is None) == (self.llm_config is None):
-            raise ValueError("give exactly one of llm (a path or hub id) and llm_config (a config dict)")
+        if self.llm is not None:
+            self.llm_config = None  # a real LLM replaces the default tiny one (so `model.llm=PATH` is enough)
+        elif self.llm_config is None:
+            raise ValueError("give llm (a path or hub id) or llm_config (a config dict with model_type)")
         if self.attn_implementation not in ATTENTION:
             raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}; known: {list(ATTENTION)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):

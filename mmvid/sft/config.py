@@ -1,0 +1,103 @@
+"""SFT configuration: dataclass defaults <- YAML (`--config`) <- `key=value` overrides.
+
+The defaults are the built-in CPU pipeline: the synthetic world, a sentencepiece tokenizer trained
+on its text, a tiny Llama, `vtok_base` and an MLP projector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmvid.videollm import VideoLLMConfig
+
+TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def default_model() -> VideoLLMConfig:
+    return VideoLLMConfig(llm_config=dict(TINY_LLAMA), text_tokenizer="runs/sft-default/text-tokenizer",
+                          video_tokenizer="vtok_base", projector="mlp2x_gelu", num_frames=16, max_length=1024,
+                          train_video_tokenizer=True)
+
+
+@dataclass
+class SFTData:
+    world: str | None = "data/shapes"  # built with default settings when missing (None: no world)
+    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft.jsonl"])  # LLaVA JSON/JSONL files
+    video_root: str | None = None  # default: each data file's folder
+    val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
+    test_bench: str | None = "data/shapes/test/tv_align.jsonl"
+    text_corpus_vocab: int = 400  # text tokenizer trained on the world's text when missing (its closed vocabulary supports ~430 unigram pieces)
+    max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
+    num_workers: int = 0
+
+
+@dataclass
+class SFTConfig:
+    model: VideoLLMConfig = field(default_factory=default_model)
+    data: SFTData = field(default_factory=SFTData)
+    out: str = "runs/sft-default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, final/
+    steps: int = 700  # optimizer steps (about 13 minutes for the CPU default)
+    epochs: float | None = None  # alternatively: passes over the data (overrides steps)
+    batch_size: int = 8  # samples per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 1e-3  # default learning rate (LLM)
+    lr_projector: float | None = None  # per-module learning rates; None = lr
+    lr_video_tokenizer: float | None = 3e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    offload_optimizer: bool = False  # ZeRO optimizer state on CPU (DeepSpeedCPUAdam)
+    offload_params: bool = False  # ZeRO-3 parameters on CPU
+    precision: str = "auto"  # auto (bf16 on CUDA when supported, fp32 on CPU) | bf16 | fp32
+    deepspeed: str | None = None  # a DeepSpeed JSON of your own; "auto" values are filled from this config
+    gradient_checkpointing: bool = False
+    init_from: str | None = None  # weights of a VideoLLM folder (a previous stage); fresh optimizer
+    resume: bool = True  # continue from the newest checkpoint in `out` when there is one
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    export_every: int = 0  # also write out/export-step_N/ every N steps (0: only final)
+    eval_every: int = 0  # tv_align on the val bench every N steps (0: only at the end)
+    eval_limit: int | None = 600  # questions per evaluation
+    log_every: int = 10
+    seed: int = 0
+    chat_prompt: str | None = "Describe the video."  # answered once at the end, about the first test video
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not self.data.train:
+            raise ValueError("data.train needs at least one data file")
+
+
+def module_learning_rates(cfg: SFTConfig) -> dict[str, float]:
+    return {
+        "llm": cfg.lr,
+        "projector": cfg.lr if cfg.lr_projector is None else cfg.lr_projector,
+        "video_tokenizer": cfg.lr if cfg.lr_video_tokenizer is None else cfg.lr_video_tokenizer,
+    }
+
+
+def as_overrides(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """A nested dict as key=value overrides (for tests and launch wrappers)."""
+    out = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not key.endswith(("overrides", "kwargs", "llm_config")):
+            out += as_overrides(value, name + ".")
+        else:
+            out.append(f"{name}={value}")
+    return out

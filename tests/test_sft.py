@@ -1,0 +1,176 @@
+"""deepspeed train/sft.py: config, DeepSpeed JSON, 2 CPU processes under ZeRO-2/3, kill and resume, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmvid.config import load_config
+from mmvid.data.shapes.build import WorldSettings, build_world
+from mmvid.sft.config import SFTConfig
+from mmvid.sft.deepspeed_config import build_deepspeed_config, resolve_user_config
+from mmvid.sft.trainer import _checkpoint_dirs
+from mmvid.videollm import VideoLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+TINY_LLM = ("{model_type: llama, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+            "num_key_value_heads: 2, max_position_embeddings: 1024, tie_word_embeddings: false}")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny world and a config file for 32x32, 8-frame clips and a 2-layer LLM."""
+    root = tmp_path_factory.mktemp("sft")
+    build_world(root / "world", WorldSettings(train=24, val=8, test=8, fewshot=0, frames=8, size=32), progress=False)
+    config = f"""
+model:
+  llm_config: {TINY_LLM}
+  text_tokenizer: {root / "text-tokenizer"}
+  video_tokenizer: vtok_tiny
+  num_frames: 8
+  max_length: 512
+data:
+  world: {root / "world"}
+  train: [{root / "world" / "train" / "sft.jsonl"}]
+  val_bench: {root / "world" / "val" / "tv_align.jsonl"}
+  test_bench: null
+  text_corpus_vocab: 400
+batch_size: 2
+log_every: 1
+warmup_steps: 2
+eval_limit: 8
+"""
+    (root / "tiny.yaml").write_text(config)
+    return root
+
+
+def _launch(tiny: Path, *overrides: str, gpus: int = 1, port: int = 29650, background: bool = False):
+    cmd = [DEEPSPEED, "--num_gpus", str(gpus), "--master_port", str(port), "train/sft.py", "--config",
+           str(tiny / "tiny.yaml"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Loss per step; a step logged twice (before a kill and again after resume) keeps the last."""
+    out_losses = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out_losses[record["step"]] = record["loss"]
+    return out_losses
+
+
+# ---------------------------------------------------------------- config and DeepSpeed JSON
+
+
+def test_deepspeed_json_is_generated_from_the_training_config():
+    cfg = SFTConfig(batch_size=4, grad_accum=3, zero_stage=3, offload_optimizer=True, offload_params=True)
+    ds = build_deepspeed_config(cfg, world_size=2, on_cuda=False)
+    assert ds["train_batch_size"] == 4 * 3 * 2 and ds["gradient_accumulation_steps"] == 3
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["bf16"]["enabled"] is False  # fp32 on CPU
+    with pytest.raises(ValueError, match="needs CUDA"):
+        build_deepspeed_config(SFTConfig(precision="bf16"), 1, on_cuda=False)
+    with pytest.raises(ValueError, match="offload_params needs zero_stage=3"):
+        SFTConfig(zero_stage=2, offload_params=True)
+
+
+def test_a_users_deepspeed_json_gets_its_auto_values_resolved(tmp_path):
+    user = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+            "zero_optimization": {"stage": "auto", "overlap_comm": True}, "bf16": {"enabled": "auto"},
+            "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(user))
+    cfg = SFTConfig(batch_size=3, grad_accum=2, zero_stage=2, lr=5e-4)
+    ds = resolve_user_config(path, cfg, world_size=2, on_cuda=False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 12)
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True} and ds["optimizer"]["params"]["lr"] == 5e-4
+    path.write_text(json.dumps({**user, "train_micro_batch_size_per_gpu": 16}))
+    with pytest.raises(ValueError, match="contradicts the training config"):
+        resolve_user_config(path, cfg, world_size=2, on_cuda=False)
+
+
+def test_unknown_keys_and_wrong_types_fail_before_anything_starts(tiny):
+    for bad, message in (("stpes=3", "did you mean 'steps'"), ("batch_size=two", "batch_size")):
+        result = subprocess.run([sys.executable, "train/sft.py", "--config", str(tiny / "tiny.yaml"), bad], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
+    cfg = load_config(SFTConfig, tiny / "tiny.yaml", ["zero_stage=2", "model.projector=mlp3x_gelu"])
+    assert cfg.zero_stage == 2 and cfg.model.projector == "mlp3x_gelu" and cfg.model.num_frames == 8
+
+
+def test_partial_checkpoints_are_never_picked(tmp_path):
+    (tmp_path / "checkpoints" / "step_000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_000004" / "client_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".step_000006.partial").mkdir()
+    (tmp_path / "checkpoints" / "step_000008").mkdir()  # killed before client_state.json was written
+    assert [p.name for p in _checkpoint_dirs(tmp_path)] == ["step_000004"]
+
+
+# ---------------------------------------------------------------- real runs
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_cpu_processes_under_zero(tiny, stage):
+    out = tiny / f"zero{stage}"
+    result = _launch(tiny, f"zero_stage={stage}", f"out={out}", "steps=8", "checkpoint_every=4", gpus=2, port=29660 + stage)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = _losses(out)
+    assert losses[8] < losses[1] - 0.2, losses
+    assert json.loads((out / "deepspeed.json").read_text())["zero_optimization"]["stage"] == stage
+    model = VideoLLM.from_pretrained(out / "final")  # the export is whole, even from ZeRO-3 partitions
+    assert model.tokens_per_video == 23
+    assert "validation tv_align accuracy per category" in result.stdout
+
+
+@pytest.mark.timeout(900)
+def test_a_killed_run_resumes_exactly(tiny):
+    straight = tiny / "straight"
+    result = _launch(tiny, f"out={straight}", "steps=8", "checkpoint_every=2", port=29671)
+    assert result.returncode == 0, result.stdout[-3000:]
+    killed = tiny / "killed"
+    process = _launch(tiny, f"out={killed}", "steps=8", "checkpoint_every=2", port=29672, background=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "step_000004").is_dir():
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
+    process.wait(timeout=60)
+    assert not (killed / "final").exists()
+    resumed_from = max(int(p.name.split("_")[1]) for p in _checkpoint_dirs(killed))
+    result = _launch(tiny, f"out={killed}", "steps=8", "checkpoint_every=2", port=29673)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+    a, b = _losses(straight), _losses(killed)
+    for step in range(resumed_from + 1, 9):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+@pytest.mark.timeout(900)
+def test_bad_samples_are_skipped_with_a_count_and_too_many_stop_the_run(tiny):
+    train = [json.loads(line) for line in (tiny / "world" / "train" / "sft.jsonl").read_text().splitlines()]
+    mixed = tiny / "mixed.jsonl"
+    broken = [dict(train[0], id="broken-1", video="videos/missing.mp4")]
+    mixed.write_text("\n".join(json.dumps(s) for s in broken + train[:3]) + "\n")  # 4 samples: each epoch sees all
+    ok = _launch(tiny, f"out={tiny / 'mixed'}", "steps=3", f"data.train=[{mixed}]", "data.max_bad_fraction=0.5",
+                 f"data.video_root={tiny / 'world' / 'train'}", port=29681)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert "skipping sample broken-1" in ok.stdout + ok.stderr
+    many = tiny / "many.jsonl"
+    many.write_text("\n".join(json.dumps(dict(s, id=f"bad-{i}", video="videos/missing.mp4")) for i, s in enumerate(train[:12]))
+                    + "\n" + "\n".join(json.dumps(s) for s in train[:4]) + "\n")
+    stopped = _launch(tiny, f"out={tiny / 'many'}", "steps=20", f"data.train=[{many}]",
+                      f"data.video_root={tiny / 'world' / 'train'}", port=29682)
+    assert stopped.returncode != 0
+    assert "samples failed to load" in stopped.stdout + stopped.stderr
