@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(PY) -m mmvid.data.shapes --out data/shapes
-	$(PY) -m mmvid.data.validate data/shapes/train/sft.jsonl data/shapes/val/sft.jsonl data/shapes/test/sft.jsonl
-	$(PY) -m mmvid.data.shapes.analyzer data/shapes --split test --limit 100
+	$(VENV)/bin/deepspeed train/sft.py
+	$(PY) eval/run.py --bench tv_align --model runs/sft-default/final --data data/shapes/test/tv_align.jsonl \
+		--output runs/sft-default/eval-test.json
+	$(PY) -m mmvid.chat --model runs/sft-default/final --video data/shapes/test/videos/000000.mp4 \
+		--prompt "Describe the video."
 
 test: setup
 	$(PY) -m pytest

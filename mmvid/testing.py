@@ -46,25 +46,32 @@ def write_offset_video(path: str | Path, num_frames: int, fps: int, first_pts: i
     return path
 
 
+def world_text_tokenizer(folder: str | Path, vocab_size: int = 400, scenes: int = 200) -> Path:
+    """Train (once) a sentencepiece tokenizer on synthetic-world captions and conversations; its folder."""
+    from mmvid.data.shapes import text, world
+    from mmvid.text_tokenizer import train_text_tokenizer
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        corpus = []
+        for s in range(scenes):
+            scene = world.sample_scene(s)
+            rng = np.random.default_rng(s)
+            corpus += text.captions(scene, rng)
+            corpus += [t["value"] for t in text.conversation(scene, "v.mp4", "x", rng, {})["conversations"]]
+        train_text_tokenizer(corpus, folder, vocab_size=vocab_size)
+    return folder
+
+
 def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny", num_frames: int = 8,
                   vocab_size: int = 400, seed: int = 0, **config):
     """A tiny untrained VideoLLM for tests: a sentencepiece tokenizer trained on synthetic-world text
     (saved under `workdir/text-tokenizer`, reused if present) and a 2-layer LLM built from a config."""
     import torch
 
-    from mmvid.data.shapes import text, world
-    from mmvid.text_tokenizer import train_text_tokenizer
     from mmvid.videollm import VideoLLM, VideoLLMConfig
 
-    folder = Path(workdir) / "text-tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        corpus = []
-        for s in range(200):
-            scene = world.sample_scene(s)
-            rng = np.random.default_rng(s)
-            corpus += text.captions(scene, rng)
-            corpus += [t["value"] for t in text.conversation(scene, "v.mp4", "x", rng, {})["conversations"]]
-        train_text_tokenizer(corpus, folder, vocab_size=vocab_size)
+    folder = world_text_tokenizer(Path(workdir) / "text-tokenizer", vocab_size)
     llm = {"llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)}[family]

@@ -125,7 +125,9 @@ def test_partial_checkpoints_are_never_picked(tmp_path):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_cpu_processes_under_zero(tiny, stage):
     out = tiny / f"zero{stage}"
-    result = _launch(tiny, f"zero_stage={stage}", f"out={out}", "steps=8", "checkpoint_every=4", gpus=2, port=29660 + stage)
+    extra = ["gradient_checkpointing=true"] if stage == 3 else []
+    result = _launch(tiny, f"zero_stage={stage}", f"out={out}", "steps=8", "checkpoint_every=4", *extra, gpus=2,
+                     port=29660 + stage)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     losses = _losses(out)
     assert losses[8] < losses[1] - 0.2, losses
@@ -155,6 +157,12 @@ def test_a_killed_run_resumes_exactly(tiny):
     a, b = _losses(straight), _losses(killed)
     for step in range(resumed_from + 1, 9):
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    # init_from: the next stage starts from these weights with a fresh optimizer and step 0.
+    stage2 = tiny / "stage2"
+    result = _launch(tiny, f"out={stage2}", "steps=2", f"init_from={straight / 'final'}", port=29674)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "init_from" in result.stdout + result.stderr and "resumed" not in result.stdout + result.stderr
+    assert _losses(stage2)[1] < a[1] - 0.2
 
 
 @pytest.mark.timeout(900)
@@ -174,3 +182,18 @@ def test_bad_samples_are_skipped_with_a_count_and_too_many_stop_the_run(tiny):
                       f"data.video_root={tiny / 'world' / 'train'}", port=29682)
     assert stopped.returncode != 0
     assert "samples failed to load" in stopped.stdout + stopped.stderr
+
+
+def test_per_module_learning_rates_and_schedule(tiny):
+    from mmvid.sft.trainer import lr_lambda, parameter_groups
+    from mmvid.testing import tiny_videollm
+
+    model = tiny_videollm(tiny / "lr-model", train_video_tokenizer=True)
+    cfg = SFTConfig(lr=1e-3, lr_projector=5e-4, lr_video_tokenizer=1e-4, warmup_steps=10, steps=100)
+    groups = {g["name"]: g for g in parameter_groups(model, cfg)}
+    assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1e-3, "projector": 5e-4, "video_tokenizer": 1e-4}
+    assert sum(p.numel() for p in groups["projector"]["params"]) == sum(p.numel() for p in model.projector.parameters())
+    f = lr_lambda(cfg, 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
+    frozen = tiny_videollm(tiny / "lr-model", train_video_tokenizer=False)
+    assert "video_tokenizer" not in {g["name"] for g in parameter_groups(frozen, cfg)}

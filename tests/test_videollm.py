@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from mmvid.data import frames_to_tensor
-from mmvid.data.shapes import text, world
+from mmvid.data.shapes import world
 from mmvid.prompting import IGNORE_INDEX, SampleTooLongError, encode_conversation
-from mmvid.text_tokenizer import train_text_tokenizer
+from mmvid.testing import world_text_tokenizer
 from mmvid.videollm import VideoLLM, VideoLLMConfig, choose_attn_implementation
 
 FAMILIES = {
@@ -29,15 +28,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    corpus = []
-    for seed in range(200):
-        scene = world.sample_scene(seed)
-        rng = np.random.default_rng(seed)
-        corpus += text.captions(scene, rng)
-        corpus += [t["value"] for t in text.conversation(scene, "v.mp4", "x", rng, {})["conversations"]]
-    out = tmp_path_factory.mktemp("text-tokenizer")
-    train_text_tokenizer(corpus, out, vocab_size=400)
-    return out
+    return world_text_tokenizer(tmp_path_factory.mktemp("text-tokenizer") / "tok", vocab_size=400)
 
 
 def _model(tokenizer_dir, family="llama", **overrides) -> VideoLLM:

@@ -196,6 +196,7 @@ def run(cfg: SFTConfig) -> dict:
             log.info("resumed from %s (step %d)", existing[-1], step)
 
     metrics_path = out / "metrics.jsonl"
+    board = _tensorboard(out) if main else None
     bar = tqdm(total=steps, initial=step, desc="sft", unit="step", disable=not main)
     start_time, done = time.perf_counter(), step >= steps
     micro = 0
@@ -229,6 +230,9 @@ def run(cfg: SFTConfig) -> dict:
                     f.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "samples_per_s": rate,
                                         "samples_seen": samples_seen, "bad_samples": len(dataset.bad),
                                         "seconds": time.perf_counter() - start_time}) + "\n")
+                if board is not None:
+                    for name, value in (("loss", loss.item()), ("lr", lr), ("samples_per_s", rate)):
+                        board.add_scalar(f"train/{name}", value, step)
             done = step >= steps
             if step % cfg.checkpoint_every == 0 or done:
                 save_checkpoint(engine, out, step, {"sampler": sampler.state_dict(), "rng": rng_state(), "step": step,
@@ -250,7 +254,7 @@ def run(cfg: SFTConfig) -> dict:
     bar.close()
     final = export(model, out / "final", cfg, rank, reload=main and cfg.zero_stage == 3)
     summary = {"steps": step, "seconds": round(time.perf_counter() - start_time, 1), "samples_seen": samples_seen,
-               "bad_samples": len(dataset.bad)}
+               "bad_samples": len(dataset.bad), "peak_rss_gib": _peak_rss_gib()}
     if main and cfg.data.val_bench:
         # Under ZeRO-3 the live parameters are partitioned across ranks, so rank 0 evaluates the export.
         record = evaluate(final if final is not None else model, ["tv_align"], output=out / "final" / "eval-val.json",
@@ -265,6 +269,21 @@ def run(cfg: SFTConfig) -> dict:
         (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
     dist.barrier()
     return summary
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer when tensorboard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # Linux reports KiB
 
 
 def export(model, folder: Path, cfg: SFTConfig, rank: int, reload: bool = False):
