@@ -52,12 +52,14 @@ eval_limit: 8
     return root
 
 
-def _launch(tiny: Path, *overrides: str, gpus: int = 1, port: int = 29650, background: bool = False):
+def _launch(tiny: Path, *overrides: str, gpus: int = 1, port: int = 29650, log: Path | None = None):
+    """Run the launcher; with `log`, start it in the background writing to that file (a pipe nobody
+    reads would fill up and block it)."""
     cmd = [DEEPSPEED, "--num_gpus", str(gpus), "--master_port", str(port), "train/sft.py", "--config",
            str(tiny / "tiny.yaml"), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if background:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    if log is not None:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
@@ -139,23 +141,28 @@ def test_two_cpu_processes_under_zero(tiny, stage):
 
 @pytest.mark.timeout(900)
 def test_a_killed_run_resumes_exactly(tiny):
+    # 16 steps, a checkpoint every 2, none deleted: the kill after step 4's checkpoint lands well before the end.
+    settings = ["steps=16", "checkpoint_every=2", "keep_checkpoints=20"]
     straight = tiny / "straight"
-    result = _launch(tiny, f"out={straight}", "steps=8", "checkpoint_every=2", port=29671)
+    result = _launch(tiny, f"out={straight}", *settings, port=29671)
     assert result.returncode == 0, result.stdout[-3000:]
     killed = tiny / "killed"
-    process = _launch(tiny, f"out={killed}", "steps=8", "checkpoint_every=2", port=29672, background=True)
+    log = tiny / "killed.log"
+    process = _launch(tiny, f"out={killed}", *settings, port=29672, log=log)
     deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "checkpoints" / "step_000004").is_dir():
-        time.sleep(0.2)
+    while not (killed / "checkpoints" / "step_000004").is_dir():
+        assert process.poll() is None, f"the run ended before its step-4 checkpoint:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no step-4 checkpoint after 300 s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
     process.wait(timeout=60)
-    assert not (killed / "final").exists()
     resumed_from = max(int(p.name.split("_")[1]) for p in _checkpoint_dirs(killed))
-    result = _launch(tiny, f"out={killed}", "steps=8", "checkpoint_every=2", port=29673)
+    assert resumed_from < 16 and not (killed / "final").exists()
+    result = _launch(tiny, f"out={killed}", *settings, port=29673)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "resumed from" in result.stdout + result.stderr
     a, b = _losses(straight), _losses(killed)
-    for step in range(resumed_from + 1, 9):
+    for step in range(resumed_from + 1, 17):
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
     # init_from: the next stage starts from these weights with a fresh optimizer and step 0.
     stage2 = tiny / "stage2"
