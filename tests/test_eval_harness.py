@@ -141,9 +141,11 @@ def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):
 def test_cli_errors_are_clear(tmp_path, world):
     run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
                                     timeout=300)
-    missing = run("--bench", "tv_align", "--model", str(tmp_path / "none"))
+    missing = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data", str(world))
     assert missing.returncode == 2 and "no VideoLLM checkpoint" in missing.stderr
-    default = run("--bench", "tv_align", "--model", "runs/sft-default/final-missing")
+    no_data = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "no-world"))
+    assert no_data.returncode == 2 and "benchmark file not found" in no_data.stderr
+    default = run("--bench", "tv_align", "--model", "runs/sft-default/final-missing", "--data", str(world))
     assert default.returncode == 2
     unknown = run("--bench", "mmlu_pro_video")
     assert unknown.returncode == 2 and "unknown bench" in unknown.stderr and "tv_align" in unknown.stderr
