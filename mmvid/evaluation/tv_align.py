@@ -83,14 +83,6 @@ def benchmark_file(ctx: BenchContext) -> Path:
     return data / ctx.option("split", "test") / "tv_align.jsonl"
 
 
-def _prompt(question: dict) -> str:
-    options = question["options"]
-    if len(options) == 4:
-        return multiple_choice_prompt(question["question"], options)
-    lines = "\n".join(f"{letter}. {o}" for letter, o in zip(string.ascii_uppercase, options))
-    return f"{question['question']}\n{lines}\nAnswer with the option's letter."
-
-
 def run(ctx: BenchContext) -> BenchResult:
     mode = ctx.option("mode", "loglikelihood")
     option_format = ctx.option("option_format", "letter")
@@ -112,7 +104,7 @@ def run(ctx: BenchContext) -> BenchResult:
             video = read_video(video_path, num_frames=model.config.num_frames, size=model.image_size)
             cache[video_path] = model.encode_video(frames_to_tensor(video.frames)[None])
         features = cache[video_path]
-        messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{_prompt(q)}"}]
+        messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
         letters = list(string.ascii_uppercase[: len(q["options"])])
         record = {"id": q["id"], "category": q["category"], "answer": letters[q["answer_index"]]}
         if mode in ("loglikelihood", "both"):

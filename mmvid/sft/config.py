@@ -7,7 +7,6 @@ on its text, a tiny Llama, `vtok_base` and an MLP projector.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from mmvid.videollm import VideoLLMConfig
 
@@ -90,14 +89,3 @@ def module_learning_rates(cfg: SFTConfig) -> dict[str, float]:
         "video_tokenizer": cfg.lr if cfg.lr_video_tokenizer is None else cfg.lr_video_tokenizer,
     }
 
-
-def as_overrides(data: dict[str, Any], prefix: str = "") -> list[str]:
-    """A nested dict as key=value overrides (for tests and launch wrappers)."""
-    out = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and not key.endswith(("overrides", "kwargs", "llm_config")):
-            out += as_overrides(value, name + ".")
-        else:
-            out.append(f"{name}={value}")
-    return out

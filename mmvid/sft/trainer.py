@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmvid.checkpoint import rng_state, set_rng_state
+from mmvid.checkpoint import checkpoint_dirs, rng_state, set_rng_state
 from mmvid.config import config_to_dict, save_config
 from mmvid.data.video_dataset import ResumableSampler
 from mmvid.sft.config import SFTConfig, module_learning_rates
@@ -97,11 +97,8 @@ def lr_lambda(cfg: SFTConfig, total: int):
 
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "client_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    """Complete checkpoints, oldest first: the shared scan, plus the marker written last."""
+    return [p for p in checkpoint_dirs(out) if (p / "client_state.json").is_file()]
 
 
 def save_checkpoint(engine, out: Path, step: int, client: dict, keep: int, rank: int) -> None:

@@ -14,6 +14,7 @@ counter) and each new question of a category puts its answer one letter further 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,10 +124,11 @@ def action_phrase(obj: world.ObjectSpec, with_speed: bool = True) -> str:
 
 
 def multiple_choice_prompt(question: str, options: list[str]) -> str:
-    """The one multiple-choice format shared by the benchmark, SFT and the eval harness."""
-    if len(options) != len(LETTERS):
-        raise ValueError(f"a multiple-choice question needs {len(LETTERS)} options, got {len(options)}")
-    lines = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
+    """The one multiple-choice format shared by the benchmark, SFT and the eval harness
+    (the world always has 4 options; user benchmarks may have 2-26)."""
+    if not 2 <= len(options) <= 26:
+        raise ValueError(f"a multiple-choice question needs 2-26 options, got {len(options)}")
+    lines = "\n".join(f"{letter}. {option}" for letter, option in zip(string.ascii_uppercase, options))
     return f"{question}\n{lines}\n{MC_SUFFIX}"
 
 
