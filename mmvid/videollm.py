@@ -195,8 +195,14 @@ class VideoLLM(nn.Module):
                                       self.tokens_per_video, None, sample.get("id"))
         return len(encoded)
 
-    def collate(self, samples: list[EncodedSample], videos: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Right-pad a batch; `videos` is the list of every video of the batch in order, each (C, T, H, W)."""
+    def collate(self, samples: list[EncodedSample], videos: list[torch.Tensor] | None = None,
+                video_index: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad a batch; `videos` is the list of every video of the batch, each (C, T, H, W).
+
+        Without `video_index` the videos fill the <video> spans in order (one video per span). With it,
+        span k (counted across the batch in order) shows `videos[video_index[k]]`: several sequences
+        can share one video, which is then encoded once (see SFTData.split_turns).
+        """
         width = max(len(s) for s in samples)
         pad = self.text_tokenizer.pad_token_id
         batch = {
@@ -211,6 +217,12 @@ class VideoLLM(nn.Module):
             batch["labels"][i, :n] = torch.tensor(s.labels)
         if videos:
             batch["videos"] = torch.stack(videos)
+        if video_index is not None:
+            spans = sum(s.num_videos for s in samples)
+            if len(video_index) != spans or (spans and not (videos and 0 <= min(video_index) and max(video_index) < len(videos))):
+                raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the number of "
+                                 f"videos ({len(videos or [])}); got {list(video_index)}")
+            batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
         return batch
 
     # -- video ----------------------------------------------------------------------------------------
@@ -228,13 +240,16 @@ class VideoLLM(nn.Module):
         return self.projector(tokens, layout.to(tokens.device))
 
     def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
-              video_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with the video features scattered into the video positions."""
+              video_features: torch.Tensor | None = None, video_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with the video features scattered into the video positions. `video_index`
+        (long, one entry per <video> span in order) picks which video each span shows."""
         embeds = self.llm.get_input_embeddings()(input_ids)
         positions = input_ids == self.video_ids.placeholder
         num_positions = int(positions.sum())
         if video_features is None and videos is not None:
             video_features = self.encode_video(videos)
+        if video_features is not None and video_index is not None:
+            video_features = video_features[video_index.to(video_features.device)]  # (spans, N, hidden)
         num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
         if num_positions != num_features:
             raise ValueError(f"video tokens and features do not match: tokens: {num_positions}, features: {num_features}")
@@ -244,8 +259,9 @@ class VideoLLM(nn.Module):
         return embeds
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None, **kwargs):
-        embeds = self.embed(input_ids, videos, video_features)
+                videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
+                video_index: torch.Tensor | None = None, **kwargs):
+        embeds = self.embed(input_ids, videos, video_features, video_index)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

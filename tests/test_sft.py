@@ -204,3 +204,50 @@ def test_per_module_learning_rates_and_schedule(tiny):
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
     frozen = tiny_videollm(tiny / "lr-model", train_video_tokenizer=False)
     assert "video_tokenizer" not in {g["name"] for g in parameter_groups(frozen, cfg)}
+
+
+# ---------------------------------------------------------------- split_turns
+
+
+def test_split_rounds_gives_each_answer_its_own_sequence_with_the_video():
+    from mmvid.sft.data import split_rounds
+
+    conv = [{"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "A red star bounces."},
+            {"from": "human", "value": "What colour is the star?"}, {"from": "gpt", "value": "red"}]
+    rounds = split_rounds(conv)
+    assert [[t["value"] for t in r] for r in rounds] == [
+        ["Be brief.", "<video>\nWhat happens?", "A red star bounces."],
+        ["Be brief.", "<video>\nWhat colour is the star?", "red"]]
+    with pytest.raises(ValueError, match="alternating"):
+        split_rounds(conv[:2])
+
+
+def test_split_turns_dataset_shares_one_video_per_sample(tiny):
+    """A split sample: one sequence per round, one decoded video, every span pointing at it; the
+    batch's loss equals the unshared batch with the video repeated."""
+    import torch
+
+    from mmvid.sft.data import SFTDataset, collate
+
+    cfg = load_config(SFTConfig, tiny / "tiny.yaml")
+    from mmvid.sft.trainer import prepare_default_data
+
+    prepare_default_data(cfg)
+    model = VideoLLM.build(cfg.model).eval()
+    files = cfg.data.train
+    split = SFTDataset(files, model, split_turns=True)
+    whole = SFTDataset(files, model, split_turns=False)
+    items = [split[0], split[1]]
+    rounds = [len(split.items[i][0]["conversations"]) // 2 for i in (0, 1)]
+    assert [len(item["encoded"]) for item in items] == rounds and all(len(item["videos"]) == 1 for item in items)
+    batch = collate(model, items)
+    assert batch["video_index"].tolist() == [0] * rounds[0] + [1] * rounds[1]
+    assert batch["videos"].shape[0] == 2 and batch["input_ids"].shape[0] == sum(rounds)
+    # Every sequence but the first of a sample is shorter than the whole conversation was.
+    assert max(len(e) for e in items[0]["encoded"]) < len(whole[0]["encoded"][0])
+    repeated = model.collate([e for item in items for e in item["encoded"]],
+                             videos=[item["videos"][0] for item in items for _ in item["encoded"]])
+    batch.pop("index")
+    with torch.no_grad():
+        assert abs(model(**batch).loss.item() - model(**repeated).loss.item()) < 1e-5

@@ -101,6 +101,22 @@ def test_several_videos_in_one_sample(tokenizer_dir):
         model.encode_sample(conv, num_videos=1)
 
 
+def test_sequences_sharing_a_video_equal_the_video_repeated(tokenizer_dir):
+    """video_index: three sequences over two videos encode each video once and give the same loss
+    as passing the videos repeated, one per span."""
+    model = _model(tokenizer_dir).eval()
+    encoded = [model.encode_sample(_sample()), model.encode_sample(_sample("A blue circle stays still.")),
+               model.encode_sample(_sample("A red star bounces."))]
+    shared = model.collate(encoded, videos=[_video(0), _video(1)], video_index=[1, 0, 1])
+    repeated = model.collate(encoded, videos=[_video(1), _video(0), _video(1)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**shared).logits, model(**repeated).logits)
+    with pytest.raises(ValueError, match="one entry per <video> span"):
+        model.collate(encoded, videos=[_video(0)], video_index=[0, 1, 0])
+    with pytest.raises(ValueError, match="one entry per <video> span"):
+        model.collate(encoded, videos=[_video(0)], video_index=[0, 0])
+
+
 # ---------------------------------------------------------------- merge
 
 

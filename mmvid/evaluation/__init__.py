@@ -5,7 +5,7 @@
 
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, evaluate, format_table, run_benches, write_results
 
-from mmvid.evaluation import fewshot, recon, tokens, tv_align
+from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align
 
 
 def _lm_eval(ctx: BenchContext) -> BenchResult:
@@ -19,6 +19,7 @@ BENCHES = {
     "fewshot": fewshot.run,
     "recon": recon.run,
     "tokens": tokens.run,
+    "coordtok_memory": coordtok_memory.run,
     "lm_eval": _lm_eval,
 }
 

@@ -28,6 +28,7 @@ class SFTData:
     val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
     test_bench: str | None = "data/shapes/test/tv_align.jsonl"
     text_corpus_vocab: int = 400  # text tokenizer trained on the world's text when missing (its closed vocabulary supports ~430 unigram pieces)
+    split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 

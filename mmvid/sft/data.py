@@ -4,6 +4,13 @@ A sample that cannot be used (a video that is missing or does not decode, too ma
 malformed conversation) is skipped with a warning naming the file and the reason, and replaced by
 the next usable one, so every rank always gets full batches and no rank waits on another. Failures
 are counted; `bad_fraction()` lets the trainer stop every rank together with a summary.
+
+`split_turns=True` turns a one-video conversation of K question/answer rounds into K sequences, each
+the video + one question + its answer, that share one encoding of the video. Later turns of a
+conversation often give away earlier answers in their text (a caption first turn names every
+object's colour, shape and action; "What does the cyan circle do?" names the circle's colour), so
+in one sequence the model learns to copy from the context instead of looking at the video, and
+scores at chance on single questions. Split, every answer has to come from the video.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import torch
 from torch.utils.data import Dataset
 
 from mmvid.data import VideoDecodeError, VideoTooShortError, frames_to_tensor, read_video
-from mmvid.data.conversations import load_conversations, sample_videos
+from mmvid.data.conversations import GPT, HUMAN, SYSTEM, VIDEO_PLACEHOLDER, load_conversations, sample_videos
 
 log = logging.getLogger(__name__)
 
 
 class SFTDataset(Dataset):
-    def __init__(self, files: list[str], model, video_root: str | None = None):
+    def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False):
         self.model = model
+        self.split_turns = split_turns
         self.items: list[tuple[dict, Path]] = []
         for file in files:
             root = Path(video_root) if video_root else Path(file).parent
@@ -40,10 +48,15 @@ class SFTDataset(Dataset):
         sample, root = self.items[index]
         name = str(sample.get("id", index))
         videos = [root / v for v in sample_videos(sample)]
-        encoded = self.model.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))
+        if self.split_turns and len(videos) == 1:
+            encoded = [self.model.encode_sample(turns, sample_id=name, num_videos=1) for turns in split_rounds(sample["conversations"])]
+        else:
+            encoded = [self.model.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
         frames = [frames_to_tensor(read_video(v, num_frames=self.model.config.num_frames, size=self.model.image_size).frames)
                   for v in videos]
-        return {"encoded": encoded, "videos": frames, "id": name, "index": index}
+        # One entry per <video> span of the sample's sequences, indexing `frames`.
+        spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(e.num_videos for e in encoded)
+        return {"encoded": encoded, "videos": frames, "spans": spans, "id": name, "index": index}
 
     def __getitem__(self, index: int) -> dict:
         for offset in range(len(self.items)):
@@ -63,9 +76,28 @@ class SFTDataset(Dataset):
         return len(self.bad) / max(1, self.seen)
 
 
+def split_rounds(conversations: list[dict]) -> list[list[dict]]:
+    """A one-video conversation -> one conversation per human/gpt round, each opening with the video.
+
+    A leading system turn is kept in every round. Raises ValueError when the turns do not alternate.
+    """
+    turns = list(conversations)
+    system = [turns.pop(0)] if turns and turns[0].get("from") == SYSTEM else []
+    if not turns or len(turns) % 2 or any(t.get("from") != (HUMAN, GPT)[i % 2] for i, t in enumerate(turns)):
+        raise ValueError("split_turns needs alternating human/gpt turns")
+    rounds = []
+    for human, gpt in zip(turns[::2], turns[1::2]):
+        text = human["value"].replace(VIDEO_PLACEHOLDER, "").strip()
+        rounds.append(system + [{"from": HUMAN, "value": f"{VIDEO_PLACEHOLDER}\n{text}"}, gpt])
+    return rounds
+
+
 def collate(model, items: list[dict]) -> dict:
     """Batch for `VideoLLM.forward` plus the sample indices (for the data position)."""
-    videos = [v for item in items for v in item["videos"]]
-    batch = model.collate([item["encoded"] for item in items], videos=videos or None)
+    videos, index = [], []
+    for item in items:
+        index += [len(videos) + k for k in item["spans"]]
+        videos += item["videos"]
+    batch = model.collate([e for item in items for e in item["encoded"]], videos=videos or None, video_index=index if videos else None)
     batch["index"] = torch.tensor([item["index"] for item in items])
     return batch

@@ -158,7 +158,7 @@ def run(cfg: SFTConfig) -> dict:
             log.info("init_from %s (missing %d, unexpected %d keys)", cfg.init_from, len(missing), len(unexpected))
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
-    dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root)
+    dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=lambda items: collate(model, items), drop_last=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TokenLayout, VideoTokenizer, config_from_dict
+from mmvid.video_tokenizers.coordtok import (CoordTok, CoordTokConfig, coordtok_b, coordtok_base, coordtok_l, coordtok_l_3072,
+                                             coordtok_s, coordtok_tiny)
 from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
 from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
 
@@ -28,8 +30,14 @@ VIDEO_TOKENIZERS = {
     "vtok_tiny": vtok_tiny,
     "vtok_base": vtok_base,
     "vtok_clip_l336": vtok_clip_l336,
+    "coordtok_tiny": coordtok_tiny,
+    "coordtok_base": coordtok_base,
+    "coordtok_s": coordtok_s,
+    "coordtok_b": coordtok_b,
+    "coordtok_l": coordtok_l,
+    "coordtok_l_3072": coordtok_l_3072,
 }
-ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok}
+ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok, "coordtok": CoordTok}
 
 
 def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
@@ -67,6 +75,8 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
 __all__ = [
     "ARCHITECTURES",
     "VIDEO_TOKENIZERS",
+    "CoordTok",
+    "CoordTokConfig",
     "FramesConfig",
     "FramesTokenizer",
     "TokenLayout",

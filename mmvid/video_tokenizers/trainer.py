@@ -5,7 +5,9 @@
 
 Data: a built synthetic world (default `data/shapes`, built on first use if missing), any folder
 of videos, or a .txt list (`data.source`). Each step: encode -> decode -> loss (from `losses.py`)
--> backward -> clip -> AdamW step. Every `val_every` steps: PSNR and SSIM on validation videos.
+-> backward -> clip -> AdamW step. A tokenizer with its own objective (a `training_loss(video,
+perceptual, perceptual_weight)` method returning (loss, parts), e.g. CoordTok's random patches)
+gets that instead of decode(encode(x)) + `reconstruction_loss`. Every `val_every` steps: PSNR and SSIM on validation videos.
 Every `checkpoint_every` steps: an atomic checkpoint (weights, optimizer, scheduler, sampler
 position, RNG); re-running the same command after a kill resumes from the newest. At the end:
 `save_pretrained` to `<out>/final`, loadable with `load_video_tokenizer`.
@@ -32,7 +34,7 @@ from mmvid.config import config_to_dict, save_config
 from mmvid.data.video_dataset import ResumableSampler, VideoClipDataset, list_videos
 from mmvid.metrics import psnr, ssim
 from mmvid.video_tokenizers import build_video_tokenizer
-from mmvid.video_tokenizers.base import VideoTokenizer
+from mmvid.video_tokenizers.base import WEIGHTS_FILE, VideoTokenizer
 from mmvid.video_tokenizers.losses import build_perceptual_loss, reconstruction_loss
 
 log = logging.getLogger("mmvid.tokenizer_train")
@@ -56,6 +58,7 @@ class DataConfig:
 class TokenizerTrainConfig:
     model: str = "vtok_base"  # a preset of mmvid.video_tokenizers.VIDEO_TOKENIZERS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # preset config fields to change
+    init_from: str | None = None  # a save_pretrained folder whose weights start a new run (fresh optimizer)
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/tokenizer"  # run folder: config, metrics.jsonl, checkpoints/, final/
     steps: int = 2000  # optimizer steps
@@ -113,6 +116,17 @@ def ensure_data(cfg: DataConfig) -> None:
     build_world(cfg.source, WorldSettings(), workers=min(4, os.cpu_count() or 1))
 
 
+class TrainingLoss(torch.nn.Module):
+    """The tokenizer's own objective as a forward pass, so DDP wraps it like any model."""
+
+    def __init__(self, tokenizer: VideoTokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float):
+        return self.tokenizer.training_loss(video, perceptual, perceptual_weight)
+
+
 @torch.no_grad()
 def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader, device: torch.device) -> dict[str, float]:
     """Mean PSNR and SSIM (on [-1, 1], data range 2) of encode -> decode over the given videos."""
@@ -155,9 +169,17 @@ def run(cfg: TokenizerTrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
 
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
-    model = tokenizer
+    if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
+        from safetensors.torch import load_file
+
+        weights = Path(cfg.init_from) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"init_from={cfg.init_from}: no {WEIGHTS_FILE} there (a save_pretrained folder)")
+        tokenizer.load_state_dict(load_file(str(weights), device=str(device)))
+    own_loss = hasattr(tokenizer, "training_loss")
+    model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(tokenizer, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     d = cfg.data
     train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
@@ -193,8 +215,10 @@ def run(cfg: TokenizerTrainConfig) -> dict[str, float]:
         for batch in loader:
             start = time.perf_counter()
             x = batch["video"].to(device)
-            reconstruction = model(x)
-            loss, parts = reconstruction_loss(reconstruction, x, perceptual, cfg.perceptual_weight)
+            if own_loss:
+                loss, parts = model(x, perceptual, cfg.perceptual_weight)
+            else:
+                loss, parts = reconstruction_loss(model(x), x, perceptual, cfg.perceptual_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
