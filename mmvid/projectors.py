@@ -123,6 +123,13 @@ class Projector(nn.Module):
         self.structure = None
         if config.embed_layout:
             self.structure = StructureEmbedding(config.out_dim, config.max_groups, config.max_frames)
+        # A LayerNorm on the output puts video embeddings at the text embeddings' scale (VideoLLM.build
+        # sets its gain to their std); without it a trained projector drifted to ~17x their norm.
+        self.output_norm = nn.LayerNorm(config.out_dim) if config.output_norm else None
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """The output norm, when configured: (B, M, out_dim) -> (B, M, out_dim)."""
+        return h if self.output_norm is None else self.output_norm(h)
 
     def num_outputs(self, num_tokens: int) -> int:
         """M, the number of LLM embeddings for an input of N tokens."""
@@ -184,7 +191,7 @@ class MLPProjector(Projector):
     def forward(self, tokens: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
         self.check_inputs(tokens, layout)
         h = self.add_structure(self.mlp[0](tokens), layout)  # (B, N, out_dim)
-        return self.mlp[1:](h)
+        return self.finish(self.mlp[1:](h))
 
 
 class PoolProjector(Projector):
@@ -210,7 +217,7 @@ class PoolProjector(Projector):
         self.check_inputs(tokens, layout)
         h = self.add_structure(self.mlp[0](tokens), layout)  # (B, N, out_dim)
         h = F.adaptive_avg_pool1d(rearrange(h, "b n d -> b d n"), self.config.budget)  # (B, out_dim, M)
-        return self.mlp[1:](rearrange(h, "b d m -> b m d"))  # (B, M, out_dim)
+        return self.finish(self.mlp[1:](rearrange(h, "b d m -> b m d")))  # (B, M, out_dim)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -262,7 +269,7 @@ class ResamplerProjector(Projector):
         q = self.queries.expand(tokens.shape[0], -1, -1).to(context.dtype)  # (B, K, D)
         for block in self.blocks:
             q = block(q, context)
-        return self.output(self.norm(q))  # (B, K, out_dim)
+        return self.finish(self.output(self.norm(q)))  # (B, K, out_dim)
 
 
 class EmbeddingProjector(Projector):
@@ -289,7 +296,7 @@ class EmbeddingProjector(Projector):
 
     def forward(self, tokens: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
         self.check_inputs(tokens, layout)
-        return self.add_structure(self.embed(tokens.long()), layout)  # (B, N, out_dim)
+        return self.finish(self.add_structure(self.embed(tokens.long()), layout))  # (B, N, out_dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +325,7 @@ class ProjectorConfig:
     embed_layout: bool = True  # add the group / time / position embeddings of the TokenLayout
     max_frames: int = 1024  # frames the time embedding can tell apart (layout.time < max_frames)
     max_groups: int = 8  # token groups the group embedding can tell apart
+    output_norm: bool = False  # a LayerNorm on the output (video embeddings at the text embeddings' scale)
 
     def __post_init__(self):
         projector_builder(self.type)  # UnknownProjectorError (a KeyError and a ValueError)

@@ -152,6 +152,9 @@ class VideoLLM(nn.Module):
         projector = build_projector(_projector_config(config, video_tokenizer, llm))
         model = cls(config, llm, text_tokenizer, video_tokenizer, projector).to(device)
         model.projector.to(dtype)
+        if getattr(model.projector, "output_norm", None) is not None:  # start video at the text embeddings' scale
+            with torch.no_grad():
+                model.projector.output_norm.weight.fill_(float(llm.get_input_embeddings().weight.float().std()))
         model.apply_trainable()
         return model
 

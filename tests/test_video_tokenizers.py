@@ -42,6 +42,8 @@ def test_every_preset_builds_on_meta_with_exact_counts(name):
             assert n == c.key_tokens + math.ceil((T - 1) / c.temporal_stride)
         elif name.startswith("coordtok"):
             assert n == c.num_plane_tokens  # one triplane for any clip up to c.num_frames frames
+        elif name.startswith("sweettok"):
+            assert n == c.num_spatial_queries + (size // c.patch_size) ** 2  # S + G for any T
         else:
             assert n == T * c.tokens_per_frame
         assert tok.token_layout(T, size, size).num_tokens == n

@@ -117,6 +117,18 @@ def test_sequences_sharing_a_video_equal_the_video_repeated(tokenizer_dir):
         model.collate(encoded, videos=[_video(0)], video_index=[0, 0])
 
 
+def test_projector_output_norm_puts_video_at_the_text_scale(tokenizer_dir, tmp_path):
+    model = _model(tokenizer_dir, projector_kwargs={"output_norm": True})
+    text = model.llm.get_input_embeddings().weight.detach()
+    video = model.encode_video(_video()[None]).detach()
+    ratio = float(video.norm(dim=-1).mean() / text.norm(dim=-1).mean())
+    assert 0.7 < ratio < 1.4, ratio
+    plain = _model(tokenizer_dir).encode_video(_video()[None]).detach()
+    assert torch.allclose(video.mean(-1), torch.zeros(1), atol=1e-4) and not torch.allclose(plain.mean(-1), torch.zeros(1), atol=1e-4)
+    reloaded = VideoLLM.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    torch.testing.assert_close(reloaded.encode_video(_video()[None]), video)
+
+
 # ---------------------------------------------------------------- merge
 
 

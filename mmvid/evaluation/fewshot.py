@@ -7,26 +7,36 @@ The context is a conversation: for each support video (shuffled) the user shows 
 the object does, and the assistant answers with the class label; then the query. Every class label
 is scored as the answer's continuation (`acc`, and per-byte `acc_norm`). Chance is 1/N.
 
-Hook: a video tokenizer with a `video_to_text(video) -> str` method (SweetTok's words) can stand in
-for the video positions: `--video-as text` puts that text into the turns instead of `<video>`.
+Words mode (`--video-as words`, or `--option video_as=words`; `text` is the same): every support and
+query video enters the LLM as text, the words of a tokenizer with `video_to_text(video) -> str`
+(SweetTok: "adj adj noun ..." for its spatial tokens, then "adv adv verb ..." for its temporal ones),
+in place of `<video>`, as SPAE / V2L-style in-context recognition with a frozen LLM. The tokenizer is
+the model's video tokenizer when it has that method, else `--option words_tokenizer=PATH` (a
+`save_pretrained` SweetTok folder, or a preset name, untrained, for plumbing checks); videos are then
+read at that tokenizer's `num_frames` and `image_size`. `--option words_top=K` keeps each clip's K
+most frequent words (most frequent first) to fit long word lists in the context; 0 (default) keeps all.
+
+    python eval/run.py --bench fewshot --video-as words --option words_tokenizer=runs/tokenizer-sweettok_base/final
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from mmvid.data import frames_to_tensor, read_video
+from mmvid.video_tokenizers import VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.scoring import continuation_logprobs, pick
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 QUESTION = "What does the object do?"
+VIDEO_AS = ("video", "words")  # "text" is an alias of "words"
 
 
 def load_fewshot(ctx: BenchContext) -> tuple[Path, list[dict]]:
@@ -73,24 +83,70 @@ def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) ->
     return out
 
 
+def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, int, int, str]:
+    """The words mode's tokenizer: (tokenizer, frames, size, name) — the model's when it has
+    `video_to_text`, else `words_tokenizer=` (a saved folder or a preset)."""
+    spec = ctx.option("words_tokenizer")
+    if spec is None:
+        tokenizer = model.video_tokenizer
+        if not hasattr(tokenizer, "video_to_text"):
+            raise ValueError(f"--video-as words needs a video tokenizer with video_to_text() (SweetTok); the model's "
+                             f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved SweetTok folder)")
+        return tokenizer, model.config.num_frames, model.image_size, str(tokenizer.preset)
+    if Path(spec).is_dir():
+        tokenizer = load_video_tokenizer(spec)
+    elif spec in VIDEO_TOKENIZERS:
+        tokenizer = build_video_tokenizer(spec)  # untrained: its words say nothing, but the plumbing runs
+    else:
+        raise FileNotFoundError(f"words_tokenizer={spec!r} is neither a saved video tokenizer folder nor a preset")
+    if not hasattr(tokenizer, "video_to_text"):
+        raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without video_to_text() "
+                         f"(use a SweetTok)")
+    tokenizer.eval().to(model._device())
+    return tokenizer, tokenizer.config.num_frames, tokenizer.config.image_size, spec
+
+
+def most_frequent_words(text: str, k: int) -> str:
+    """The k most frequent words of `text`, most frequent first (ties: first seen first); all for k = 0."""
+    words = text.split()
+    if k <= 0:
+        return text
+    counts = Counter(words)
+    first = {w: i for i, w in reversed(list(enumerate(words)))}
+    return " ".join(sorted(counts, key=lambda w: (-counts[w], first[w]))[:k])
+
+
 def run(ctx: BenchContext) -> BenchResult:
     ways = int(ctx.option("ways", "5"))
     shot_list = [int(s) for s in str(ctx.option("shots", "1,5")).split(",") if s]
     count = int(ctx.option("episodes", "20") if ctx.limit is None else ctx.limit)
     video_as = ctx.option("video_as", "video")
+    video_as = "words" if video_as == "text" else video_as
+    if video_as not in VIDEO_AS:
+        raise ValueError(f"video_as must be one of {list(VIDEO_AS)} (or text, an alias of words), got {video_as!r}")
+    top = int(ctx.option("words_top", "0"))
     path, items = load_fewshot(ctx)
     model = ctx.load_model()
-    to_text = getattr(model.video_tokenizer, "video_to_text", None)
-    if video_as == "text" and to_text is None:
-        raise ValueError(f"--video-as text needs a video tokenizer with video_to_text(); {model.video_tokenizer.preset} has none")
+    frames, size, tokenizer_name = model.config.num_frames, model.image_size, None
+    if video_as == "words":
+        to_words, frames, size, tokenizer_name = words_tokenizer(ctx, model)
     cache: dict[str, torch.Tensor] = {}
+    texts: dict[str, str] = {}
 
     def video(item) -> torch.Tensor:
         key = str(path.parent / item["video"])
         if key not in cache:
-            decoded = read_video(key, num_frames=model.config.num_frames, size=model.image_size)
+            decoded = read_video(key, num_frames=frames, size=size)
             cache[key] = frames_to_tensor(decoded.frames)
         return cache[key]
+
+    def words(item) -> str:
+        key = str(path.parent / item["video"])
+        if key not in texts:
+            text = to_words.video_to_text(video(item)[None].to(model._device()))
+            texts[key] = most_frequent_words(text, top)
+            cache.pop(key)  # the words are all that is needed again
+        return texts[key]
 
     metrics, samples = [], []
     for shots in shot_list:
@@ -98,8 +154,8 @@ def run(ctx: BenchContext) -> BenchResult:
         for support, query, labels in tqdm(episodes(items, ways, shots, count, ctx.seed), desc=f"fewshot {ways}-way {shots}-shot"):
             messages, videos = [], []
             for item in support + [query]:
-                if video_as == "text":
-                    content = f"{to_text(video(item)[None])}\n{QUESTION}"
+                if video_as == "words":
+                    content = f"{words(item)}\n{QUESTION}"
                 else:
                     content = f"{VIDEO_TOKEN}\n{QUESTION}"
                     videos.append(video(item))
@@ -119,4 +175,7 @@ def run(ctx: BenchContext) -> BenchResult:
             metrics.append(Metric(f"{ways}way_{shots}shot/{name}", value, stderr, len(values)))
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
                 "chance": 1 / ways, "question": QUESTION}
+    if video_as == "words":
+        settings.update(words_tokenizer=tokenizer_name, words_frames=frames, words_size=size, words_top=top,
+                        words_per_video=sum(len(t.split()) for t in texts.values()) / max(1, len(texts)))
     return BenchResult("fewshot", metrics, settings, samples)

@@ -16,7 +16,8 @@ TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, nu
 
 def default_model() -> VideoLLMConfig:
     return VideoLLMConfig(llm_config=dict(TINY_LLAMA), text_tokenizer="runs/sft-default/text-tokenizer",
-                          video_tokenizer="vtok_base", projector="mlp2x_gelu", num_frames=16, max_length=1024,
+                          video_tokenizer="vtok_base", projector="mlp2x_gelu",
+                          projector_kwargs={"output_norm": True}, num_frames=16, max_length=1024,
                           train_video_tokenizer=True)
 
 

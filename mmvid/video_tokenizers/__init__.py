@@ -21,6 +21,7 @@ from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FIL
 from mmvid.video_tokenizers.coordtok import (CoordTok, CoordTokConfig, coordtok_b, coordtok_base, coordtok_l, coordtok_l_3072,
                                              coordtok_s, coordtok_tiny)
 from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
+from mmvid.video_tokenizers.sweettok import SweetTok, SweetTokConfig, sweettok_base, sweettok_compact, sweettok_tiny
 from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
 
 VIDEO_TOKENIZERS = {
@@ -36,8 +37,11 @@ VIDEO_TOKENIZERS = {
     "coordtok_b": coordtok_b,
     "coordtok_l": coordtok_l,
     "coordtok_l_3072": coordtok_l_3072,
+    "sweettok_tiny": sweettok_tiny,
+    "sweettok_base": sweettok_base,
+    "sweettok_compact": sweettok_compact,
 }
-ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok, "coordtok": CoordTok}
+ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok, "coordtok": CoordTok, "sweettok": SweetTok}
 
 
 def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
@@ -79,6 +83,8 @@ __all__ = [
     "CoordTokConfig",
     "FramesConfig",
     "FramesTokenizer",
+    "SweetTok",
+    "SweetTokConfig",
     "TokenLayout",
     "VTok",
     "VTokConfig",

@@ -1,0 +1,373 @@
+"""SweetTok: token counts, the MLC quantizer and its graph, words <-> ids, training, few-shot through words
+(CPU, tiny preset, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmvid.data import frames_to_tensor
+from mmvid.data.shapes.text import LEXICON
+from mmvid.data.shapes.world import render, sample_scene
+from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers.sweettok import MLCQuantizer, SweetTok
+from mmvid.video_tokenizers.vocabulary import (
+    PARTS,
+    Vocabulary,
+    build_vocabulary,
+    default_vocabulary,
+    load_vocabulary,
+    read_parts_of_speech,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_tiny.yaml"
+COMPACT_MILLIONS = 130.26  # parameters of sweettok_compact (the third-party count for the released model: 128M)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _video(batch=2, frames=5, size=32, seed=0) -> torch.Tensor:
+    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+
+
+def _tiny(**overrides) -> SweetTok:
+    torch.manual_seed(0)
+    return build_video_tokenizer("sweettok_tiny", **overrides).eval()
+
+
+# A hand-made vocabulary: two graph components, {cat, big} and {dog, red}, {fish, small, tiny}.
+TOY = dict(noun=["cat", "dog", "fish"], adjective=["big", "red", "small", "tiny"], verb=["runs", "swims"],
+           adverb=["fast", "slowly"], spatial_edges=[["big", "cat"], ["red", "dog"], ["small", "fish"], ["tiny", "fish"]],
+           temporal_edges=[["fast", "runs"], ["slowly", "swims"]])
+
+
+# ---------------------------------------------------------------- counts and layouts
+
+
+def test_exact_token_counts_tiny_and_compact_on_meta():
+    assert {n for n in VIDEO_TOKENIZERS if n.startswith("sweettok")} == {"sweettok_tiny", "sweettok_base", "sweettok_compact"}
+    assert ARCHITECTURES["sweettok"] is SweetTok
+    tok = _tiny()
+    for T in (1, 2, 5, 8, 17, 128):  # 4 spatial + 16 temporal (one per 8x8 location of 32x32) for any T
+        assert tok.num_tokens(T, 32, 32) == 20 == tok.token_layout(T, 32, 32).num_tokens
+        assert tok.id_layout(T, 32, 32).num_tokens == 60
+    video = _video()
+    assert tok.encode(video).shape == (2, 20, 16) and tok.encode_ids(video).shape == (2, 60)
+    assert build_video_tokenizer("sweettok_base").num_tokens(16, 64, 64) == 16 + 64
+    with torch.device("meta"):
+        compact = build_video_tokenizer("sweettok_compact")
+    c = compact.config
+    assert (c.num_spatial_queries, c.num_temporal_queries, compact.token_dim) == (256, 1024, 512)
+    assert compact.num_tokens(17, 256, 256) == 1280 == compact.token_layout(17, 256, 256).num_tokens
+    assert compact.id_layout(17, 256, 256).num_tokens == 3840  # the released generator's sequence
+    assert sum(p.numel() for p in compact.parameters()) / 1e6 == pytest.approx(COMPACT_MILLIONS, rel=0.005)
+    assert compact.latent_frames(17) == 4  # the 5 x 32 x 32 grid: first frame + 4 tubes
+
+
+def test_layouts_describe_tokens_and_ids():
+    tok = _tiny()
+    layout = tok.token_layout(5, 32, 32)
+    assert layout.groups == ("spatial", "temporal") and not layout.discrete and layout.words is None
+    assert layout.group.tolist() == [0] * 4 + [1] * 16
+    assert layout.time.tolist() == [0] * 4 + [-1] * 16  # paper reading: spatial tokens are the first frame's
+    assert layout.position[4].tolist() == [-1.0, 0.125, 0.125] and layout.position[5].tolist() == [-1.0, 0.125, 0.375]
+    assert _tiny(reading="released").token_layout(5, 32, 32).time[:4].tolist() == [-1] * 4
+    ids = tok.id_layout(5, 32, 32)
+    vocab = tok.vocabulary
+    assert ids.discrete and ids.codebook_size == len(vocab) == tok.codebook_size and ids.words == vocab.words
+    assert ids.groups == PARTS == ("noun", "adjective", "verb", "adverb")
+    assert [ids.groups[g] for g in ids.group[:6].tolist()] == ["adjective", "adjective", "noun"] * 2
+    assert [ids.groups[g] for g in ids.group[-3:].tolist()] == ["adverb", "adverb", "verb"]
+    torch.testing.assert_close(ids.position[12:15], layout.position[4:5].expand(3, 3))
+    out = _tiny(output="ids")  # discrete mode: encode gives the ids and the layout is the id layout
+    assert out.discrete and out.num_tokens(5, 32, 32) == 60 and out.token_layout(5, 32, 32).discrete
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+def test_default_vocabulary_is_the_worlds_caption_words():
+    vocab = default_vocabulary()
+    assert vocab.words[: len(vocab.noun)] == list(vocab.noun) and vocab.offsets["noun"] == 0
+    assert list(vocab.offsets) == list(PARTS)
+    for part in PARTS:
+        start, stop = vocab.ranges()[part]
+        assert all(LEXICON[w] == part for w in vocab.words[start:stop])
+        assert list(getattr(vocab, part)) == sorted(getattr(vocab, part))
+    assert {"star", "red", "large", "bounces", "zigzags", "quickly"} <= set(vocab.words)  # held-out verbs too
+    assert "the" not in vocab.words and ("red", "star") in vocab.spatial_edges and ("quickly", "moves") in vocab.temporal_edges
+    assert _tiny().config.vocabulary == vocab.to_dict()  # stored in the config, so checkpoints carry it
+
+
+def test_vocabulary_from_user_captions_and_word_list(tmp_path):
+    (tmp_path / "captions.txt").write_text("A big cat runs fast.\nA tiny red fish swims slowly.\n\nThe small dog runs.\n")
+    (tmp_path / "words.tsv").write_text("# word list\ncat\tNOUN\nfish\tnoun\ndog\tNOUN\nbig\tADJ\ntiny\tadjective\n"
+                                        "red\tADJ\nsmall\tADJ\nruns\tVERB\nswims\tverb\nfast\tADV\nslowly\tadverb\na\tDET\n")
+    tok = _tiny(captions_path=str(tmp_path / "captions.txt"), parts_of_speech_path=str(tmp_path / "words.tsv"))
+    vocab = tok.vocabulary
+    assert vocab.noun == ("cat", "dog", "fish") and vocab.adjective == ("big", "red", "small", "tiny")
+    assert vocab.offsets == {"noun": 0, "adjective": 3, "verb": 7, "adverb": 9}
+    assert ("big", "cat") in vocab.spatial_edges and ("big", "fish") not in vocab.spatial_edges
+    assert set(vocab.temporal_edges) == {("fast", "runs"), ("slowly", "swims")}  # "the small dog runs": no adverb
+    near = build_vocabulary(["tiny red fish and a big cat", "it runs fast and swims slowly"],
+                            read_parts_of_speech(tmp_path / "words.tsv"), window=2)
+    assert ("tiny", "fish") in near.spatial_edges and ("tiny", "cat") not in near.spatial_edges
+    # A saved vocabulary builds the same tokenizer.
+    vocab.save(tmp_path / "vocab.json")
+    assert load_vocabulary(tmp_path / "vocab.json") == vocab
+    assert _tiny(vocabulary_path=str(tmp_path / "vocab.json")).vocabulary.words == vocab.words
+    (tmp_path / "bad.tsv").write_text("cat\tNOUN\ncat\tVERB\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:2: 'cat' is tagged both"):
+        read_parts_of_speech(tmp_path / "bad.tsv")
+    with pytest.raises(ValueError, match="at least"):
+        build_vocabulary(["a big cat runs fast slowly"], read_parts_of_speech(tmp_path / "words.tsv"))  # 1 adjective
+
+
+# ---------------------------------------------------------------- the quantizer and its graph
+
+
+def test_quantizer_picks_nearest_codewords():
+    tok = _tiny()
+    for quantizer in (tok.spatial_quantizer, tok.temporal_quantizer):
+        C, E = quantizer.codeword_dim, quantizer.num_entities
+        z = F.normalize(torch.randn(2, 7, 2 * C, generator=torch.Generator().manual_seed(1)), dim=-1)
+        out, ids, codebook_loss, commitment = quantizer(z)
+        codebook = quantizer.codebook().detach()
+        attribute_d = ((z[..., None, :C] - codebook[None, None, E:]) ** 2).sum(-1)  # (2, 7, attributes), brute force
+        entity_d = ((z[..., None, C:] - codebook[None, None, :E]) ** 2).sum(-1)
+        order = attribute_d.argsort(-1)
+        assert torch.equal(ids[..., 0], order[..., 0] + E) and torch.equal(ids[..., 1], order[..., 1] + E)
+        assert torch.equal(ids[..., 2], entity_d.argmin(-1))
+        expected = torch.cat([(codebook[ids[..., 0]] + codebook[ids[..., 1]]) / 2, codebook[ids[..., 2]]], dim=-1)
+        torch.testing.assert_close(out, expected)  # forward value: the codewords (straight-through for gradients)
+        torch.testing.assert_close(codebook_loss, F.mse_loss(expected, z))
+        torch.testing.assert_close(commitment, codebook_loss)
+
+
+def test_straight_through_gradients_reach_the_encoder_and_the_gcn():
+    tok = _tiny().train()
+    loss, _ = tok.training_loss(_video())
+    loss.backward()
+    for name in ("spatial_queries", "temporal_queries", "first_frame_embed.1.weight", "tube_embed.1.weight",
+                 "spatial_quantizer.gcn.weight1.weight", "temporal_quantizer.gcn.weight2.weight"):
+        grad = dict(tok.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert not tok.spatial_quantizer.word_vectors.requires_grad  # frozen word vectors
+
+
+def test_gcn_uses_the_graph():
+    a = _tiny(vocabulary=TOY)
+    b = _tiny(vocabulary={**TOY, "spatial_edges": TOY["spatial_edges"][1:]})  # drop (big, cat)
+    b.load_state_dict(a.state_dict())  # same weights and word vectors, one edge fewer
+    ca, cb = a.spatial_quantizer.codebook(), b.spatial_quantizer.codebook()
+    local = ["cat", "dog", "fish", "big", "red", "small", "tiny"]  # [nouns..., adjectives...]
+    changed = {w for i, w in enumerate(local) if not torch.allclose(ca[i], cb[i])}
+    assert changed == {"cat", "big"}  # the edge's ends; the other components do not see it
+    torch.testing.assert_close(a.temporal_quantizer.codebook(), b.temporal_quantizer.codebook())
+
+
+# ---------------------------------------------------------------- words and ids
+
+
+def test_ids_words_ids_round_trip_and_decoding_from_ids():
+    tok = _tiny()
+    video = _video()
+    ids = tok.encode_ids(video)
+    words = tok.ids_to_words(ids[0])
+    assert len(words) == 60 and torch.equal(tok.words_to_ids(words), ids[0])
+    vocab = tok.vocabulary
+    assert all(w in vocab.adjective for w in words[0:12:3] + words[1:12:3]) and all(w in vocab.noun for w in words[2:12:3])
+    assert all(w in vocab.adverb for w in words[12::3] + words[13::3]) and all(w in vocab.verb for w in words[14::3])
+    text = tok.video_to_text(video[:1])
+    assert text == " ".join(words) and torch.equal(tok.words_to_ids(text), ids[0])
+    with torch.no_grad():
+        from_vectors = tok.decode(tok.encode(video), num_frames=5)
+        torch.testing.assert_close(tok.decode_ids(ids, num_frames=5), from_vectors)
+        torch.testing.assert_close(tok.decode(ids, num_frames=5), from_vectors)
+        torch.testing.assert_close(tok.text_to_video(text, num_frames=5), from_vectors[:1])
+    discrete = _tiny(output="ids")
+    assert torch.equal(discrete.encode(video), ids)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: t.encode(torch.zeros(1, 3, 5, 48, 48)), "expects 32x32"),
+    (lambda t: t.encode(torch.zeros(3, 5, 32, 32)), "rank 5"),
+    (lambda t: t.decode(torch.zeros(1, 19, 16)), r"\(B, 20, 16\)"),
+    (lambda t: t.decode_ids(torch.zeros(1, 59, dtype=torch.long)), r"long \(B, 60\)"),
+    (lambda t: t.decode_ids(torch.zeros(1, 60, dtype=torch.long)), "id 0 at position 0 of video 0 is not a adjective"),
+    (lambda t: t.decode_ids(torch.full((1, 60), 10_000)), "is not a"),
+    (lambda t: t.words_to_ids("red star flies"), r"not in the vocabulary: \['flies'\]"),
+    (lambda t: t.ids_to_words(torch.zeros(2, 3, dtype=torch.long)), "1-D"),
+    (lambda t: t.ids_to_words([0, 999]), r"\[0, 46\)"),
+    (lambda t: t.video_to_text(torch.zeros(2, 3, 5, 32, 32)), "one video"),
+    (lambda t: t.set_proxy_targets(lambda v: v), "proxy_codebook_size"),
+])
+def test_bad_inputs_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_tiny())
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"reading": "both"}, "unknown reading"), ({"output": "logits"}, "unknown output"),
+    ({"patch_size": 7}, "multiple of patch_size"), ({"vocabulary_path": "a.json", "captions_path": "b.txt"}, "not both"),
+    ({"parts_of_speech_path": "w.tsv"}, "captions_path"), ({"vocabulary": {**TOY, "adjective": ["big"]}}, "at least"),
+    ({"vocabulary": {**TOY, "spatial_edges": [["cat", "big"]]}}, r"\(adjective, noun\) pairs"),
+    ({"vocabulary": {**TOY, "verb": ["runs", "cat"]}}, "both a noun and a verb"),
+])
+def test_bad_configs_raise(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny(**overrides)
+
+
+# ---------------------------------------------------------------- readings, checkpoints, word vectors
+
+
+def test_both_readings_run_and_differ_where_they_should():
+    video = _video()
+    later = video.clone()
+    later[:, :, 1:] = torch.rand_like(later[:, :, 1:]) * 2 - 1  # change every frame but the first
+    with torch.no_grad():
+        for reading, spatial_sees_later_frames in (("paper", False), ("released", True)):
+            tok = _tiny(reading=reading)
+            (zs, zt), (zs2, zt2) = tok.encode_latents(video), tok.encode_latents(later)
+            assert torch.allclose(zs, zs2) != spatial_sees_later_frames, reading
+            assert not torch.allclose(zt, zt2)
+            assert tok(video).shape == video.shape
+
+
+def test_save_then_load_is_exact(tmp_path):
+    tok = _tiny(reading="released")
+    video = _video()
+    tok.save_pretrained(tmp_path)
+    again = load_video_tokenizer(tmp_path).eval()
+    assert again.preset == "sweettok_tiny" and again.config == tok.config and again.words == tok.words
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["vocabulary"]["noun"][0] == "circle"
+    with torch.no_grad():
+        assert torch.equal(again.encode_ids(video), tok.encode_ids(video))
+        torch.testing.assert_close(again(video), tok(video), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def text_tokenizer(tmp_path_factory) -> Path:
+    from mmvid.testing import world_text_tokenizer
+
+    return world_text_tokenizer(tmp_path_factory.mktemp("sweettok-text") / "text-tokenizer")
+
+
+def test_word_vectors_from_an_llm_embedding_table(text_tokenizer, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(hf_tokenizer), hidden_size=24, intermediate_size=32,
+                                       num_hidden_layers=1, num_attention_heads=2))
+    folder = tmp_path / "llm"
+    llm.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)
+    tok = _tiny(hf_path=str(folder))
+    assert tok.config.word_dim == 24
+    star = tok.vocabulary.words.index("star")
+    pieces = hf_tokenizer(" star", add_special_tokens=False)["input_ids"]
+    if len(pieces) > 1 and not hf_tokenizer.decode(pieces[:1]).strip():
+        pieces = pieces[1:]
+    expected = F.normalize(llm.get_input_embeddings().weight[pieces].mean(0), dim=0)
+    torch.testing.assert_close(tok.spatial_quantizer.word_vectors[star], expected.detach())
+    tok.save_pretrained(tmp_path / "tok")  # the checkpoint carries the vectors: loading never reads the LLM
+    again = load_video_tokenizer(tmp_path / "tok")
+    assert again.config.hf_path is None
+    torch.testing.assert_close(again.spatial_quantizer.word_vectors, tok.spatial_quantizer.word_vectors, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_one_batch_overfits():
+    tok = _tiny().train()
+    video = _video()
+    optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss, parts = tok.training_loss(video)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts["mse"])
+    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+def test_proxy_targets_hook():
+    tok = _tiny(proxy_codebook_size=8, pixel_weight=0.0).train()
+    video = _video()
+    tok.set_proxy_targets(lambda v: torch.randint(0, 8, (v.shape[0], 1 + tok.latent_frames(v.shape[2]), 16)))
+    loss, parts = tok.training_loss(video)
+    assert "proxy_ce" in parts and loss.item() == pytest.approx(parts["proxy_ce"] + parts["vq"], rel=1e-5)
+    loss.backward()
+    assert tok.proxy_head.weight.grad.abs().sum() > 0
+    assert not any("proxy_targets" in k for k in tok.state_dict())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    from mmvid.data.shapes.build import WorldSettings, build_world
+
+    out = tmp_path_factory.mktemp("sweettok") / "world"
+    build_world(out, WorldSettings(train=4, val=2, test=0, fewshot=3, frames=8, size=32), progress=False)
+    return out
+
+
+def test_trainer_uses_the_training_loss_hook(world, tmp_path, monkeypatch):
+    from mmvid.config import load_config
+    from mmvid.video_tokenizers.trainer import TokenizerTrainConfig, run
+
+    calls = []
+    hook = SweetTok.training_loss
+    monkeypatch.setattr(SweetTok, "training_loss", lambda self, *a: calls.append(1) or hook(self, *a))
+    cfg = load_config(TokenizerTrainConfig, TINY_CONFIG, [
+        f"data.source={world}", f"out={tmp_path / 'run'}", "steps=2", "val_every=2", "checkpoint_every=2",
+        "val_videos=2", "threads=1", "log_every=1", "batch_size=2"])
+    val = run(cfg)
+    assert len(calls) == 2 and math.isfinite(val["psnr"])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "vq" in m] == [1, 2]
+    assert load_video_tokenizer(tmp_path / "run" / "final").preset == "sweettok_tiny"
+
+
+# ---------------------------------------------------------------- few-shot through words
+
+
+def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
+    from mmvid.evaluation import BenchContext, run_benches
+    from mmvid.testing import tiny_videollm
+
+    workdir = text_tokenizer.parent  # reuse the trained text tokenizer
+    model = tiny_videollm(workdir, video_tokenizer="sweettok_tiny")
+    options = {"ways": "2", "shots": "1", "video_as": "words"}
+    record = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=2, options=options))
+    result = record["results"]["fewshot"]
+    assert set(result["metrics"]) == {"2way_1shot/acc", "2way_1shot/acc_norm"}
+    assert result["settings"]["words_tokenizer"] == "sweettok_tiny" and result["settings"]["words_per_video"] == 60
+    # The same LLM over videos (SweetTok's quantized vectors through the projector) still runs.
+    video_mode = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=1,
+                                                       options={"ways": "2", "shots": "1"}))
+    assert "2way_1shot/acc" in video_mode["results"]["fewshot"]["metrics"]
+    # A model without words takes a saved SweetTok; words_top keeps the most frequent words.
+    plain = tiny_videollm(workdir, video_tokenizer="vtok_tiny")
+    folder = _tiny().save_pretrained(tmp_path / "sweettok")
+    options = {"ways": "2", "shots": "1", "video_as": "text", "words_tokenizer": str(folder), "words_top": "5"}
+    record = run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=2, options=options))
+    settings = record["results"]["fewshot"]["settings"]
+    assert settings["video_as"] == "words" and settings["words_frames"] == 5 and settings["words_per_video"] <= 5
+    with pytest.raises(ValueError, match="words_tokenizer=PATH"):
+        run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
