@@ -100,7 +100,8 @@ ID_GROUPS = PARTS  # an id's group in id_layout: the part of speech of its slot
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Fixed time embeddings: (L,) positions -> (L, dim) [sin | cos] (Transformer style)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / max(1, half))
+    steps = torch.arange(half, device=positions.device, dtype=torch.float32) / max(1, half)
+    freqs = torch.exp(-math.log(10000.0) * steps)
     angles = positions.float()[:, None] * freqs[None]  # (L, half)
     out = torch.cat([angles.sin(), angles.cos()], dim=-1)
     return F.pad(out, (0, dim - 2 * half))
@@ -293,7 +294,7 @@ class SweetTokConfig:
     word_dim: int = 256  # width of the random word vectors (set from the table when hf_path is given)
     word_seed: int = 0  # seed of the random word vectors
     hf_path: str | None = None  # a local HF model folder: word vectors from its input embedding table
-    vocabulary: dict | None = None  # the resolved vocabulary (filled in when built; when set, the paths below are not read)
+    vocabulary: dict | None = None  # the resolved vocabulary (filled in when built; when set, no path is read)
     vocabulary_path: str | None = None  # a vocabulary JSON (Vocabulary.save)
     captions_path: str | None = None  # captions, one a line, to build the vocabulary from ...
     parts_of_speech_path: str | None = None  # ... with this word<TAB>pos list (default: the world's LEXICON)
@@ -301,7 +302,7 @@ class SweetTokConfig:
     cooccurrence_window: int = 0  # building: 0 = an edge for any two words in one caption; k = at most k apart
     # The training objective (read by training_loss, not by the architecture)
     beta: float = 0.25  # commitment weight
-    legacy_vq_loss: bool = False  # True: beta weighs the codebook term instead (taming's legacy form, the released code)
+    legacy_vq_loss: bool = False  # True: beta weighs the codebook term (taming's legacy form, the released code)
     vq_weight: float = 1.0
     pixel_weight: float = 1.0  # MSE weight; 0 with proxy targets = the paper's stage 1
     proxy_codebook_size: int = 0  # K > 0: a K-way head over the latent grid for proxy-code training
@@ -415,7 +416,8 @@ class SweetTok(VideoTokenizer):
         self.spatial_decoder = nn.ModuleList([Block(Dd, c.decoder_heads) for _ in range(c.decoder_spatial_depth)])
         self.first_frame_head = nn.Sequential(nn.LayerNorm(Dd), nn.Linear(Dd, 3 * p * p))
         self.temporal_in = nn.Linear(2 * c.codeword_dim, Dd)
-        self.temporal_decoder = nn.ModuleList([FactorizedBlock(Dd, c.decoder_heads) for _ in range(c.decoder_temporal_depth)])
+        self.temporal_decoder = nn.ModuleList([FactorizedBlock(Dd, c.decoder_heads)
+                                               for _ in range(c.decoder_temporal_depth)])
         self.tube_head = nn.Sequential(nn.LayerNorm(Dd), nn.Linear(Dd, 3 * pt * p * p))
         self.proxy_head = nn.Linear(Dd, c.proxy_codebook_size) if c.proxy_codebook_size else None
         self._proxy_targets: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -547,7 +549,8 @@ class SweetTok(VideoTokenizer):
                 x = block(x)
                 contexts.append(x)  # (B, G, D)
         else:  # every latent frame, each layer's features averaged over them
-            x, contexts = rearrange(torch.cat([first[:, None], tubes], dim=1), "b l g d -> (b l) g d") + self.spatial_pos, []
+            frames = rearrange(torch.cat([first[:, None], tubes], dim=1), "b l g d -> (b l) g d")
+            x, contexts = frames + self.spatial_pos, []
             for block in self.spatial_blocks:
                 x = block(x)
                 contexts.append(rearrange(x, "(b l) g d -> b l g d", b=B).mean(1))  # (B, G, D)
@@ -606,7 +609,8 @@ class SweetTok(VideoTokenizer):
         """Word ids (B, 3 (S + G)) -> video (B, 3, T, H, W)."""
         return self.decode_with_features(self.ids_to_vectors(ids), num_frames)[0]
 
-    def decode_with_features(self, tokens: torch.Tensor, num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_with_features(self, tokens: torch.Tensor,
+                             num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantized tokens (B, S + G, 2C) -> (video (B, 3, T, H, W), decoder grid features
         (B, 1 + L, G, decoder_dim), what a proxy-code head reads)."""
         c = self.config
@@ -620,7 +624,8 @@ class SweetTok(VideoTokenizer):
         L = self.latent_frames(T)
         B, p, pt, side = tokens.shape[0], c.patch_size, c.temporal_patch_size, c.grid
         # Spatial: grid queries and the spatial tokens in joint self-attention -> the first frame.
-        x = torch.cat([self.grid_queries.expand(B, -1, -1), self.spatial_in(tokens[:, :S]) + self.spatial_token_pos], dim=1)
+        spatial = self.spatial_in(tokens[:, :S]) + self.spatial_token_pos  # (B, S, Dd)
+        x = torch.cat([self.grid_queries.expand(B, -1, -1), spatial], dim=1)
         for block in self.spatial_decoder:
             x = block(x)
         first = x[:, :G]  # (B, G, Dd)
@@ -656,9 +661,8 @@ class SweetTok(VideoTokenizer):
         if bool(bad.any()):
             b, i = (int(v) for v in bad.nonzero()[0])
             part = PARTS[[lo for lo, _ in self.vocabulary.ranges().values()].index(int(low[i]))]
-            raise ValueError(f"id {int(ids[b, i])} at position {i} of video {b} is not a {part} "
-                             f"(that slot takes ids {int(low[i])}..{int(high[i]) - 1}; layout: "
-                             f"{self.vocabulary.ranges()})")
+            raise ValueError(f"id {int(ids[b, i])} at position {i} of video {b} is outside its slot's part of speech "
+                             f"({part}: ids {int(low[i])}..{int(high[i]) - 1}; layout: {self.vocabulary.ranges()})")
 
     def ids_to_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """Word ids (B, 3N) -> quantized tokens (B, N, 2C)."""
@@ -671,10 +675,10 @@ class SweetTok(VideoTokenizer):
 
     def ids_to_words(self, ids: torch.Tensor | Iterable[int]) -> list[str]:
         """One sequence of word ids (1-D) -> words."""
-        ids = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids))
+        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
         if ids.ndim != 1 or ids.is_floating_point():
-            raise ValueError(f"ids_to_words takes one sequence of integer ids (1-D), got {ids.dtype} {tuple(ids.shape)}; "
-                             f"for a batch use [tok.ids_to_words(row) for row in ids]")
+            raise ValueError(f"ids_to_words takes one sequence of integer ids (1-D), got {ids.dtype} "
+                             f"{tuple(ids.shape)}; for a batch use [tok.ids_to_words(row) for row in ids]")
         words = self.vocabulary.words
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(words)):
             raise ValueError(f"word ids must be in [0, {len(words)}), got ids in [{int(ids.min())}, {int(ids.max())}]")
@@ -712,7 +716,7 @@ class SweetTok(VideoTokenizer):
         """Proxy-code training: fn(video) -> long codes (B, 1 + L, G) of a frozen pretrained grid
         tokenizer (OmniTokenizer in the paper). Kept out of the state dict; needs proxy_codebook_size."""
         if fn is not None and self.proxy_head is None:
-            raise ValueError("proxy targets need a proxy head: build with proxy_codebook_size=K (the proxy codebook size)")
+            raise ValueError("proxy targets need a proxy head: build with proxy_codebook_size=K")
         object.__setattr__(self, "_proxy_targets", fn)  # not registered, even if fn is an nn.Module
 
     def training_loss(self, video: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,

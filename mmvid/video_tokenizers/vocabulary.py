@@ -3,7 +3,7 @@ and the frozen word vectors the language codebook starts from.
 
     vocab = build_vocabulary(captions, parts_of_speech)    # captions: list[str]; word -> part of speech
     vocab.words                                            # id -> word, in the one id layout below
-    vocab.offsets                                          # {"noun": 0, "adjective": 9, "verb": 19, "adverb": 37}
+    vocab.offsets                                          # {"noun": 0, "adjective": 9, "verb": 19, "adverb": 36}
     vocab.save("vocab.json");  load_vocabulary("vocab.json")
 
 The id layout (the same everywhere: codebook rows, `SweetTok.encode_ids`, `TokenLayout.words`):
@@ -83,7 +83,8 @@ class Vocabulary:
                 if not isinstance(word, str) or _WORD.fullmatch(word) is None or word != word.lower():
                     raise ValueError(f"vocabulary {part} {word!r} is not one lower-case word (letters only)")
                 if word in seen:
-                    raise ValueError(f"word {word!r} is both a {seen[word]} and a {part}; a word needs one part of speech")
+                    raise ValueError(f"word {word!r} is both a {seen[word]} and a {part}; "
+                                     f"a word needs one part of speech")
                 seen[word] = part
         minimum = {"noun": 1, "adjective": 2, "verb": 1, "adverb": 2}  # 2 attributes: each token reads the top 2
         short = {p: len(getattr(self, p)) for p in PARTS if len(getattr(self, p)) < minimum[p]}
@@ -93,7 +94,8 @@ class Vocabulary:
         for name, (attribute, entity) in (("spatial_edges", SPATIAL), ("temporal_edges", TEMPORAL)):
             for pair in getattr(self, name):
                 if len(pair) != 2 or seen.get(pair[0]) != attribute or seen.get(pair[1]) != entity:
-                    raise ValueError(f"{name} must hold ({attribute}, {entity}) pairs of vocabulary words, got {pair!r}")
+                    raise ValueError(f"{name} must hold ({attribute}, {entity}) pairs of vocabulary words, "
+                                     f"got {pair!r}")
 
     @property
     def words(self) -> list[str]:
@@ -298,7 +300,8 @@ def load_embedding_table(folder: str | Path) -> tuple[torch.Tensor, Callable[[st
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder} (hf_path must be a local Hugging Face model folder)")
+        raise FileNotFoundError(f"no *.safetensors weights in {folder} "
+                                f"(hf_path must be a local Hugging Face model folder)")
     table = None
     for file in files:
         with safe_open(str(file), framework="pt") as f:
