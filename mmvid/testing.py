@@ -79,3 +79,13 @@ def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: s
     settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer, num_frames=num_frames,
                     max_length=1024)
     return VideoLLM.build(VideoLLMConfig(**{**settings, **config})).eval()
+
+
+def world_clips(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0):
+    """A batch of rendered synthetic-world scenes in the model layout, float (B, 3, T, size, size) in [-1, 1]."""
+    import torch
+
+    from mmvid.data import frames_to_tensor
+    from mmvid.data.shapes.world import render, sample_scene
+
+    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])

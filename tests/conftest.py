@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmvid.data import write_video
 from mmvid.testing import indexed_frames
@@ -18,3 +19,12 @@ def make_video(tmp_path: Path):
         return write_video(tmp_path / name, indexed_frames(num_frames, height, width), fps=fps)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other work on a small CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

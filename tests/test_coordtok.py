@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvid.data import frames_to_tensor
-from mmvid.data.shapes.world import render, sample_scene
+from mmvid.testing import world_clips
 from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
 from mmvid.video_tokenizers.coordtok import (
     PLANES,
@@ -32,18 +31,11 @@ PRESETS = {"coordtok_tiny": (144, None), "coordtok_base": (576, None), "coordtok
            "coordtok_b": (1280, 291), "coordtok_l": (1280, 853), "coordtok_l_3072": (3072, None)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other work on a small CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _video(batch=2, frames=8, size=32, seed=0) -> torch.Tensor:
-    """A batch of synthetic-world clips in the model layout."""
-    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+    return world_clips(batch, frames, size, seed)
 
 
 def _tiny(**overrides) -> CoordTok:

@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvid.data import frames_to_tensor
 from mmvid.data.shapes.text import LEXICON
-from mmvid.data.shapes.world import render, sample_scene
+from mmvid.testing import world_clips
 from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
 from mmvid.video_tokenizers.sweettok import MLCQuantizer, SweetTok
 from mmvid.video_tokenizers.vocabulary import (
@@ -30,16 +29,11 @@ TINY_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_tiny.yaml"
 COMPACT_MILLIONS = 130.26  # parameters of sweettok_compact (the third-party count for the released model: 128M)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _video(batch=2, frames=5, size=32, seed=0) -> torch.Tensor:
-    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+    return world_clips(batch, frames, size, seed)
 
 
 def _tiny(**overrides) -> SweetTok:
