@@ -3,8 +3,9 @@
     python -m mmvid.chat --model runs/sft-default/final --video clip.mp4          # interactive
     python -m mmvid.chat --video clip.mp4 --prompt "What moves?"                   # one answer, exit 0
     printf 'What moves?\\nAnd then?\\n' | mmvid-chat --video clip.mp4              # one turn per line
+    python -m mmvid.chat --generate "a small red circle moves left" --output red.gif   # text -> video, exit 0
 
-Commands: /video PATH, /frames N, /reset, /save FILE, /help, /quit. Ctrl-C stops the current
+Commands: /video PATH, /frames N, /reset, /save FILE, /generate PROMPT, /help, /quit. Ctrl-C stops the current
 answer, not the conversation; Ctrl-D (end of input) quits.
 
 The video is encoded once; every turn reuses the KV cache of everything said so far (the video
@@ -32,6 +33,7 @@ HELP = """commands:
   /frames N     read videos with N frames (re-reads the current video)
   /reset        forget the conversation, keep the video
   /save FILE    write the transcript as JSON
+  /generate P   make a video of prompt P (needs a model with a generation head), save it, and talk about it
   /help         this list
   /quit         leave (Ctrl-D also quits; Ctrl-C stops an answer)"""
 
@@ -203,7 +205,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
+    gen = parser.add_argument_group("text to video (/generate, --generate)")
+    gen.add_argument("--generate", metavar="PROMPT", help="generate one video of PROMPT, write it to --output and exit")
+    gen.add_argument("--output", help="where --generate writes (.mp4 or .gif; default generated.mp4)")
+    gen.add_argument("--output-dir", "--output_dir", dest="output_dir", default="generated",
+                     help="folder for /generate's videos (default %(default)s)")
+    gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    gen.add_argument("--gen-temperature", "--gen_temperature", dest="gen_temperature", type=float, default=1.0,
+                     help="sampling temperature of the video tokens (discrete: 0 = greedy; flow: the noise scale)")
+    gen.add_argument("--gen-top-k", "--gen_top_k", dest="gen_top_k", type=int, default=0)
+    gen.add_argument("--gen-steps", "--gen_steps", dest="gen_steps", type=int, help="flow sampler steps (default: the head's)")
     return parser.parse_args(argv)
+
+
+def generate(session: ChatSession, prompt: str, output: str | Path, args) -> Path:
+    """Text -> video with the session's model, written to `output`; prints the time it took."""
+    if not prompt.strip():
+        raise ValueError("empty prompt: /generate PROMPT")
+    start = time.perf_counter()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frames = session.model.generate_video(prompt, guidance_scale=args.guidance, temperature=args.gen_temperature,
+                                          top_k=args.gen_top_k, top_p=args.top_p, steps=args.gen_steps, seed=args.seed,
+                                          output=output)
+    print(f"[generated {output}: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} in "
+          f"{time.perf_counter() - start:.1f} s]")
+    return output
 
 
 def load_session(args) -> ChatSession:
@@ -217,8 +244,9 @@ def load_session(args) -> ChatSession:
     if args.dtype:
         model.to(getattr(torch, args.dtype))
     torch.manual_seed(args.seed)
-    return ChatSession(model, num_frames=args.num_frames, fps=args.fps, temperature=args.temperature, top_p=args.top_p,
+    session = ChatSession(model, num_frames=args.num_frames, fps=args.fps, temperature=args.temperature, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return session
 
 
 def main(argv=None) -> int:
@@ -228,16 +256,23 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.generate is not None:
+        try:
+            generate(session, args.generate, args.output or "generated.mp4", args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.video:
         if not _switch(session, args.video):
-            return 1 if args.prompt else _loop(session)
+            return 1 if args.prompt else _loop(session, args)
     if args.prompt is not None:
         if not args.prompt.strip():
             print("error: empty prompt", file=sys.stderr)
             return 2
         _answer(session, args.prompt, stream=False)
         return 0
-    return _loop(session)
+    return _loop(session, args)
 
 
 def _switch(session: ChatSession, path: str) -> bool:
@@ -261,7 +296,8 @@ def _answer(session: ChatSession, text: str, stream: bool) -> None:
         print(session.ask(text).content)
 
 
-def _loop(session: ChatSession) -> int:
+def _loop(session: ChatSession, args=None) -> int:
+    args = args or parse_args([])
     interactive = sys.stdin.isatty()
     if interactive:
         print("mmvid chat: type a question, or /help")
@@ -298,6 +334,14 @@ def _loop(session: ChatSession) -> int:
                     print(f"[{session.num_frames} frames]")
                 except ValueError as e:
                     print(f"usage: /frames N ({e})")
+            elif command == "/generate":
+                count = len(list(Path(args.output_dir).glob("generated-*.mp4"))) if Path(args.output_dir).is_dir() else 0
+                try:
+                    path = generate(session, argument, Path(args.output_dir) / f"generated-{count + 1}.mp4", args)
+                except ValueError as e:
+                    print(f"cannot generate: {e}")
+                    continue
+                _switch(session, str(path))
             elif command == "/save":
                 if not argument:
                     print("usage: /save FILE")

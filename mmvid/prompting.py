@@ -35,6 +35,7 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     num_videos: int
+    targets: list[bool] | None = None  # per <video> span: inside an assistant turn (a text-to-video target)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -94,12 +95,13 @@ def encode_conversation(
         raise ValueError(f"sample {sample_id!r} has no assistant tokens to learn from")
 
     input_ids, out_labels = expand_videos(full, labels, video_ids, tokens_per_video, sample_id)
+    targets = [labels[i] != IGNORE_INDEX for i, t in enumerate(full) if t == video_ids.placeholder]
     if max_length is not None and len(input_ids) > max_length:
         raise SampleTooLongError(
             f"sample {sample_id!r} needs {len(input_ids)} tokens (with {full.count(video_ids.placeholder)} video span(s)) "
             f"but max_length is {max_length}; use fewer frames, a smaller video token budget, or a larger max_length"
         )
-    return EncodedSample(input_ids, out_labels, full.count(video_ids.placeholder))
+    return EncodedSample(input_ids, out_labels, len(targets), targets)
 
 
 def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoTokenIds, tokens_per_video: int | list[int],

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mmvid.projectors import ProjectorConfig, build_projector
+from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
+from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.prompting import IGNORE_INDEX, EncodedSample, VideoTokenIds, encode_conversation, encode_prompt
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
 from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, build_video_tokenizer, load_video_tokenizer
@@ -35,6 +36,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+GENERATION_HEADS = (None, "auto", "discrete", "flow", "regression")
 
 
 @dataclass
@@ -58,6 +60,11 @@ class VideoLLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: str = "all-linear"
+    # Text-to-video: a head that predicts the video tokens of assistant-turn <video> spans (mmvid.generation_heads).
+    # None: understanding only; auto: discrete for a discrete tokenizer, else flow; or discrete | flow | regression.
+    generation_head: str | None = None
+    generation_head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. width, depth, repeats, sample_steps
+    generation_loss_weight: float = 1.0  # loss = text loss + weight x video-token loss
 
     def __post_init__(self):
         if self.llm is not None:
@@ -70,6 +77,8 @@ class VideoLLMConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}")
         if self.num_frames < 1 or self.max_length < 8:
             raise ValueError("num_frames must be >= 1 and max_length >= 8")
+        if self.generation_head not in GENERATION_HEADS:
+            raise ValueError(f"unknown generation_head {self.generation_head!r}; known: {list(GENERATION_HEADS)}")
 
 
 def choose_attn_implementation(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
@@ -101,13 +110,14 @@ def _flash_attn_available() -> bool:
 
 class VideoLLM(nn.Module):
     def __init__(self, config: VideoLLMConfig, llm: nn.Module, text_tokenizer, video_tokenizer: VideoTokenizer,
-                 projector: nn.Module):
+                 projector: nn.Module, generation_head: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.llm = llm
         self.text_tokenizer = text_tokenizer
         self.video_tokenizer = video_tokenizer
         self.projector = projector
+        self.generation_head = generation_head
         ids = {t: text_tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)}
         self.video_ids = VideoTokenIds(ids[VIDEO_TOKEN], ids[VIDEO_START], ids[VIDEO_END])
         size = video_tokenizer.config.image_size
@@ -150,7 +160,8 @@ class VideoLLM(nn.Module):
         else:
             video_tokenizer = build_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
         projector = build_projector(_projector_config(config, video_tokenizer, llm))
-        model = cls(config, llm, text_tokenizer, video_tokenizer, projector).to(device)
+        head = _build_generation_head(config, llm, video_tokenizer, projector)
+        model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head).to(device)
         model.projector.to(dtype)
         if getattr(model.projector, "output_norm", None) is not None:  # start video at the text embeddings' scale
             with torch.no_grad():
@@ -175,8 +186,11 @@ class VideoLLM(nn.Module):
                 part.requires_grad_(flag)
         if getattr(self.video_tokenizer.config, "feature_extractor", None) == "hf" and self.video_tokenizer.config.freeze_features:
             self.video_tokenizer.features.requires_grad_(False)
-        counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad)
-                  for name, part in (("llm", self.llm), ("projector", self.projector), ("video_tokenizer", self.video_tokenizer))}
+        parts = [("llm", self.llm), ("projector", self.projector), ("video_tokenizer", self.video_tokenizer)]
+        if self.generation_head is not None:
+            self.generation_head.requires_grad_(True)
+            parts.append(("generation_head", self.generation_head))
+        counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad) for name, part in parts}
         total = sum(p.numel() for p in self.parameters())
         log.info("trainable parameters: %s of %d", ", ".join(f"{k} {v:,}" for k, v in counts.items()), total)
         return counts
@@ -226,6 +240,12 @@ class VideoLLM(nn.Module):
                 raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the number of "
                                  f"videos ({len(videos or [])}); got {list(video_index)}")
             batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
+        targets = [bool(t) for s in samples for t in (s.targets or [False] * s.num_videos)]
+        if any(targets):
+            if self.generation_head is None:
+                raise ValueError("the batch has text-to-video samples (<video> in an assistant turn) but the model has "
+                                 "no generation head; build it with generation_head='auto'")
+            batch["video_targets"] = torch.tensor(targets, dtype=torch.bool)
         return batch
 
     # -- video ----------------------------------------------------------------------------------------
@@ -236,10 +256,17 @@ class VideoLLM(nn.Module):
         `num_frames` (the token count follows the tokenizer's rule, e.g. S + T - 1 for VTok)."""
         if videos.ndim == 4:
             videos = videos[None]
-        T = videos.shape[2]
-        layout = self.layout if T == self.config.num_frames else self.video_tokenizer.token_layout(T, self.image_size, self.image_size)
+        return self.project(self.video_tokens(videos), videos.shape[2])
+
+    def video_tokens(self, videos: torch.Tensor) -> torch.Tensor:
+        """(V, C, T, H, W) -> the tokenizer's tokens (V, N, D), or ids (V, N) for a discrete one."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_video_tokenizer):
-            tokens = self.video_tokenizer.encode(videos.to(self._device()))
+            return self.video_tokenizer.encode(videos.to(self._device()))
+
+    def project(self, tokens: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Tokenizer tokens -> LLM embeddings (V, M, hidden), with the layout of `num_frames` frames."""
+        T = num_frames or self.config.num_frames
+        layout = self.layout if T == self.config.num_frames else self.video_tokenizer.token_layout(T, self.image_size, self.image_size)
         return self.projector(tokens, layout.to(tokens.device))
 
     def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
@@ -263,9 +290,121 @@ class VideoLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
-                video_index: torch.Tensor | None = None, **kwargs):
-        embeds = self.embed(input_ids, videos, video_features, video_index)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+                video_index: torch.Tensor | None = None, video_targets: torch.Tensor | None = None, **kwargs):
+        """The LLM's output. With `video_targets` (bool, one per <video> span; True for a span in an
+        assistant turn) the generation head also learns those spans' tokens: `loss` is then the text
+        loss + generation_loss_weight x the video-token loss, also returned as `lm_loss` and `gen_loss`."""
+        if video_targets is None or not bool(video_targets.any()):
+            embeds = self.embed(input_ids, videos, video_features, video_index)
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if self.generation_head is None:
+            raise ValueError("video_targets given but the model has no generation head (generation_head=None)")
+        if videos is None:
+            raise ValueError("text-to-video targets need `videos`: their tokens are what the head learns")
+        tokens = self.video_tokens(videos)
+        embeds = self.embed(input_ids, video_features=self.project(tokens, videos.shape[2]), video_index=video_index)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True, **kwargs)
+        span_tokens = tokens if video_index is None else tokens[video_index.to(tokens.device)]
+        gen_loss = self.generation_loss(out.hidden_states[-1], input_ids, span_tokens.detach(), video_targets)
+        lm_loss = out.loss
+        out["gen_loss"] = gen_loss
+        if lm_loss is not None:
+            out["lm_loss"] = lm_loss
+            out["loss"] = lm_loss + self.config.generation_loss_weight * gen_loss
+        return out
+
+    def generation_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, span_tokens: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+        """The head's loss on the target spans: the hidden state before each video token predicts it
+        (at <|video_start|> the first token, ...), in the tokenizer's token order."""
+        starts = (input_ids == self.video_ids.start).nonzero()  # (spans, 2), in span order
+        if len(starts) != len(targets) or len(span_tokens) != len(targets):
+            raise ValueError(f"{len(starts)} <|video_start|> tokens, {len(span_tokens)} videos and {len(targets)} "
+                             "target flags: they must match one to one")
+        n = span_tokens.shape[1]
+        picked = starts[targets.to(starts.device)]  # (S, 2)
+        rows = picked[:, :1].expand(-1, n).reshape(-1)
+        cols = (picked[:, 1:] + torch.arange(n, device=picked.device)).reshape(-1)
+        h = hidden[rows, cols].to(_head_dtype(self.generation_head))
+        target = span_tokens[targets.to(span_tokens.device)]
+        if isinstance(self.generation_head, DiscreteVideoHead):
+            low, high = self._id_ranges(n, h.device)
+            return self.generation_head.loss(h, target.reshape(-1), low.repeat(len(picked)), high.repeat(len(picked)))
+        return self.generation_head.loss(h, target.reshape(-1, target.shape[-1]).to(h.dtype))
+
+    def _id_ranges(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """[low, high) of the ids allowed at each of the n positions (SweetTok: each slot's part of speech)."""
+        ranges = getattr(self.video_tokenizer, "id_ranges", None)
+        if ranges is not None:
+            low, high = ranges(device)
+            if len(low) == n:
+                return low, high
+        size = self.video_tokenizer.codebook_size
+        return torch.zeros(n, dtype=torch.long, device=device), torch.full((n,), size, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def generate_video(self, prompt: str, *, guidance_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0, steps: int | None = None, seed: int | None = None,
+                       output: str | os.PathLike | None = None, fps: float = 8.0) -> torch.Tensor:
+        """Text -> video: the LLM writes the video's tokens one by one in the tokenizer's order (VTok: key
+        frame, then residuals; CoordTok: the planes; SweetTok: spatial, then temporal words) through the
+        generation head; the tokenizer decodes them. Returns uint8 frames (T, H, W, 3); with `output`
+        also writes them (.mp4 or .gif).
+
+        guidance_scale: classifier-free guidance against the empty prompt (1 = none, exactly);
+        temperature / top_k / top_p: discrete sampling (temperature 0: greedy), or the flow head's noise
+        scale; steps: the flow sampler's Euler steps (default: the head's); seed: reproducible sampling.
+        """
+        from mmvid.data.video_io import tensor_to_frames, write_video
+
+        if self.generation_head is None:
+            raise ValueError("this model has no generation head; train one with model.generation_head=auto")
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if guidance_scale < 0 or temperature < 0:
+            raise ValueError("guidance_scale and temperature must be >= 0")
+        device = self._device()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(torch.seed() if seed is None else int(seed))
+        T = self.config.num_frames
+        n = self.video_tokenizer.num_tokens(T, self.image_size, self.image_size)
+        layout = self.layout.to(device)
+        head = self.generation_head
+        discrete = isinstance(head, DiscreteVideoHead)
+        low, high = self._id_ranges(n, device) if discrete else (None, None)
+        streams = [_Stream(self, self._t2v_prefix(prompt))]
+        if guidance_scale != 1.0:
+            streams.append(_Stream(self, self._t2v_prefix("")))  # the empty prompt of training's prompt dropout
+        tokens = []
+        dtype = _head_dtype(head)
+        for i in range(n):
+            hidden = [s.hidden.to(dtype) for s in streams]
+            uncond = hidden[1] if len(hidden) > 1 else None
+            if discrete:
+                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, low=low[i:i + 1], high=high[i:i + 1], generator=generator)  # (1,)
+                step_input = token[:, None]
+            else:
+                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, steps=steps, temperature=temperature,
+                                    generator=generator)  # (1, D)
+                step_input = token[:, None, :]
+            tokens.append(token)
+            embedding = self.projector(step_input, _layout_slice(layout, i))  # (1, 1, hidden): per-token projector
+            if i < n - 1:
+                for s in streams:
+                    s.feed(embedding)
+        tokens = torch.stack(tokens, dim=1)  # (1, n) ids or (1, n, D)
+        video = self.video_tokenizer.decode(tokens, num_frames=T).clamp(-1, 1)
+        frames = tensor_to_frames(video[0].float().cpu())
+        if output is not None:
+            write_video(output, frames, fps=fps)
+        return frames
+
+    def _t2v_prefix(self, prompt: str) -> list[int]:
+        """Token ids of a text-to-video conversation through <|video_start|>, exactly as training renders it."""
+        encoded = encode_conversation(self.text_tokenizer, [{"from": "human", "value": prompt}, {"from": "gpt", "value": VIDEO_TOKEN}],
+                                      self.video_ids, self.tokens_per_video)
+        return encoded.input_ids[: encoded.input_ids.index(self.video_ids.start) + 1]
 
     @torch.no_grad()
     def generate(self, video: torch.Tensor | None = None, prompt: str | None = None, messages: list[dict] | None = None,
@@ -310,7 +449,26 @@ class VideoLLM(nn.Module):
             "rule": "each <video> -> <|video_start|> + tokens_per_video x <video> + <|video_end|>; "
                     "tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(num_frames, image_size, image_size))",
             "token_layout": self.layout.to_dict(),
+            "generation": self._generation_manifest(),
         }
+
+    def _generation_manifest(self) -> dict | None:
+        """How video tokens are generated: the head, and for a discrete head where the codebook ids sit in
+        the extended output vocabulary (text ids, then codebook id k at id_offset + k)."""
+        head = self.generation_head
+        if head is None:
+            return None
+        record = {"head": head.kind, "order": "the tokenizer's token order (token_layout)",
+                  "tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size, self.image_size)}
+        if isinstance(head, DiscreteVideoHead):
+            n = record["tokens"]
+            low, high = self._id_ranges(n, "cpu")
+            record.update(id_offset=len(self.text_tokenizer), codebook_size=self.video_tokenizer.codebook_size,
+                          extended_vocab_size=len(self.text_tokenizer) + self.video_tokenizer.codebook_size,
+                          id_ranges=[list(r) for r in sorted({(int(a), int(b)) for a, b in zip(low, high)})])
+        else:
+            record.update(token_dim=self.video_tokenizer.token_dim)
+        return record
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + tokenizer files."""
@@ -364,7 +522,8 @@ class VideoLLM(nn.Module):
         video_tokenizer = arch(config_from_dict(arch.config_class, vt_config))
         video_tokenizer.preset = vt["preset"]
         projector = build_projector(ProjectorConfig(**record["projector"]))
-        model = cls(config, llm, text_tokenizer, video_tokenizer, projector)
+        head = _build_generation_head(config, llm, video_tokenizer, projector)
+        model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head)
         if config.lora:
             model.apply_trainable()  # wraps the LLM with the same adapters before the weights load
         _check_manifest(record["manifest"], model.manifest(), path)
@@ -411,7 +570,7 @@ def _tied(model: nn.Module, key: str) -> bool:
 
 def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
     keys = ("video_token_id", "video_start_id", "video_end_id", "pad_token_id", "eos_token_id", "vocab_size",
-            "num_frames", "image_size", "video_tokenizer_tokens", "tokens_per_video")
+            "num_frames", "image_size", "video_tokenizer_tokens", "tokens_per_video", "generation")
     diff = {k: (saved.get(k), rebuilt.get(k)) for k in keys if saved.get(k) != rebuilt.get(k)}
     if saved.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: manifest format {saved['format_version']} is newer than this mmvid ({FORMAT_VERSION})")
@@ -419,3 +578,57 @@ def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
         text = ", ".join(f"{k}: checkpoint {a!r} vs rebuilt {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path}: the token layout manifest does not match the rebuilt model ({text}); "
                          f"the tokenizer files or video tokenizer config were changed after saving")
+
+
+class _Stream:
+    """One prompt's LLM state while a video is generated: its KV cache and last hidden state."""
+
+    def __init__(self, model: VideoLLM, ids: list[int]):
+        self.llm = model.llm
+        input_ids = torch.tensor([ids], device=model._device())
+        self.length = len(ids)
+        out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids), use_cache=True,
+                       output_hidden_states=True)
+        self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
+
+    def feed(self, embedding: torch.Tensor) -> None:
+        self.length += 1
+        mask = torch.ones((1, self.length), dtype=torch.long, device=embedding.device)
+        out = self.llm(inputs_embeds=embedding.to(self.llm.dtype), attention_mask=mask, past_key_values=self.cache,
+                       use_cache=True, output_hidden_states=True)
+        self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
+
+
+def _layout_slice(layout, i: int):
+    from dataclasses import replace
+
+    return replace(layout, group=layout.group[i:i + 1], time=layout.time[i:i + 1], position=layout.position[i:i + 1])
+
+
+def _head_dtype(head: nn.Module) -> torch.dtype:
+    return next(head.parameters()).dtype
+
+
+def _build_generation_head(config: VideoLLMConfig, llm: nn.Module, video_tokenizer: VideoTokenizer,
+                           projector: nn.Module) -> nn.Module | None:
+    """The text-to-video head the config asks for, after checking the tokenizer and projector can carry it."""
+    kind = config.generation_head
+    if kind is None:
+        return None
+    discrete = bool(video_tokenizer.discrete)
+    if kind == "auto":
+        kind = "discrete" if discrete else "flow"
+    if kind == "discrete" and not discrete:
+        raise ValueError(f"generation_head='discrete' needs a discrete video tokenizer (ids); {video_tokenizer.architecture} "
+                         "here gives vectors (SweetTok: video_tokenizer_overrides={'output': 'ids'}), or use 'flow'")
+    if kind != "discrete" and discrete:
+        raise ValueError(f"generation_head={kind!r} predicts continuous tokens, but the tokenizer gives ids; use 'discrete'")
+    if not isinstance(projector, (MLPProjector, EmbeddingProjector)):
+        raise ValueError(f"text-to-video needs a token-by-token projector (linear, mlpNx_gelu, embedding): the LLM reads "
+                         f"each generated token before writing the next; got {projector.config.type!r}")
+    hidden = llm.get_input_embeddings().embedding_dim
+    head = build_generation_head(kind, hidden, token_dim=None if discrete else video_tokenizer.token_dim,
+                                 codebook_size=video_tokenizer.codebook_size if discrete else None,
+                                 **config.generation_head_kwargs)
+    head.kind = kind
+    return head.to(getattr(torch, config.dtype))

@@ -5,7 +5,7 @@
 
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, evaluate, format_table, run_benches, write_results
 
-from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align
+from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align, tv_align_gen
 
 
 def _lm_eval(ctx: BenchContext) -> BenchResult:
@@ -16,6 +16,7 @@ def _lm_eval(ctx: BenchContext) -> BenchResult:
 
 BENCHES = {
     "tv_align": tv_align.run,
+    "tv_align_gen": tv_align_gen.run,
     "fewshot": fewshot.run,
     "recon": recon.run,
     "tokens": tokens.run,

@@ -16,20 +16,26 @@ TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, nu
 
 def default_model() -> VideoLLMConfig:
     return VideoLLMConfig(llm_config=dict(TINY_LLAMA), text_tokenizer="runs/sft-default/text-tokenizer",
-                          video_tokenizer="vtok_base", projector="mlp2x_gelu",
+                          video_tokenizer="runs/sft-default/video-tokenizer", projector="mlp2x_gelu",
                           projector_kwargs={"output_norm": True}, num_frames=16, max_length=1024,
-                          train_video_tokenizer=True)
+                          train_video_tokenizer=False, generation_head="auto")
 
 
 @dataclass
 class SFTData:
     world: str | None = "data/shapes"  # built with default settings when missing (None: no world)
-    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft.jsonl"])  # LLaVA JSON/JSONL files
+    # LLaVA JSON/JSONL files; world t2v.jsonl files (prompt -> video) train the generation head
+    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft.jsonl", "data/shapes/train/t2v.jsonl"])
     video_root: str | None = None  # default: each data file's folder
     val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
     test_bench: str | None = "data/shapes/test/tv_align.jsonl"
     text_corpus_vocab: int = 400  # text tokenizer trained on the world's text when missing (its closed vocabulary supports ~430 unigram pieces)
     split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
+    prompt_dropout: float = 0.1  # text-to-video samples: the prompt emptied this often (for classifier-free guidance)
+    # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
+    # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
+    video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base.yaml"
+    video_tokenizer_minutes: float = 3.0
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 
@@ -46,6 +52,7 @@ class SFTConfig:
     lr: float = 1e-3  # default learning rate (LLM)
     lr_projector: float | None = None  # per-module learning rates; None = lr
     lr_video_tokenizer: float | None = 3e-4
+    lr_generation_head: float | None = None
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.0
@@ -89,5 +96,6 @@ def module_learning_rates(cfg: SFTConfig) -> dict[str, float]:
         "llm": cfg.lr,
         "projector": cfg.lr if cfg.lr_projector is None else cfg.lr_projector,
         "video_tokenizer": cfg.lr if cfg.lr_video_tokenizer is None else cfg.lr_video_tokenizer,
+        "generation_head": cfg.lr if cfg.lr_generation_head is None else cfg.lr_generation_head,
     }
 

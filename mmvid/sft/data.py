@@ -11,6 +11,14 @@ conversation often give away earlier answers in their text (a caption first turn
 object's colour, shape and action; "What does the cyan circle do?" names the circle's colour), so
 in one sequence the model learns to copy from the context instead of looking at the video, and
 scores at chance on single questions. Split, every answer has to come from the video.
+
+Text-to-video samples are conversations with the `<video>` in the assistant turn (the prompt in the
+user turn); the model's generation head learns that span's video tokens. A line of a synthetic
+world's `t2v.jsonl` (`{"video", "prompt", ...}`, no "conversations") is read as one. With
+`prompt_dropout` p, a text-to-video sample's user turn is emptied with probability p (drawn from the
+torch RNG, so resume replays it): the unconditional model that classifier-free guidance needs.
+A text-to-video sample whose video is also the one video of an understanding sample joins that sample
+(`merge_t2v`): one more sequence sharing its decoded and encoded video, not a second item.
 """
 
 from __future__ import annotations
@@ -28,35 +36,70 @@ log = logging.getLogger(__name__)
 
 
 class SFTDataset(Dataset):
-    def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False):
+    def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False,
+                 prompt_dropout: float = 0.0, merge_t2v: bool = True):
+        if not 0.0 <= prompt_dropout < 1.0:
+            raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         self.model = model
         self.split_turns = split_turns
+        self.prompt_dropout = prompt_dropout
         self.items: list[tuple[dict, Path]] = []
         for file in files:
             root = Path(video_root) if video_root else Path(file).parent
-            self.items += [(sample, root) for sample in load_conversations(file)]
+            self.items += [(t2v_conversation(sample), root) for sample in load_conversations(file)]
         if not self.items:
             raise ValueError(f"no samples in {files}")
+        self.extras: dict[int, list[list[dict]]] = {}  # item -> text-to-video conversations sharing its video
+        if merge_t2v:
+            self._merge_t2v()
         self.bad: dict[str, str] = {}  # sample id -> reason
         self.seen = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _merge_t2v(self) -> None:
+        owner: dict[str, int] = {}
+        for i, (sample, root) in enumerate(self.items):
+            videos = sample_videos(sample) if isinstance(sample, dict) and "conversations" in sample else []
+            if len(videos) == 1 and not is_text_to_video(sample["conversations"]):
+                owner.setdefault(str(root / videos[0]), i)
+        kept = []
+        for i, (sample, root) in enumerate(self.items):
+            videos = sample_videos(sample) if isinstance(sample, dict) and "conversations" in sample else []
+            target = owner.get(str(root / videos[0])) if len(videos) == 1 and is_text_to_video(sample["conversations"]) else None
+            if target is None:
+                kept.append(i)
+            else:
+                self.extras.setdefault(target, []).append(sample["conversations"])
+        remap = {old: new for new, old in enumerate(kept)}
+        self.extras = {remap[k]: v for k, v in self.extras.items()}
+        self.items = [self.items[i] for i in kept]
+
     def load(self, index: int) -> dict:
         """One sample (raises on a bad one)."""
         sample, root = self.items[index]
         name = str(sample.get("id", index))
         videos = [root / v for v in sample_videos(sample)]
-        if self.split_turns and len(videos) == 1:
+        if is_text_to_video(sample["conversations"]):
+            encoded = [self.model.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name, num_videos=len(videos))]
+        elif self.split_turns and len(videos) == 1:
             encoded = [self.model.encode_sample(turns, sample_id=name, num_videos=1) for turns in split_rounds(sample["conversations"])]
         else:
             encoded = [self.model.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
+        encoded += [self.model.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v", num_videos=1)
+                    for turns in self.extras.get(index, [])]
         frames = [frames_to_tensor(read_video(v, num_frames=self.model.config.num_frames, size=self.model.image_size).frames)
                   for v in videos]
         # One entry per <video> span of the sample's sequences, indexing `frames`.
         spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(e.num_videos for e in encoded)
         return {"encoded": encoded, "videos": frames, "spans": spans, "id": name, "index": index}
+
+    def _drop_prompt(self, turns: list[dict]) -> list[dict]:
+        """A text-to-video conversation with its user turns emptied, with probability prompt_dropout."""
+        if self.prompt_dropout and float(torch.rand(())) < self.prompt_dropout:
+            return [dict(t, value="") if t.get("from") == HUMAN else t for t in turns]
+        return turns
 
     def __getitem__(self, index: int) -> dict:
         for offset in range(len(self.items)):
@@ -74,6 +117,20 @@ class SFTDataset(Dataset):
 
     def bad_fraction(self) -> float:
         return len(self.bad) / max(1, self.seen)
+
+
+def t2v_conversation(sample: dict) -> dict:
+    """A world `t2v.jsonl` line ({"video", "prompt"}, no "conversations") -> a text-to-video conversation;
+    any other sample unchanged."""
+    if isinstance(sample, dict) and "conversations" not in sample and isinstance(sample.get("prompt"), str) and "video" in sample:
+        turns = [{"from": HUMAN, "value": sample["prompt"]}, {"from": GPT, "value": VIDEO_PLACEHOLDER}]
+        return {"id": sample.get("id"), "video": sample["video"], "conversations": turns}
+    return sample
+
+
+def is_text_to_video(conversations: list[dict]) -> bool:
+    """A <video> in an assistant turn: the video is the answer."""
+    return any(t.get("from") == GPT and VIDEO_PLACEHOLDER in str(t.get("value", "")) for t in conversations)
 
 
 def split_rounds(conversations: list[dict]) -> list[list[dict]]:

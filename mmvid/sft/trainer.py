@@ -41,7 +41,7 @@ log = logging.getLogger("mmvid.sft")
 
 
 def prepare_default_data(cfg: SFTConfig) -> None:
-    """Build the synthetic world and train the text tokenizer when they are missing (rank 0 only)."""
+    """Build the synthetic world, and train the text and video tokenizers, when they are missing (rank 0 only)."""
     import numpy as np
 
     if cfg.data.world and not (Path(cfg.data.world) / "world.json").is_file():
@@ -52,12 +52,13 @@ def prepare_default_data(cfg: SFTConfig) -> None:
     folder = cfg.model.text_tokenizer
     if cfg.model.llm is None and folder and not (Path(folder) / "tokenizer.json").is_file():
         from mmvid.data.conversations import load_conversations
+        from mmvid.sft.data import t2v_conversation
         from mmvid.text_tokenizer import train_text_tokenizer
 
         texts = []
         for file in cfg.data.train:
             for sample in load_conversations(file):
-                texts += [turn["value"] for turn in sample["conversations"]]
+                texts += [turn["value"] for turn in t2v_conversation(sample)["conversations"]]
         for bench in (cfg.data.val_bench, cfg.data.test_bench):
             if bench and Path(bench).is_file():
                 for line in Path(bench).read_text().splitlines()[:2000]:
@@ -67,13 +68,40 @@ def prepare_default_data(cfg: SFTConfig) -> None:
         texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
         log.info("training a %d-piece sentencepiece tokenizer on %d texts", cfg.data.text_corpus_vocab, len(texts))
         train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab)
+    prepare_video_tokenizer(cfg)
+
+
+def prepare_video_tokenizer(cfg: SFTConfig) -> None:
+    """Train the video tokenizer `model.video_tokenizer` names when it is a missing folder and
+    `data.video_tokenizer_config` is set: `tokenizers/train.py`'s loop in this process (single-process,
+    whatever the SFT launch), `data.video_tokenizer_minutes` of training, its final weights copied there."""
+    from mmvid.video_tokenizers import VIDEO_TOKENIZERS
+
+    target = Path(cfg.model.video_tokenizer)
+    if cfg.model.video_tokenizer in VIDEO_TOKENIZERS or (target / "config.json").is_file():
+        return
+    if not cfg.data.video_tokenizer_config:
+        raise FileNotFoundError(f"model.video_tokenizer={target} is neither a preset nor a saved tokenizer folder, and "
+                                "data.video_tokenizer_config is not set to train one")
+    from mmvid.config import load_config
+    from mmvid.video_tokenizers.trainer import TokenizerTrainConfig
+    from mmvid.video_tokenizers.trainer import run as train_tokenizer
+
+    tcfg = load_config(TokenizerTrainConfig, cfg.data.video_tokenizer_config,
+                       [f"out={target}-run", f"max_minutes={cfg.data.video_tokenizer_minutes}", "data.num_workers=1",
+                        f"seed={cfg.seed}"])
+    log.info("training the video tokenizer %s (%s, %.1f minutes) -> %s", tcfg.model, cfg.data.video_tokenizer_config,
+             cfg.data.video_tokenizer_minutes, target)
+    train_tokenizer(tcfg, distributed=False)
+    shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
 
 
 def parameter_groups(model, cfg: SFTConfig) -> list[dict]:
     rates = module_learning_rates(cfg)
     groups = []
-    for name in ("llm", "projector", "video_tokenizer"):
-        params = [p for p in getattr(model, name).parameters() if p.requires_grad]
+    for name in ("llm", "projector", "video_tokenizer", "generation_head"):
+        part = getattr(model, name)
+        params = [p for p in part.parameters() if p.requires_grad] if part is not None else []
         if params:
             groups.append({"params": params, "lr": rates[name], "name": name, "weight_decay": cfg.weight_decay})
     return groups
@@ -158,7 +186,8 @@ def run(cfg: SFTConfig) -> dict:
             log.info("init_from %s (missing %d, unexpected %d keys)", cfg.init_from, len(missing), len(unexpected))
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
-    dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns)
+    dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
+                         prompt_dropout=cfg.data.prompt_dropout)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=lambda items: collate(model, items), drop_last=True)
@@ -202,7 +231,8 @@ def run(cfg: SFTConfig) -> dict:
             t0 = time.perf_counter()
             index = batch.pop("index")
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch).loss
+            output = engine(**batch)
+            loss = output.loss
             engine.backward(loss)
             engine.step()
             sampler.advance(len(index))
@@ -223,8 +253,9 @@ def run(cfg: SFTConfig) -> dict:
                 rate = len(index) * world_size * cfg.grad_accum / (time.perf_counter() - t0)
                 lr = scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+                parts = {k: float(output[k]) for k in ("lm_loss", "gen_loss") if output.get(k) is not None}
                 with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "samples_per_s": rate,
+                    f.write(json.dumps({"step": step, "loss": loss.item(), **parts, "lr": lr, "samples_per_s": rate,
                                         "samples_seen": samples_seen, "bad_samples": len(dataset.bad),
                                         "seconds": time.perf_counter() - start_time}) + "\n")
                 if board is not None:

@@ -641,6 +641,10 @@ class SweetTok(VideoTokenizer):
 
     # -- words -------------------------------------------------------------------------------------
 
+    def id_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """[low, high) allowed ids at each id position, for a discrete generation head (constrained sampling)."""
+        return self._slot_ranges(device)
+
     def _slot_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """[low, high) allowed ids of each of the 3 N slots."""
         c, r = self.config, self.vocabulary.ranges()

@@ -106,6 +106,12 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cpu")
 
 
+def _single_device(device: str) -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def ensure_data(cfg: DataConfig) -> None:
     """Build the default synthetic world when it is the source and missing."""
     if Path(cfg.source).exists() or not cfg.build_world or Path(cfg.source) != Path(DEFAULT_WORLD):
@@ -152,9 +158,10 @@ def _write_metrics(path: Path, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def run(cfg: TokenizerTrainConfig) -> dict[str, float]:
-    """Train (or resume) and return the final validation metrics."""
-    rank, world_size, device = setup_distributed(cfg.device)
+def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
+    """Train (or resume) and return the final validation metrics. `distributed=False`: one process
+    even under a launcher (the SFT pipeline trains its tokenizer on rank 0 this way)."""
+    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
     main = rank == 0
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
     if cfg.threads:
