@@ -28,6 +28,10 @@ demo: setup
 		--output runs/sft-default/eval-test.json
 	$(PY) -m mmvid.chat --model runs/sft-default/final --video data/shapes/test/videos/000000.mp4 \
 		--prompt "Describe the video."
+	$(PY) eval/run.py --bench tv_align_gen --model runs/sft-default/final --limit 50 \
+		--option save=runs/sft-default/generated --output runs/sft-default/eval-gen.json
+	$(PY) -m mmvid.chat --model runs/sft-default/final --output runs/sft-default/generated.gif \
+		--generate "There are two objects: a large red circle that moves left slowly and a small blue square that blinks quickly."
 
 test: setup
 	$(PY) -m pytest

@@ -137,7 +137,7 @@ def test_quantizer_picks_nearest_codewords():
     for quantizer in (tok.spatial_quantizer, tok.temporal_quantizer):
         C, E = quantizer.codeword_dim, quantizer.num_entities
         z = F.normalize(torch.randn(2, 7, 2 * C, generator=torch.Generator().manual_seed(1)), dim=-1)
-        out, ids, codebook_loss, commitment = quantizer(z)
+        out, ids, codebook_loss, commitment, _ = quantizer(z)
         codebook = quantizer.codebook().detach()
         attribute_d = ((z[..., None, :C] - codebook[None, None, E:]) ** 2).sum(-1)  # (2, 7, attributes), brute force
         entity_d = ((z[..., None, C:] - codebook[None, None, :E]) ** 2).sum(-1)
@@ -365,3 +365,112 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
     assert settings["video_as"] == "words" and settings["words_frames"] == 5 and settings["words_per_video"] <= 5
     with pytest.raises(ValueError, match="words_tokenizer=PATH"):
         run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
+
+
+# ---------------------------------------------------------------- the codebook-usage regulariser (not in the paper)
+
+
+USAGE_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_base_usage.yaml"
+
+
+def test_usage_off_by_default_and_ids_do_not_depend_on_it():
+    video = _video()
+    off = _tiny()
+    on = _tiny(usage_weight=0.5)
+    on.load_state_dict(off.state_dict())
+    assert off.config.usage_weight == 0.0 and off.config.usage_temperature == 1.0
+    a, b = off.quantize(video), on.quantize(video)  # grad enabled: the usage path keeps its graph
+    assert a["usage_loss"].item() == 0.0 and b["usage_loss"].item() != 0.0
+    assert torch.equal(a["ids"], b["ids"])  # the hard assignment is bit-identical
+    assert torch.equal(a["vectors"], b["vectors"]) and torch.equal(a["codebook_loss"], b["codebook_loss"])
+    loss_off, parts_off = off.training_loss(video)
+    loss_on, parts_on = on.training_loss(video)
+    assert "usage" not in parts_off and parts_on["usage"] == pytest.approx(b["usage_loss"].item())
+    assert loss_on.item() == pytest.approx(loss_off.item() + 0.5 * parts_on["usage"], rel=1e-6)
+
+
+def test_usage_loss_reaches_the_encoder_and_the_gcn():
+    tok = _tiny(usage_weight=1.0).train()
+    tok.quantize(_video())["usage_loss"].backward()
+    grads = {name: p.grad for name, p in tok.named_parameters()}
+    for name in ("spatial_queries", "temporal_queries", "first_frame_embed.1.weight", "tube_embed.1.weight",
+                 "spatial_quantizer.gcn.weight1.weight", "temporal_quantizer.gcn.weight2.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    assert grads["spatial_in.weight"] is None  # the decoder is not part of it
+
+
+def test_usage_loss_is_lower_when_a_batch_spreads_over_many_words():
+    # The formula on hand-made distances: confident tokens on K different words -> -log K; all on one -> 0.
+    K = 6
+    spread = 100.0 * (1 - torch.eye(K))  # (M = K, K): token m sits on word m
+    collapsed = spread[:1].expand(K, K)  # every token on word 0
+    assert MLCQuantizer.usage_loss(spread, 1.0).item() == pytest.approx(-math.log(K), abs=1e-4)
+    assert MLCQuantizer.usage_loss(collapsed, 1.0).item() == pytest.approx(0.0, abs=1e-4)
+    # Through the quantizer: tokens placed at chosen codewords.
+    quantizer = _tiny().spatial_quantizer
+    codebook = quantizer.codebook().detach()
+    E, A = quantizer.num_entities, quantizer.num_attributes
+    # At init the GCN's codewords of a group lie within ~1e-5..1e-3 (squared) of each other: a temperature
+    # well below the smallest gap makes each token's soft assignment its own word.
+    gaps = [torch.pdist(group).pow(2).min() for group in (codebook[:E], codebook[E:])]
+    temperature = 0.05 * float(min(gaps))
+    picks = torch.arange(2 * E)
+
+    def usage(entities, attributes):
+        z = torch.cat([codebook[E + attributes], codebook[entities]], dim=-1)[None]  # (1, M, 2C)
+        _, ids, *_, loss = quantizer(z, usage_temperature=temperature)
+        assert torch.equal(ids[0, :, 2], entities) and torch.equal(ids[0, :, 0], E + attributes)
+        return loss
+
+    many, one = usage(picks % E, picks % A), usage(torch.zeros_like(picks), torch.zeros_like(picks))
+    assert many.item() == pytest.approx(-math.log(E) - math.log(A), abs=0.05)  # every word of both groups, evenly
+    assert one.item() == pytest.approx(0.0, abs=0.05)
+
+
+def test_usage_term_increases_the_entity_words_in_use():
+    video = _video()
+
+    def entities_in_use(weight: float) -> int:
+        torch.manual_seed(0)
+        tok = build_video_tokenizer("sweettok_tiny", usage_weight=weight, usage_temperature=0.01).train()
+        optimizer = torch.optim.Adam(tok.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss, _ = tok.training_loss(video)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            out = tok.quantize(video)
+        return out["spatial_ids"][..., 2].unique().numel() + out["temporal_ids"][..., 2].unique().numel()
+
+    without, with_usage = entities_in_use(0.0), entities_in_use(1.0)
+    assert with_usage > without, (without, with_usage)  # seen: 2 -> 7 (nouns + verbs)
+
+
+def test_usage_config_round_trips_and_validates(tmp_path):
+    tok = _tiny(usage_weight=0.25, usage_temperature=0.05)
+    tok.save_pretrained(tmp_path / "tok")
+    again = load_video_tokenizer(tmp_path / "tok")
+    assert (again.config.usage_weight, again.config.usage_temperature) == (0.25, 0.05) and again.config == tok.config
+    # A config.json from before the option loads with it off.
+    _tiny().save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["config"]["usage_weight"], meta["config"]["usage_temperature"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    old = load_video_tokenizer(tmp_path / "old")
+    assert (old.config.usage_weight, old.config.usage_temperature) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="usage_weight must be >= 0"):
+        _tiny(usage_weight=-0.1)
+    with pytest.raises(ValueError, match="usage_temperature must be > 0"):
+        _tiny(usage_temperature=0.0)
+
+
+def test_usage_yaml_is_the_base_config_plus_the_term():
+    from mmvid.config import load_config
+    from mmvid.video_tokenizers.trainer import TokenizerTrainConfig
+
+    base = load_config(TokenizerTrainConfig, ROOT / "tokenizers" / "sweettok" / "sweettok_base.yaml")
+    usage = load_config(TokenizerTrainConfig, USAGE_CONFIG)
+    assert usage.model_overrides == {"usage_weight": 0.1} and usage.out == "runs/tokenizer-sweettok_base_usage"
+    base.model_overrides, base.out = usage.model_overrides, usage.out
+    assert usage == base

@@ -18,7 +18,8 @@ def default_model() -> VideoLLMConfig:
     return VideoLLMConfig(llm_config=dict(TINY_LLAMA), text_tokenizer="runs/sft-default/text-tokenizer",
                           video_tokenizer="runs/sft-default/video-tokenizer", projector="mlp2x_gelu",
                           projector_kwargs={"output_norm": True}, num_frames=16, max_length=1024,
-                          train_video_tokenizer=False, generation_head="auto")
+                          train_video_tokenizer=False, generation_head="auto",
+                          generation_head_kwargs={"width": 128, "depth": 2, "repeats": 2})
 
 
 @dataclass
@@ -35,7 +36,7 @@ class SFTData:
     # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
     # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
     video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base.yaml"
-    video_tokenizer_minutes: float = 3.0
+    video_tokenizer_minutes: float = 2.5
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 
@@ -45,7 +46,7 @@ class SFTConfig:
     model: VideoLLMConfig = field(default_factory=default_model)
     data: SFTData = field(default_factory=SFTData)
     out: str = "runs/sft-default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, final/
-    steps: int = 550  # optimizer steps (about 1.46 s each for the CPU default on 2 cores: ~14 minutes with setup and eval)
+    steps: int = 350  # optimizer steps (the CPU default: see README for the measured time)
     epochs: float | None = None  # alternatively: passes over the data (overrides steps)
     batch_size: int = 8  # samples per micro-batch per process
     grad_accum: int = 1

@@ -55,6 +55,13 @@ Deviations from the paper and the released code (see the brief, part A):
   taming-legacy ||sg(q) - z||^2 + beta ||q - sg(z)||^2).
 - Any T >= 1 works (padded as above; decode cuts back to `num_frames`); the token count is S + G for
   every T.
+- Option, off by default (the paper has no such term): a codebook-usage (entropy) regulariser against
+  codebook collapse. With `usage_weight` > 0 each branch adds, for its attribute words and its entity
+  words separately, mean_m H(p_m) - H(mean_m p_m) with p_m = softmax(-d_m / usage_temperature) over the
+  squared distances d_m of token m (gradients reach the encoder and the GCN); minimising it makes each
+  soft assignment confident and the batch use many words (MAGVIT-v2's entropy penalty). The codewords
+  are a GCN of fixed word vectors, so dead words cannot be re-initialised; this acts through the loss.
+  The hard assignment (the ids) does not depend on it.
 """
 
 from __future__ import annotations
@@ -215,9 +222,10 @@ class MLCQuantizer(nn.Module):
     """One branch of the motion-enhanced language codebook (spatial: adjectives + nouns; temporal:
     adverbs + verbs). Local word order: [entities..., attributes...] (the global order of the branch).
 
-    forward(z): z (B, N, 2C) L2-normalized -> (quantized (B, N, 2C) with straight-through gradients,
-    local ids long (B, N, 3) = [attribute 1, attribute 2, entity] (nearest attribute first),
-    codebook loss, commitment loss).
+    forward(z, usage_temperature=None): z (B, N, 2C) L2-normalized -> (quantized (B, N, 2C) with
+    straight-through gradients, local ids long (B, N, 3) = [attribute 1, attribute 2, entity] (nearest
+    attribute first), codebook loss, commitment loss, usage loss). The usage loss is `usage_loss` of the
+    attribute distances plus that of the entity distances when a temperature is given, else a zero.
     """
 
     def __init__(self, word_vectors: torch.Tensor, num_entities: int, edge_index: torch.Tensor, hidden_dim: int,
@@ -248,20 +256,37 @@ class MLCQuantizer(nn.Module):
         attributes = codebook[ids[..., :2]].mean(-2)  # (..., C)
         return torch.cat([attributes, codebook[ids[..., 2]]], dim=-1)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def usage_loss(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(M, K) squared distances -> mean_m H(p_m) - H(mean_m p_m), p_m = softmax(-d_m / temperature):
+        low when each token is confidently near one word and the M tokens spread over many words
+        (at least -log K); 0 when they all sit on one word."""
+        log_p = F.log_softmax(-distances / temperature, dim=-1)  # (M, K)
+        per_token = -(log_p.exp() * log_p).sum(-1).mean()
+        log_mean = torch.logsumexp(log_p, dim=0) - math.log(distances.shape[0])  # (K,): log of the batch average
+        return per_token + (log_mean.exp() * log_mean).sum()
+
+    def forward(self, z: torch.Tensor, usage_temperature: float | None = None) -> tuple[torch.Tensor, ...]:
         codebook = self.codebook()
         E, C = self.num_entities, self.codeword_dim
         flat = z.reshape(-1, 2 * C)
-        with torch.no_grad():
+        # The distances keep gradients only for the usage loss; the ids read them detached either way,
+        # so they are the same with and without it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and usage_temperature is not None):
             attribute_d = self.squared_distances(flat[:, :C].float(), codebook[E:].float())  # (M, attributes)
             entity_d = self.squared_distances(flat[:, C:].float(), codebook[:E].float())  # (M, entities)
-            top2 = attribute_d.topk(2, dim=-1, largest=False).indices + E  # (M, 2), nearest first
-            entity = entity_d.argmin(-1)  # (M,)
+        top2 = attribute_d.detach().topk(2, dim=-1, largest=False).indices + E  # (M, 2), nearest first
+        entity = entity_d.detach().argmin(-1)  # (M,)
         ids = torch.cat([top2, entity[:, None]], dim=-1).reshape(*z.shape[:-1], 3)
         q = self.lookup(ids, codebook).to(z.dtype)
         codebook_loss = F.mse_loss(q, z.detach())
         commitment_loss = F.mse_loss(z, q.detach())
-        return z + (q - z).detach(), ids, codebook_loss, commitment_loss
+        if usage_temperature is None:
+            usage_loss = z.new_zeros((), dtype=torch.float32)
+        else:
+            usage_loss = (self.usage_loss(attribute_d, usage_temperature)
+                          + self.usage_loss(entity_d, usage_temperature))
+        return z + (q - z).detach(), ids, codebook_loss, commitment_loss, usage_loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,6 +332,10 @@ class SweetTokConfig:
     pixel_weight: float = 1.0  # MSE weight; 0 with proxy targets = the paper's stage 1
     proxy_codebook_size: int = 0  # K > 0: a K-way head over the latent grid for proxy-code training
     proxy_weight: float = 1.0
+    # Codebook usage (not in the paper; off at 0): usage_weight x, per branch, the entropy term over the
+    # soft assignments of its attribute and its entity words (see the module docstring), against collapse.
+    usage_weight: float = 0.0  # >= 0; 0 = the paper's loss (and the term is not computed)
+    usage_temperature: float = 1.0  # > 0: soft assignment softmax(-squared distance / temperature)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -329,6 +358,10 @@ class SweetTokConfig:
             raise ValueError("parts_of_speech_path tags the words of captions_path; give captions_path too")
         if self.cooccurrence_window < 0 or self.beta < 0 or self.proxy_codebook_size < 0:
             raise ValueError("cooccurrence_window, beta and proxy_codebook_size must be >= 0")
+        if self.usage_weight < 0:
+            raise ValueError(f"usage_weight must be >= 0, got {self.usage_weight}")
+        if self.usage_temperature <= 0:
+            raise ValueError(f"usage_temperature must be > 0, got {self.usage_temperature}")
 
     @property
     def grid(self) -> int:
@@ -577,15 +610,18 @@ class SweetTok(VideoTokenizer):
 
     def quantize(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encode and quantize: {"vectors" (B, N, 2C) straight-through, "ids" long (B, 3N) word ids,
-        "codebook_loss", "commitment_loss" (summed over both branches), "spatial_ids", "temporal_ids"
-        (local, (B, S, 3) / (B, G, 3))}."""
+        "codebook_loss", "commitment_loss", "usage_loss" (summed over both branches; the usage loss is
+        0 unless usage_weight > 0), "spatial_ids", "temporal_ids" (local, (B, S, 3) / (B, G, 3))}."""
+        c = self.config
         z_s, z_t = self.encode_latents(video)
-        q_s, ids_s, cb_s, cm_s = self.spatial_quantizer(z_s)
-        q_t, ids_t, cb_t, cm_t = self.temporal_quantizer(z_t)
+        temperature = c.usage_temperature if c.usage_weight > 0 else None
+        q_s, ids_s, cb_s, cm_s, us_s = self.spatial_quantizer(z_s, temperature)
+        q_t, ids_t, cb_t, cm_t, us_t = self.temporal_quantizer(z_t, temperature)
         offset = self.vocabulary.offsets["verb"]  # the temporal branch's first global id
         ids = torch.cat([ids_s.flatten(1), (ids_t + offset).flatten(1)], dim=1)
         return {"vectors": torch.cat([q_s, q_t], dim=1), "ids": ids, "codebook_loss": cb_s + cb_t,
-                "commitment_loss": cm_s + cm_t, "spatial_ids": ids_s, "temporal_ids": ids_t}
+                "commitment_loss": cm_s + cm_t, "usage_loss": us_s + us_t, "spatial_ids": ids_s,
+                "temporal_ids": ids_t}
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> quantized tokens (B, S + G, 2C), or word ids (B, 3 (S + G)) with output="ids"."""
@@ -726,7 +762,8 @@ class SweetTok(VideoTokenizer):
     def training_loss(self, video: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,
                       proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The trainer's hook: pixel_weight x MSE + vq_weight x (codebook + beta x commitment)
-        [+ perceptual_weight x perceptual] [+ proxy_weight x cross-entropy on proxy codes].
+        [+ usage_weight x usage] [+ perceptual_weight x perceptual] [+ proxy_weight x cross-entropy on
+        proxy codes].
 
         Args:
             video: (B, 3, T, H, W) in [-1, 1].
@@ -746,6 +783,10 @@ class SweetTok(VideoTokenizer):
                  "commitment": float(commitment.detach()),
                  "spatial_words": out["spatial_ids"].unique().numel() / len(self.spatial_quantizer.word_vectors),
                  "temporal_words": out["temporal_ids"].unique().numel() / len(self.temporal_quantizer.word_vectors)}
+        if c.usage_weight > 0:
+            usage = out["usage_loss"]
+            parts["usage"] = float(usage.detach())
+            loss = loss + c.usage_weight * usage
         if perceptual is not None and perceptual_weight > 0:
             term = perceptual(reconstruction, video)
             parts["perceptual"] = float(term.detach())
