@@ -471,6 +471,6 @@ def test_usage_yaml_is_the_base_config_plus_the_term():
 
     base = load_config(TokenizerTrainConfig, ROOT / "tokenizers" / "sweettok" / "sweettok_base.yaml")
     usage = load_config(TokenizerTrainConfig, USAGE_CONFIG)
-    assert usage.model_overrides == {"usage_weight": 0.1} and usage.out == "runs/tokenizer-sweettok_base_usage"
+    assert usage.model_overrides == {"usage_weight": 0.1, "usage_temperature": 0.01} and usage.out == "runs/tokenizer-sweettok_base_usage"
     base.model_overrides, base.out = usage.model_overrides, usage.out
     assert usage == base
