@@ -40,12 +40,9 @@ class BenchmarkFormatError(ValueError):
     """A benchmark file line that is not a valid question."""
 
 
-def load_questions(path: str | Path) -> list[dict]:
-    """Read and check a benchmark JSONL; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
-    questions = []
+def read_records(path: Path, required: tuple[str, ...]):
+    """(where, record) for each non-empty line of a JSONL whose records need `required` keys; a bad
+    line raises BenchmarkFormatError naming the file and line."""
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -56,9 +53,19 @@ def load_questions(path: str | Path) -> list[dict]:
             raise BenchmarkFormatError(f"{where}: invalid JSON ({e.msg})") from e
         if not isinstance(item, dict):
             raise BenchmarkFormatError(f"{where}: expected a JSON object")
-        missing = [k for k in REQUIRED if k not in item]
+        missing = [k for k in required if k not in item]
         if missing:
-            raise BenchmarkFormatError(f"{where}: missing {missing} (each line needs {list(REQUIRED)})")
+            raise BenchmarkFormatError(f"{where}: missing {missing} (each line needs {list(required)})")
+        yield where, item
+
+
+def load_questions(path: str | Path) -> list[dict]:
+    """Read and check a benchmark JSONL; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    questions = []
+    for where, item in read_records(path, REQUIRED):
         options = item["options"]
         if not (isinstance(options, list) and 2 <= len(options) <= 26 and all(isinstance(o, str) and o for o in options)):
             raise BenchmarkFormatError(f"{where}: 'options' must be a list of 2-26 non-empty strings")

@@ -67,7 +67,7 @@ from tqdm import tqdm
 
 from mmvid.data import read_video, write_video
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
-from mmvid.evaluation.tv_align import BenchmarkFormatError
+from mmvid.evaluation.tv_align import BenchmarkFormatError, read_records
 
 if TYPE_CHECKING:
     from mmvid.data.shapes.analyzer import Analysis
@@ -108,19 +108,7 @@ def load_prompts(path: str | Path) -> list[dict]:
         raise FileNotFoundError(f"text-to-video prompts not found: {path}; build the world first "
                                 f"(`python -m mmvid.data.shapes --out {path.parent.parent}`) or pass --data")
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFormatError(f"{where}: invalid JSON ({e.msg})") from e
-        if not isinstance(item, dict):
-            raise BenchmarkFormatError(f"{where}: expected a JSON object")
-        missing = [k for k in REQUIRED if k not in item]
-        if missing:
-            raise BenchmarkFormatError(f"{where}: missing {missing} (each line needs {list(REQUIRED)})")
+    for where, item in read_records(path, REQUIRED):
         objects = item["objects"]
         if not (isinstance(objects, list) and objects
                 and all(isinstance(o, dict) and all(k in o for k in OBJECT_KEYS) for o in objects)):
