@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
 from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.prompting import IGNORE_INDEX, EncodedSample, VideoTokenIds, encode_conversation, encode_prompt
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
-GENERATION_HEADS = (None, "auto", "discrete", "flow", "regression")
+GENERATION_HEADS = (None, "auto", *HEAD_KINDS)
 
 
 @dataclass
@@ -337,8 +338,9 @@ class VideoLLM(nn.Module):
         ranges = getattr(self.video_tokenizer, "id_ranges", None)
         if ranges is not None:
             low, high = ranges(device)
-            if len(low) == n:
-                return low, high
+            if len(low) != n:
+                raise ValueError(f"the tokenizer's id ranges cover {len(low)} positions but a video has {n} ids")
+            return low, high
         size = self.video_tokenizer.codebook_size
         return torch.zeros(n, dtype=torch.long, device=device), torch.full((n,), size, dtype=torch.long, device=device)
 
@@ -365,7 +367,10 @@ class VideoLLM(nn.Module):
             raise ValueError("guidance_scale and temperature must be >= 0")
         device = self._device()
         generator = torch.Generator(device=device)
-        generator.manual_seed(torch.seed() if seed is None else int(seed))
+        if seed is None:
+            generator.seed()  # non-deterministic, without touching the global RNG
+        else:
+            generator.manual_seed(int(seed))
         T = self.config.num_frames
         n = self.video_tokenizer.num_tokens(T, self.image_size, self.image_size)
         layout = self.layout.to(device)
@@ -389,8 +394,8 @@ class VideoLLM(nn.Module):
                                     generator=generator)  # (1, D)
                 step_input = token[:, None, :]
             tokens.append(token)
-            embedding = self.projector(step_input, _layout_slice(layout, i))  # (1, 1, hidden): per-token projector
             if i < n - 1:
+                embedding = self.projector(step_input, _layout_slice(layout, i))  # (1, 1, hidden): per-token projector
                 for s in streams:
                     s.feed(embedding)
         tokens = torch.stack(tokens, dim=1)  # (1, n) ids or (1, n, D)

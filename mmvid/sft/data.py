@@ -59,15 +59,21 @@ class SFTDataset(Dataset):
         return len(self.items)
 
     def _merge_t2v(self) -> None:
+        def one_video(sample: dict, root: Path) -> tuple[str | None, bool]:
+            """(the path of the sample's only video or None, whether it is text-to-video)"""
+            if not (isinstance(sample, dict) and isinstance(sample.get("conversations"), list)):
+                return None, False  # malformed: left for load() to report
+            videos = sample_videos(sample)
+            return (str(root / videos[0]) if len(videos) == 1 else None), is_text_to_video(sample["conversations"])
+
+        keys = [one_video(sample, root) for sample, root in self.items]
         owner: dict[str, int] = {}
-        for i, (sample, root) in enumerate(self.items):
-            videos = sample_videos(sample) if isinstance(sample, dict) and "conversations" in sample else []
-            if len(videos) == 1 and not is_text_to_video(sample["conversations"]):
-                owner.setdefault(str(root / videos[0]), i)
+        for i, (path, generation) in enumerate(keys):
+            if path is not None and not generation:
+                owner.setdefault(path, i)
         kept = []
-        for i, (sample, root) in enumerate(self.items):
-            videos = sample_videos(sample) if isinstance(sample, dict) and "conversations" in sample else []
-            target = owner.get(str(root / videos[0])) if len(videos) == 1 and is_text_to_video(sample["conversations"]) else None
+        for i, ((sample, _), (path, generation)) in enumerate(zip(self.items, keys)):
+            target = owner.get(path) if generation else None
             if target is None:
                 kept.append(i)
             else:
@@ -130,7 +136,8 @@ def t2v_conversation(sample: dict) -> dict:
 
 def is_text_to_video(conversations: list[dict]) -> bool:
     """A <video> in an assistant turn: the video is the answer."""
-    return any(t.get("from") == GPT and VIDEO_PLACEHOLDER in str(t.get("value", "")) for t in conversations)
+    return any(isinstance(t, dict) and t.get("from") == GPT and VIDEO_PLACEHOLDER in str(t.get("value", ""))
+               for t in conversations)
 
 
 def split_rounds(conversations: list[dict]) -> list[list[dict]]:
