@@ -13,7 +13,7 @@ import torch
 
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.evaluation import BenchContext, evaluate, run_benches
-from mmvid.evaluation.fewshot import episodes, load_fewshot
+from mmvid.evaluation.fewshot import episodes, load_fewshot, prototype_choice
 from mmvid.evaluation.scoring import parse_choice
 from mmvid.evaluation.tv_align import BenchmarkFormatError, load_questions
 from mmvid.testing import tiny_videollm
@@ -119,6 +119,39 @@ def test_fewshot_bench_runs(model, world):
     ctx = BenchContext(model=model, data=str(world), limit=3, options={"ways": "2", "shots": "1"})
     metrics = _metrics(run_benches(["fewshot"], ctx), "fewshot")
     assert set(metrics) == {"2way_1shot/acc", "2way_1shot/acc_norm"} and 0 <= metrics["2way_1shot/acc"] <= 1
+
+
+def test_prototype_choice_is_the_nearest_class_mean_by_cosine():
+    torch.manual_seed(0)
+    support = [torch.randn(6, dtype=torch.float64) for _ in range(6)]
+    labels = ["a", "b", "c"]
+    support_labels = ["a", "b", "c", "a", "b", "c"]
+    query = torch.randn(6, dtype=torch.float64)
+    choice, sims = prototype_choice(support, support_labels, query, labels)
+    unit = lambda v: v / v.norm()  # noqa: E731
+    expected = [float(unit(unit(support[i]) + unit(support[i + 3])) @ unit(query)) for i in range(3)]
+    assert sims == pytest.approx(expected, abs=1e-9) and choice == max(range(3), key=expected.__getitem__)
+    # a query equal to one class's only support vector picks that class
+    assert prototype_choice(support[:3], labels, support[1] * 3, labels)[0] == 1
+    with pytest.raises(ValueError, match="no support"):
+        prototype_choice(support[:2], ["a", "b"], query, labels)
+
+
+def test_fewshot_prototype_scorer_needs_no_llm(world):
+    options = {"ways": "2", "shots": "1,2", "scorer": "prototype", "tokenizer": "vtok_tiny", "frames": "8"}
+    record = run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=4, options=options))
+    result = record["results"]["fewshot"]
+    assert result["settings"]["scorer"] == "prototype" and result["settings"]["tokenizer"] == "vtok_tiny"
+    metrics = {k: v["value"] for k, v in result["metrics"].items()}
+    assert set(metrics) == {"2way_1shot/acc", "2way_2shot/acc"} and all(0 <= v <= 1 for v in metrics.values())
+    words = dict(options, video_as="words", tokenizer="sweettok_tiny")
+    record = run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=2, options=words))
+    assert record["results"]["fewshot"]["settings"]["video_as"] == "words"
+    with pytest.raises(ValueError, match="word ids"):
+        run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=1,
+                                              options=dict(options, video_as="words")))
+    with pytest.raises(ValueError, match="scorer"):
+        run_benches(["fewshot"], BenchContext(data=str(world), limit=1, options={"scorer": "knn"}))
 
 
 def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):

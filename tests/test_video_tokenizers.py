@@ -146,13 +146,34 @@ def test_bad_configs_raise():
         build_video_tokenizer("frames_tiny", pool="grid", pool_size=9)
     with pytest.raises(ValueError, match="hf_path"):
         build_video_tokenizer("vtok_tiny", feature_extractor="hf")
+    with pytest.raises(ValueError, match="decoder_input"):
+        build_video_tokenizer("vtok_tiny", decoder_input="grid")
+
+
+@pytest.mark.parametrize("key_pool", [0, 2])
+def test_aligned_decoder_puts_each_key_token_on_its_own_cell(key_pool):
+    """decoder_input="aligned": a key token enters the query of its own grid cell (of its g x g
+    block when pooled), so at init, changing it changes those pixels far more than any others.
+    With "memory" the token is one of many attended to, and nothing ties it to a place."""
+    torch.manual_seed(0)
+    tok = build_video_tokenizer("vtok_tiny", key_pool=key_pool).eval()  # grid 4 x 4 of 8-pixel patches
+    tokens = tok.encode(_video(batch=1, frames=4))
+    changed = tokens.clone()
+    changed[0, 0] += 5.0  # the top-left key token
+    with torch.no_grad():
+        diff = (tok.decode(changed) - tok.decode(tokens)).abs().mean((0, 1, 2))  # (H, W)
+    cell = 8 * (tok.config.grid // (key_pool or tok.config.grid))  # pixels covered by that token
+    inside, outside = diff[:cell, :cell].mean(), diff.clone()
+    outside[:cell, :cell] = float("nan")
+    assert inside > 3 * outside.nanmean(), (inside, outside.nanmean())
 
 
 # ---------------------------------------------------------------- save / load / training
 
 
 @pytest.mark.parametrize("name, overrides", [("frames_tiny", {}), ("frames_tiny", {"pool": "queries", "pool_size": 3}),
-                                             ("vtok_tiny", {}), ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2})])
+                                             ("vtok_tiny", {}), ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2}),
+                                             ("vtok_tiny", {"decoder_input": "memory"})])
 def test_save_then_load_gives_identical_outputs(tmp_path, name, overrides):
     tok = build_video_tokenizer(name, **overrides).eval()
     video = _video(frames=8)
@@ -168,10 +189,10 @@ def test_load_rejects_what_is_not_a_checkpoint(tmp_path):
         load_video_tokenizer(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["frames_tiny", "vtok_tiny"])
-def test_one_batch_overfits(name):
+@pytest.mark.parametrize("name, overrides", [("frames_tiny", {}), ("vtok_tiny", {}), ("vtok_tiny", {"decoder_input": "memory"})])
+def test_one_batch_overfits(name, overrides):
     torch.manual_seed(0)
-    tok = build_video_tokenizer(name)
+    tok = build_video_tokenizer(name, **overrides)
     video = _video(batch=2, frames=8)
     optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
     with torch.no_grad():

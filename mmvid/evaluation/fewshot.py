@@ -17,6 +17,16 @@ read at that tokenizer's `num_frames` and `image_size`. `--option words_top=K` k
 most frequent words (most frequent first) to fit long word lists in the context; 0 (default) keeps all.
 
     python eval/run.py --bench fewshot --video-as words --option words_tokenizer=runs/tokenizer-sweettok_base/final
+
+Prototype scorer (`--option scorer=prototype`): no LLM; each class's support videos are averaged
+into a prototype and the query goes to the nearest one by cosine similarity, a probe of what the
+representation itself separates. With `video_as=video` a video is its continuous tokens (flattened);
+with words, its bag of words (counts over the vocabulary). The tokenizer is `--option tokenizer=PATH`
+(a saved folder or preset; for words, `words_tokenizer=` also works), else the model's. This is what
+compares SweetTok's words with its own continuous vectors without a pretrained LLM:
+
+    python eval/run.py --bench fewshot --option scorer=prototype --option tokenizer=runs/tok/final
+    python eval/run.py --bench fewshot --option scorer=prototype --video-as words --option tokenizer=runs/tok/final
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from mmvid.text_tokenizer import VIDEO_TOKEN
 
 QUESTION = "What does the object do?"
 VIDEO_AS = ("video", "words")  # "text" is an alias of "words"
+SCORERS = ("llm", "prototype")
 
 
 def load_fewshot(ctx: BenchContext) -> tuple[Path, list[dict]]:
@@ -106,6 +117,79 @@ def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, int, int
     return tokenizer, tokenizer.config.num_frames, tokenizer.config.image_size, spec
 
 
+def load_tokenizer(spec: str) -> torch.nn.Module:
+    """A saved video tokenizer folder, or a preset name (untrained)."""
+    if Path(spec).is_dir():
+        return load_video_tokenizer(spec).eval()
+    if spec in VIDEO_TOKENIZERS:
+        return build_video_tokenizer(spec).eval()
+    raise FileNotFoundError(f"tokenizer={spec!r} is neither a saved video tokenizer folder nor a preset")
+
+
+def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
+                     labels: list[str]) -> tuple[int, list[float]]:
+    """Nearest class prototype by cosine similarity: (chosen index into labels, the similarities).
+    Each vector is L2-normalised, each class's support vectors averaged."""
+    vectors = torch.nn.functional.normalize(torch.stack(support).double(), dim=-1)
+    q = torch.nn.functional.normalize(query.double(), dim=-1)
+    sims = []
+    for label in labels:
+        members = [i for i, lab in enumerate(support_labels) if lab == label]
+        if not members:
+            raise ValueError(f"class {label!r} has no support video")
+        sims.append(float(torch.nn.functional.normalize(vectors[members].mean(0), dim=-1) @ q))
+    return max(range(len(labels)), key=sims.__getitem__), sims
+
+
+def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, shot_list: list[int], count: int,
+                  video_as: str) -> BenchResult:
+    spec = ctx.option("tokenizer") or ctx.option("words_tokenizer")
+    if spec is None:
+        model = ctx.load_model()
+        tokenizer, frames, size, name = model.video_tokenizer, model.config.num_frames, model.image_size, \
+            str(model.video_tokenizer.preset)
+    else:
+        tokenizer, name = load_tokenizer(spec), spec
+        frames = getattr(tokenizer.config, "num_frames", None) or int(ctx.option("frames", "16"))
+        size = tokenizer.config.image_size
+    if video_as == "words" and not hasattr(tokenizer, "encode_ids"):
+        raise ValueError(f"the prototype scorer's words mode needs a tokenizer with word ids (SweetTok); "
+                         f"{name!r} is a {tokenizer.architecture} tokenizer")
+    device = next(tokenizer.parameters()).device
+    vectors: dict[str, torch.Tensor] = {}
+
+    def vector(item) -> torch.Tensor:
+        key = str(path.parent / item["video"])
+        if key not in vectors:
+            video = frames_to_tensor(read_video(key, num_frames=frames, size=size).frames)[None].to(device)
+            with torch.no_grad():
+                if video_as == "words":
+                    ids = tokenizer.encode_ids(video)[0]
+                    vectors[key] = torch.bincount(ids, minlength=tokenizer.codebook_size).float().cpu()
+                else:
+                    tokens = tokenizer.encode(video)[0]
+                    if not tokens.is_floating_point():
+                        tokens = tokenizer.ids_to_vectors(tokens[None])[0]
+                    vectors[key] = tokens.flatten().float().cpu()
+        return vectors[key]
+
+    metrics, samples = [], []
+    for shots in shot_list:
+        hits = []
+        for support, query, labels in tqdm(episodes(items, ways, shots, count, ctx.seed),
+                                           desc=f"fewshot prototype {ways}-way {shots}-shot"):
+            choice, sims = prototype_choice([vector(i) for i in support], [i["label"] for i in support],
+                                            vector(query), labels)
+            hits.append(float(labels[choice] == query["label"]))
+            samples.append({"shots": shots, "query": query["video"], "label": query["label"], "labels": labels,
+                            "similarities": sims, "choice": labels[choice]})
+        value, stderr = mean_stderr(hits)
+        metrics.append(Metric(f"{ways}way_{shots}shot/acc", value, stderr, len(hits)))
+    settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
+                "scorer": "prototype", "chance": 1 / ways, "tokenizer": name, "frames": frames, "size": size}
+    return BenchResult("fewshot", metrics, settings, samples)
+
+
 def most_frequent_words(text: str, k: int) -> str:
     """The k most frequent words of `text`, most frequent first (ties: first seen first); all for k = 0."""
     words = text.split()
@@ -124,8 +208,13 @@ def run(ctx: BenchContext) -> BenchResult:
     video_as = "words" if video_as == "text" else video_as
     if video_as not in VIDEO_AS:
         raise ValueError(f"video_as must be one of {list(VIDEO_AS)} (or text, an alias of words), got {video_as!r}")
+    scorer = ctx.option("scorer", "llm")
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {list(SCORERS)}, got {scorer!r}")
     top = int(ctx.option("words_top", "0"))
     path, items = load_fewshot(ctx)
+    if scorer == "prototype":
+        return run_prototype(ctx, path, items, ways, shot_list, count, video_as)
     model = ctx.load_model()
     frames, size, tokenizer_name = model.config.num_frames, model.image_size, None
     if video_as == "words":

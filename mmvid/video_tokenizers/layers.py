@@ -102,7 +102,9 @@ class GridDecoder(nn.Module):
     """Renders one frame from a few memory tokens (TiTok-style): learned patch-grid queries and the
     memory run through joint self-attention; the grid outputs become pixel patches.
 
-    (B, M, dim) memory -> (B, 3, H, W) in roughly [-1, 1].
+    (B, M, dim) memory -> (B, 3, H, W) in roughly [-1, 1]. `grid_inputs` (B, grid*grid, dim), when
+    given, are added to the queries: content already laid out on the patch grid (each query starts
+    from its own cell's token instead of having to find it among the memory by attention).
     """
 
     def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int):
@@ -113,9 +115,12 @@ class GridDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 3 * patch_size * patch_size)
 
-    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, memory: torch.Tensor, grid_inputs: torch.Tensor | None = None) -> torch.Tensor:
         n = self.grid * self.grid
-        x = torch.cat([self.queries.expand(memory.shape[0], -1, -1), memory], dim=1)
+        queries = self.queries.expand(memory.shape[0], -1, -1)
+        if grid_inputs is not None:
+            queries = queries + grid_inputs
+        x = torch.cat([queries, memory], dim=1)
         for block in self.blocks:
             x = block(x)
         patches = self.head(self.norm(x[:, :n]))  # (B, S, 3 p p)
