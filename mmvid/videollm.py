@@ -157,7 +157,7 @@ class VideoLLM(nn.Module):
         if len(text_tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(text_tokenizer))
         if Path(config.video_tokenizer).is_dir():
-            video_tokenizer = load_video_tokenizer(config.video_tokenizer)
+            video_tokenizer = load_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
         else:
             video_tokenizer = build_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
         projector = build_projector(_projector_config(config, video_tokenizer, llm))
@@ -621,8 +621,17 @@ def _build_generation_head(config: VideoLLMConfig, llm: nn.Module, video_tokeniz
     if kind is None:
         return None
     discrete = bool(video_tokenizer.discrete)
+    kwargs = dict(config.generation_head_kwargs)
     if kind == "auto":
         kind = "discrete" if discrete else "flow"
+        if discrete and kwargs:  # they configure the flow head that "auto" picks for continuous tokens
+            log.warning("generation_head='auto' picked the discrete head for %s ids; it takes no "
+                        "generation_head_kwargs, so %s (the flow head's) are not used", video_tokenizer.architecture,
+                        sorted(kwargs))
+            kwargs = {}
+    if kind == "discrete" and kwargs:
+        raise ValueError(f"the discrete generation head takes no generation_head_kwargs (got {sorted(kwargs)}; they "
+                         "configure the flow/regression head)")
     if kind == "discrete" and not discrete:
         raise ValueError(f"generation_head='discrete' needs a discrete video tokenizer (ids); {video_tokenizer.architecture} "
                          "here gives vectors (SweetTok: video_tokenizer_overrides={'output': 'ids'}), or use 'flow'")
@@ -633,7 +642,6 @@ def _build_generation_head(config: VideoLLMConfig, llm: nn.Module, video_tokeniz
                          f"each generated token before writing the next; got {projector.config.type!r}")
     hidden = llm.get_input_embeddings().embedding_dim
     head = build_generation_head(kind, hidden, token_dim=None if discrete else video_tokenizer.token_dim,
-                                 codebook_size=video_tokenizer.codebook_size if discrete else None,
-                                 **config.generation_head_kwargs)
+                                 codebook_size=video_tokenizer.codebook_size if discrete else None, **kwargs)
     head.kind = kind
     return head.to(getattr(torch, config.dtype))

@@ -50,6 +50,17 @@ def test_auto_picks_the_head_for_the_tokenizer(workdir, one_thread):
     assert tiny_videollm(workdir).manifest()["generation"] is None
 
 
+def test_flow_kwargs_with_auto_on_ids_warn_and_with_discrete_raise(workdir, one_thread, caplog):
+    """The default config's flow-head kwargs must not break a switch to SweetTok ids under "auto"."""
+    flow_kwargs = {"width": 32, "depth": 2}
+    with caplog.at_level("WARNING", logger="mmvid.videollm"):
+        model = sweet_model(workdir, generation_head_kwargs=flow_kwargs)
+    assert isinstance(model.generation_head, DiscreteVideoHead)
+    assert "not used" in caplog.text and "width" in caplog.text
+    with pytest.raises(ValueError, match="discrete generation head takes no generation_head_kwargs"):
+        sweet_model(workdir, generation_head="discrete", generation_head_kwargs=flow_kwargs)
+
+
 def test_video_in_an_assistant_turn_is_a_target(workdir, one_thread):
     model = flow_model(workdir)
     understanding = model.encode_sample([{"from": "human", "value": "<video>\nWhat moves?"}, {"from": "gpt", "value": "a circle"}])

@@ -253,6 +253,25 @@ def test_save_then_load_is_exact(tmp_path):
         torch.testing.assert_close(again(video), tok(video), rtol=0, atol=0)
 
 
+def test_a_saved_tokenizer_loads_with_overrides_as_a_videollm_ids_tokenizer(tmp_path):
+    """A trained folder read with output="ids" (what the discrete T2V head and the embedding
+    projector need): `load_video_tokenizer(path, output="ids")` and VideoLLMConfig's
+    video_tokenizer_overrides on a folder both apply it; fields that do not exist raise."""
+    from mmvid.testing import tiny_videollm
+
+    tok = _tiny()
+    tok.save_pretrained(tmp_path / "tok")
+    video = _video()
+    ids = load_video_tokenizer(tmp_path / "tok", output="ids").eval()
+    with torch.no_grad():
+        assert torch.equal(ids.encode(video), tok.encode_ids(video))
+    with pytest.raises(ValueError, match="unknown sweettok config fields"):
+        load_video_tokenizer(tmp_path / "tok", outputs="ids")
+    model = tiny_videollm(tmp_path, video_tokenizer=str(tmp_path / "tok"), num_frames=5,
+                          video_tokenizer_overrides={"output": "ids"}, projector="embedding")
+    assert model.video_tokenizer.discrete and model.projector.config.codebook_size == tok.codebook_size
+
+
 @pytest.fixture(scope="module")
 def text_tokenizer(tmp_path_factory) -> Path:
     from mmvid.testing import world_text_tokenizer

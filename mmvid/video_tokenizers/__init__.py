@@ -11,6 +11,8 @@ Face's `tokenizers`); "video tokenizer" also keeps these apart from the LLM's te
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -53,8 +55,12 @@ def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
     return tokenizer
 
 
-def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VideoTokenizer:
-    """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict)."""
+def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> VideoTokenizer:
+    """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict).
+
+    `overrides` change config fields that leave the weights as they are (e.g. SweetTok's
+    `output="ids"`); an unknown field raises, and one that changes the weights' shapes fails the
+    strict load."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -68,6 +74,10 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[architecture]
     data = dict(record["config"])
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls.config_class)})
+    if unknown:
+        raise ValueError(f"unknown {architecture} config fields {unknown} in the overrides for {path}")
+    data.update(overrides)
     if "hf_path" in data:
         data["hf_path"] = None  # the checkpoint's own weights include the vision model
     tokenizer = cls(config_from_dict(cls.config_class, data))
