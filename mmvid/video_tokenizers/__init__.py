@@ -12,7 +12,6 @@ Face's `tokenizers`); "video tokenizer" also keeps these apart from the LLM's te
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 from pathlib import Path
