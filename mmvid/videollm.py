@@ -29,7 +29,7 @@ from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
 from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.prompting import IGNORE_INDEX, EncodedSample, VideoTokenIds, encode_conversation, encode_prompt
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
-from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, video_tokenizer_from
 from mmvid.video_tokenizers.base import config_from_dict
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,7 @@ class VideoLLM(nn.Module):
                                                    dtype=dtype, attn_implementation=attn)
         if len(text_tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(text_tokenizer))
-        if Path(config.video_tokenizer).is_dir():
-            video_tokenizer = load_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
-        else:
-            video_tokenizer = build_video_tokenizer(config.video_tokenizer, **config.video_tokenizer_overrides)
+        video_tokenizer = video_tokenizer_from(config.video_tokenizer, **config.video_tokenizer_overrides)
         projector = build_projector(_projector_config(config, video_tokenizer, llm))
         head = _build_generation_head(config, llm, video_tokenizer, projector)
         model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head).to(device)

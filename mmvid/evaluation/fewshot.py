@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from mmvid.data import frames_to_tensor, read_video
-from mmvid.video_tokenizers import VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import video_tokenizer_from
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.scoring import continuation_logprobs, pick
 from mmvid.text_tokenizer import VIDEO_TOKEN
@@ -104,26 +104,12 @@ def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, int, int
             raise ValueError(f"--video-as words needs a video tokenizer with video_to_text() (SweetTok); the model's "
                              f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved SweetTok folder)")
         return tokenizer, model.config.num_frames, model.image_size, str(tokenizer.preset)
-    if Path(spec).is_dir():
-        tokenizer = load_video_tokenizer(spec)
-    elif spec in VIDEO_TOKENIZERS:
-        tokenizer = build_video_tokenizer(spec)  # untrained: its words say nothing, but the plumbing runs
-    else:
-        raise FileNotFoundError(f"words_tokenizer={spec!r} is neither a saved video tokenizer folder nor a preset")
+    tokenizer = video_tokenizer_from(spec)  # a preset is untrained: its words say nothing, but the plumbing runs
     if not hasattr(tokenizer, "video_to_text"):
         raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without video_to_text() "
                          f"(use a SweetTok)")
     tokenizer.eval().to(model._device())
     return tokenizer, tokenizer.config.num_frames, tokenizer.config.image_size, spec
-
-
-def load_tokenizer(spec: str) -> torch.nn.Module:
-    """A saved video tokenizer folder, or a preset name (untrained)."""
-    if Path(spec).is_dir():
-        return load_video_tokenizer(spec).eval()
-    if spec in VIDEO_TOKENIZERS:
-        return build_video_tokenizer(spec).eval()
-    raise FileNotFoundError(f"tokenizer={spec!r} is neither a saved video tokenizer folder nor a preset")
 
 
 def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
@@ -149,7 +135,7 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
         tokenizer, frames, size, name = model.video_tokenizer, model.config.num_frames, model.image_size, \
             str(model.video_tokenizer.preset)
     else:
-        tokenizer, name = load_tokenizer(spec), spec
+        tokenizer, name = video_tokenizer_from(spec).eval(), spec
         frames = getattr(tokenizer.config, "num_frames", None) or int(ctx.option("frames", "16"))
         size = tokenizer.config.image_size
     if video_as == "words" and not hasattr(tokenizer, "encode_ids"):

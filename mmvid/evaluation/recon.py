@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from mmvid.data.video_dataset import VideoClipDataset, list_videos
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.metrics import psnr, ssim
-from mmvid.video_tokenizers import VideoTokenizer, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from
 
 DEFAULT_FRAMES = 16  # when no VideoLLM says how many frames it reads
 DEFAULT_FVD_SIZE = 224  # I3D's input size
@@ -174,10 +174,7 @@ def _tokenizer(ctx: BenchContext) -> tuple[VideoTokenizer, str]:
     name = ctx.option("tokenizer")
     if name is None:  # the model's tokenizer stays where the model is
         return ctx.load_model().video_tokenizer, f"videollm:{ctx.model_path or 'live model'}"
-    if Path(name).is_dir():
-        tokenizer = load_video_tokenizer(name)
-    else:
-        tokenizer = build_video_tokenizer(name)  # KeyError listing the presets for any other name
+    tokenizer = video_tokenizer_from(name)
     return tokenizer.to("cuda" if torch.cuda.is_available() else "cpu"), name
 
 

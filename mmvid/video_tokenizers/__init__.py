@@ -85,6 +85,18 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
     return tokenizer
 
 
+def video_tokenizer_from(spec: str | os.PathLike, **overrides) -> VideoTokenizer:
+    """A saved tokenizer folder (`save_pretrained`) or a preset name (built untrained), as
+    `VideoLLMConfig.video_tokenizer` and eval options like `--tokenizer` take them, with config
+    `overrides`; anything else raises, listing the presets."""
+    if Path(spec).is_dir():
+        return load_video_tokenizer(spec, **overrides)
+    if str(spec) in VIDEO_TOKENIZERS:
+        return build_video_tokenizer(str(spec), **overrides)
+    raise FileNotFoundError(f"{str(spec)!r} is neither a saved video tokenizer folder nor a preset; "
+                            f"presets: {sorted(VIDEO_TOKENIZERS)}")
+
+
 __all__ = [
     "ARCHITECTURES",
     "VIDEO_TOKENIZERS",
@@ -100,4 +112,5 @@ __all__ = [
     "VideoTokenizer",
     "build_video_tokenizer",
     "load_video_tokenizer",
+    "video_tokenizer_from",
 ]

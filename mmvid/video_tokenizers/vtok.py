@@ -12,9 +12,9 @@ The decoder makes VTok a true autoencoder: frame t is rendered from the key-fram
 the decoder query of its own grid cell (upsampled when key_pool pools them) and r_t is the memory;
 with "memory" (TiTok-style) all of them are memory tokens that the learned queries must find by
 attention. Measured on the synthetic world: "memory" learns only the background colour in 45 CPU
-minutes (no object survives reconstruction), while "aligned" redraws the objects within minutes. The key frame itself decodes with g(0), its residual to
-itself; with a stride k, frames between residual tokens use the linear interpolation of their
-neighbours' tokens.
+minutes (no object survives reconstruction), while "aligned" draws them as blobs in their places after 2.5.
+The key frame itself decodes with g(0), its residual to itself; with a stride k, frames between
+residual tokens use the linear interpolation of their neighbours' tokens.
 
 F is a ViT trained from scratch by default, or a frozen Hugging Face vision model (CLIP/SigLIP)
 loaded from a local path (`feature_extractor="hf"`), as the paper uses a frozen CLIP-L/336 (S = 576).
