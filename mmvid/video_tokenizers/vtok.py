@@ -12,7 +12,8 @@ The decoder makes VTok a true autoencoder: frame t is rendered from the key-fram
 the decoder query of its own grid cell (upsampled when key_pool pools them) and r_t is the memory;
 with "memory" (TiTok-style) all of them are memory tokens that the learned queries must find by
 attention. Measured on the synthetic world: "memory" learns only the background colour in 45 CPU
-minutes (no object survives reconstruction), while "aligned" draws them as blobs in their places after 2.5.
+minutes (no object survives reconstruction), while "aligned" draws the objects as blobs in their
+places after 2.5 minutes.
 The key frame itself decodes with g(0), its residual to itself; with a stride k, frames between
 residual tokens use the linear interpolation of their neighbours' tokens.
 
