@@ -9,6 +9,8 @@ Label masks come from the tokenizer's own chat template, not from hand-written s
 template rendered up to that turn with a generation prompt and the template rendered through it.
 A template for which that is not a clean prefix is refused with a clear error rather than masked
 wrongly. Nothing is ever truncated: a sample longer than `max_length` raises `SampleTooLongError`.
+`pack_rounds` stores the rounds of one video's conversation as one `PackedSample`: the shared
+prefix (the video) once, then each round's own tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ class EncodedSample:
     labels: list[int]
     num_videos: int
     targets: list[bool] | None = None  # per <video> span: inside an assistant turn (a text-to-video target)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class PackedSample:
+    """Several sequences that open with the same tokens (the rounds of one video's conversation), stored
+    once: the shared prefix, then each round's own tokens. `VideoLLM.collate` gives it a block mask and
+    positions under which every segment sees the prefix and its own earlier tokens only, at the positions
+    it would have alone, so the LLM computes the prefix (the video) once instead of once per round."""
+
+    input_ids: list[int]
+    labels: list[int]
+    num_videos: int  # the video spans, all in the prefix
+    prefix_length: int  # P: the tokens every segment attends to
+    segments: list[tuple[int, int]]  # [start, end) of each round's own tokens; positions P, P + 1, ... in each
+    targets: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -129,3 +149,34 @@ def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoToke
 def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds, tokens_per_video: int | list[int]) -> list[int]:
     """Token ids of a chat ending in a generation prompt, with video spans expanded (for `generate`)."""
     return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids, tokens_per_video)[0]
+
+
+def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds, sample_id: str | None = None) -> PackedSample:
+    """Encodings that share their opening (system turn, user header, the video) -> one PackedSample:
+    their longest common token prefix, then each one's remaining tokens.
+
+    The prefix stops before the first supervised token of any of them, so it holds no labels and every
+    segment opens with an unsupervised token. That keeps the shifted next-token loss exact: the prefix's
+    last token predicts what it predicts in every lone sequence (never a label), and a segment's last
+    token, which in the packed row sits before the next segment, predicts nothing either.
+
+    Raises:
+        ValueError: the prefix does not hold every video span (each segment would need its own copy).
+    """
+    first = samples[0].input_ids
+    P = min(len(s) for s in samples)
+    for s in samples[1:]:  # the longest common prefix
+        P = next((i for i, (a, b) in enumerate(zip(first[:P], s.input_ids)) if a != b), P)
+    # Cut so that no round has a label at or before position P (its first segment token); every round has one.
+    P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1 for s in samples]))
+    video = {video_ids.placeholder, video_ids.start, video_ids.end}
+    if video_ids.end not in first[:P] or any(video & set(s.input_ids[P:]) for s in samples):
+        raise ValueError(f"sample {sample_id!r}: the rounds' common prefix ({P} tokens) does not hold the whole video "
+                         "span, so they cannot share it; the chat template must render the video before anything "
+                         "that differs between rounds")
+    input_ids, labels, segments = list(first[:P]), list(samples[0].labels[:P]), []
+    for s in samples:
+        segments.append((len(input_ids), len(input_ids) + len(s) - P))
+        input_ids += s.input_ids[P:]
+        labels += s.labels[P:]
+    return PackedSample(input_ids, labels, samples[0].num_videos, P, segments, samples[0].targets)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
 from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
-from mmvid.prompting import IGNORE_INDEX, EncodedSample, VideoTokenIds, encode_conversation, encode_prompt
+from mmvid.prompting import IGNORE_INDEX, EncodedSample, PackedSample, VideoTokenIds, encode_conversation, encode_prompt
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
 from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, video_tokenizer_from
 from mmvid.video_tokenizers.base import config_from_dict
@@ -210,13 +210,17 @@ class VideoLLM(nn.Module):
                                       self.tokens_per_video, None, sample.get("id"))
         return len(encoded)
 
-    def collate(self, samples: list[EncodedSample], videos: list[torch.Tensor] | None = None,
+    def collate(self, samples: list[EncodedSample | PackedSample], videos: list[torch.Tensor] | None = None,
                 video_index: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Right-pad a batch; `videos` is the list of every video of the batch, each (C, T, H, W).
 
         Without `video_index` the videos fill the <video> spans in order (one video per span). With it,
         span k (counted across the batch in order) shows `videos[video_index[k]]`: several sequences
         can share one video, which is then encoded once (see SFTData.split_turns).
+
+        With a PackedSample in the batch, `attention_mask` is a 4D block mask (bool (B, 1, L, L)) and
+        `position_ids` (B, L) restart every segment after the prefix (see `block_attention`); without one
+        the batch is the plain 2D-mask batch.
         """
         width = max(len(s) for s in samples)
         pad = self.text_tokenizer.pad_token_id
@@ -244,7 +248,32 @@ class VideoLLM(nn.Module):
                 raise ValueError("the batch has text-to-video samples (<video> in an assistant turn) but the model has "
                                  "no generation head; build it with generation_head='auto'")
             batch["video_targets"] = torch.tensor(targets, dtype=torch.bool)
+        if any(isinstance(s, PackedSample) for s in samples):
+            self.check_block_mask()
+            batch["attention_mask"], batch["position_ids"] = block_attention(samples, width)
         return batch
+
+    def check_block_mask(self) -> None:
+        """Packed samples need an attention that takes a 4D mask: raise if the LLM's does not."""
+        attn = _attn_implementation(self.llm)
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(f"packed samples (pack_questions) need attn_implementation 'sdpa' or 'eager', which take "
+                             f"a 4D block mask; the LLM uses {attn!r}, which cannot express one")
+
+    def _llm_attention_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """A 2D mask unchanged; collate's 4D bool block mask in the form the LLM's attention takes.
+
+        transformers (create_causal_mask) passes a 4D mask through as it is, straight to the attention:
+        SDPA takes it as bool (True: attend), as its own masks are; eager adds it to the scores, so it gets
+        the additive form transformers builds for eager (0 where attended, the dtype's minimum elsewhere).
+        """
+        if mask is None or mask.ndim != 4 or mask.dtype != torch.bool:
+            return mask
+        self.check_block_mask()
+        if _attn_implementation(self.llm) == "eager":
+            dtype = self.llm.dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
 
     # -- video ----------------------------------------------------------------------------------------
 
@@ -288,10 +317,15 @@ class VideoLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
-                video_index: torch.Tensor | None = None, video_targets: torch.Tensor | None = None, **kwargs):
+                video_index: torch.Tensor | None = None, video_targets: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, **kwargs):
         """The LLM's output. With `video_targets` (bool, one per <video> span; True for a span in an
         assistant turn) the generation head also learns those spans' tokens: `loss` is then the text
-        loss + generation_loss_weight x the video-token loss, also returned as `lm_loss` and `gen_loss`."""
+        loss + generation_loss_weight x the video-token loss, also returned as `lm_loss` and `gen_loss`.
+        `attention_mask` may be collate's 4D block mask of packed samples, with their `position_ids`."""
+        attention_mask = self._llm_attention_mask(attention_mask)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
         if video_targets is None or not bool(video_targets.any()):
             embeds = self.embed(input_ids, videos, video_features, video_index)
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -537,6 +571,40 @@ class VideoLLM(nn.Module):
         model.to(device)
         model.apply_trainable()
         return model
+
+
+def block_attention(samples: list[EncodedSample | PackedSample], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mask and positions of a right-padded batch with packed rows.
+
+    A token of a packed row's segment k attends to the prefix and causally to segment k's own earlier
+    tokens, never to another segment, and its positions continue from the prefix (P, P + 1, ...): it
+    computes what it would alone. A plain row is causal over its tokens at positions 0..n-1. Padding
+    attends to itself only, so no softmax row is empty (which would give NaN); its labels are ignored.
+
+    Returns:
+        mask: bool (B, 1, L, L), True where query i may attend to key j.
+        position_ids: long (B, L).
+    """
+    # Per token: -1 padding, 0 prefix (all of a plain row), k + 1 segment k.
+    group = torch.full((len(samples), width), -1, dtype=torch.long)  # (B, L)
+    position_ids = torch.arange(width).repeat(len(samples), 1)  # (B, L)
+    for row, s in enumerate(samples):
+        if isinstance(s, PackedSample):
+            group[row, : s.prefix_length] = 0
+            for k, (start, end) in enumerate(s.segments):
+                group[row, start:end] = k + 1
+                position_ids[row, start:end] = torch.arange(s.prefix_length, s.prefix_length + end - start)
+        else:
+            group[row, : len(s)] = 0
+    query, key = group[:, :, None], group[:, None, :]  # (B, L, 1), (B, 1, L)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (L, L)
+    mask = causal & (query >= 0) & ((key == 0) | (key == query))  # (B, L, L)
+    mask |= torch.eye(width, dtype=torch.bool)  # padding: itself
+    return mask[:, None], position_ids  # (B, 1, L, L), (B, L)
+
+
+def _attn_implementation(llm: nn.Module) -> str | None:
+    return getattr(llm.config, "_attn_implementation", None)
 
 
 def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer, llm: nn.Module) -> ProjectorConfig:

@@ -60,7 +60,7 @@ def test_scoring_modes_agree_on_a_model_that_always_prefers_one_option(model, wo
 
     handle = model.llm.get_output_embeddings().register_forward_hook(prefer_b)
     try:
-        ctx = BenchContext(model=model, data=str(world), limit=12, options={"mode": "both", "max_new_tokens": "1"},
+        ctx = BenchContext(model=model, data=str(world), limit=12, options={"mode": "both", "max_new_tokens": "1", "option_format": "letter"},
                            log_samples=True)
         record = run_benches(["tv_align"], ctx)
     finally:

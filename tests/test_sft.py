@@ -43,6 +43,8 @@ data:
   val_bench: {root / "world" / "val" / "tv_align.jsonl"}
   test_bench: null
   text_corpus_vocab: 400
+  vision_tower: null  # the default's stand-ins are tested in test_default_recipe.py
+  pretrained_llm: null
 batch_size: 2
 log_every: 1
 warmup_steps: 2

@@ -13,7 +13,7 @@ from mmvid.evaluation.runner import DEFAULT_MODEL, BenchContext, format_table, r
 OPTIONS = {
     "split": "tv_align/recon: world split (default test)",
     "mode": "tv_align: loglikelihood | generate | both (default loglikelihood)",
-    "option_format": "tv_align: letter | text continuations (default letter)",
+    "option_format": "tv_align: comma list of cloze | letter | text; the first is the headline acc (default cloze,letter)",
     "video_root": "tv_align: folder the benchmark's video paths are relative to",
     "max_new_tokens": "tv_align generate mode: answer length (default 8)",
     "ways": "fewshot: N classes per episode (default 5)",

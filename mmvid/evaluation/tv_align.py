@@ -8,10 +8,16 @@ Data: a synthetic world's `{split}/tv_align.jsonl` (default: the test split), or
 text). Video paths are relative to the JSONL's folder unless `video_root` is given.
 
 Scoring modes:
-- `loglikelihood` (default): the question and lettered options as the user turn, each option's
-  continuation scored. `option_format=letter` (default; what mmvid's SFT teaches) scores "A".."D";
-  `option_format=text` scores the option texts (lm-eval's cloze style). Reports `acc` and the
-  length-normalised `acc_norm`.
+- `loglikelihood` (default): each option's continuation of the user turn scored. The
+  formulation (`option_format`, a comma list; the first is the headline `acc` / `acc_norm`, each
+  other is reported beside it as `acc_<format>`; default `cloze,letter`):
+  - `cloze`: the question alone as the user turn, each option's *text* scored (OLMES's cloze
+    formulation, lm-eval's ARC/HellaSwag style): what a small LLM can learn, and what the built-in
+    default is trained on;
+  - `letter`: the question and lettered options (`multiple_choice_prompt`), "A".."D" scored (the
+    multiple-choice formulation, for LLMs that can bind symbols);
+  - `text`: the lettered prompt, the option texts scored.
+  `acc` takes the highest summed log-prob, `acc_norm` the highest log-prob per byte.
 - `generate`: greedy answer, parsed as a letter or an option's text (`gen_acc`; `gen_unparsed`
   counts answers that named no option; they count as wrong).
 """
@@ -33,6 +39,7 @@ from mmvid.evaluation.scoring import continuation_logprobs, parse_choice, pick
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 MODES = ("loglikelihood", "generate", "both")
+OPTION_FORMATS = ("cloze", "letter", "text")
 REQUIRED = ("id", "video", "question", "options", "answer", "category")
 
 
@@ -92,11 +99,12 @@ def benchmark_file(ctx: BenchContext) -> Path:
 
 def run(ctx: BenchContext) -> BenchResult:
     mode = ctx.option("mode", "loglikelihood")
-    option_format = ctx.option("option_format", "letter")
+    formats = [f.strip() for f in str(ctx.option("option_format", "cloze,letter")).split(",") if f.strip()]
     if mode not in MODES:
         raise ValueError(f"unknown tv_align mode {mode!r}; known: {list(MODES)}")
-    if option_format not in ("letter", "text"):
-        raise ValueError(f"option_format must be 'letter' or 'text', got {option_format!r}")
+    if not formats or any(f not in OPTION_FORMATS for f in formats) or len(set(formats)) != len(formats):
+        raise ValueError(f"option_format must be a comma list of distinct {list(OPTION_FORMATS)}, got "
+                         f"{ctx.option('option_format', 'cloze,letter')!r}")
     path = benchmark_file(ctx)
     questions = load_questions(path)[: ctx.limit]
     root = Path(ctx.option("video_root") or path.parent)
@@ -115,14 +123,18 @@ def run(ctx: BenchContext) -> BenchResult:
         letters = list(string.ascii_uppercase[: len(q["options"])])
         record = {"id": q["id"], "category": q["category"], "answer": letters[q["answer_index"]]}
         if mode in ("loglikelihood", "both"):
-            choices = letters if option_format == "letter" else q["options"]
-            scores = continuation_logprobs(model, messages, choices, features)
-            raw, norm = pick(scores, choices)
-            for name, choice in (("acc", raw), ("acc_norm", norm)):
-                hit = float(choice == q["answer_index"])
-                hits[name]["overall"].append(hit)
-                hits[name][q["category"]].append(hit)
-            record.update(loglikelihoods=scores, choice=letters[raw])
+            for k, fmt in enumerate(formats):
+                suffix = "" if k == 0 else f"_{fmt}"
+                prompt = messages if fmt != "cloze" else [{"role": "user", "content": f"{VIDEO_TOKEN}\n{q['question']}"}]
+                choices = letters if fmt == "letter" else q["options"]
+                scores = continuation_logprobs(model, prompt, choices, features)
+                raw, norm = pick(scores, choices)
+                for name, choice in ((f"acc{suffix}", raw), (f"acc_norm{suffix}", norm)):
+                    hit = float(choice == q["answer_index"])
+                    hits[name]["overall"].append(hit)
+                    hits[name][q["category"]].append(hit)
+                record[f"loglikelihoods{suffix}"] = scores
+                record[f"choice{suffix}"] = letters[raw]
         if mode in ("generate", "both"):
             text = model.generate(messages=messages, video_features=features, max_new_tokens=int(ctx.option("max_new_tokens", "8")))
             choice = parse_choice(text, q["options"], letters)
@@ -137,6 +149,7 @@ def run(ctx: BenchContext) -> BenchResult:
         for group in ["overall"] + sorted(g for g in groups if g != "overall"):
             value, stderr = mean_stderr(groups[group])
             metrics.append(Metric(name if group == "overall" else f"{group}/{name}", value, stderr, len(groups[group])))
-    settings = {"file": str(path), "mode": mode, "option_format": option_format, "questions": len(questions),
+    settings = {"file": str(path), "mode": mode, "option_format": formats[0], "headline": f"acc = {formats[0]} formulation",
+                "also_reported": {f"acc_{f}": f"{f} formulation" for f in formats[1:]}, "questions": len(questions),
                 "chance": 1 / len(questions[0]["options"])}
     return BenchResult("tv_align", metrics, settings, samples)

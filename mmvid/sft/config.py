@@ -1,7 +1,10 @@
 """SFT configuration: dataclass defaults <- YAML (`--config`) <- `key=value` overrides.
 
-The defaults are the built-in CPU pipeline: the synthetic world, a sentencepiece tokenizer trained
-on its text, a tiny Llama, `vtok_base` and an MLP projector.
+The defaults are the built-in CPU pipeline, a miniature of the real recipe: the synthetic world; a
+sentencepiece tokenizer trained on its training text; stand-ins for the pretrained models a user
+downloads (a vision tower trained with a semantic objective, a tiny Llama pretrained on reading
+comprehension), each saved as a Hugging Face folder and loaded exactly like a downloaded one; VTok
+on that frozen tower; then align (projector only) and SFT in the cloze formulation.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, nu
 def default_model() -> VideoLLMConfig:
     return VideoLLMConfig(llm_config=dict(TINY_LLAMA), text_tokenizer="runs/sft-default/text-tokenizer",
                           video_tokenizer="runs/sft-default/video-tokenizer", projector="mlp2x_gelu",
-                          projector_kwargs={"output_norm": True}, num_frames=16, max_length=1024,
+                          projector_kwargs={"output_norm": True}, num_frames=8, max_length=1024,
                           train_video_tokenizer=False, generation_head="auto",
                           generation_head_kwargs={"width": 128, "depth": 2, "repeats": 2})
 
@@ -25,18 +28,35 @@ def default_model() -> VideoLLMConfig:
 @dataclass
 class SFTData:
     world: str | None = "data/shapes"  # built with default settings when missing (None: no world)
-    # LLaVA JSON/JSONL files; world t2v.jsonl files (prompt -> video) train the generation head
-    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft.jsonl", "data/shapes/train/t2v.jsonl"])
+    # LLaVA JSON/JSONL files; world t2v.jsonl files (prompt -> video) train the generation head.
+    # A world's train/sft_cloze.jsonl (every benchmark question of each training video, answered with the
+    # option text, after one caption round) is written when missing (mmvid.sft.world_data); sft.jsonl
+    # holds the same videos' letter-answered conversations.
+    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_cloze.jsonl", "data/shapes/train/t2v.jsonl"])
     video_root: str | None = None  # default: each data file's folder
     val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
     test_bench: str | None = "data/shapes/test/tv_align.jsonl"
-    text_corpus_vocab: int = 400  # text tokenizer trained on the world's text when missing (its closed vocabulary supports ~430 unigram pieces)
+    text_corpus_vocab: int = 400  # model.text_tokenizer trained on the world's training text when missing (~430 pieces max)
+    # The pretrained-LLM stand-in: with model.llm unset, the model.llm_config LLM is first pretrained on the world's
+    # training text (reading comprehension: caption + question -> answer; mmvid.sft.text_pretrain) into this folder
+    # when it is missing, and then loaded from it as model.llm. None: the LLM starts from scratch in SFT.
+    pretrained_llm: str | None = "runs/sft-default/llm"
+    llm_pretrain_minutes: float = 1.5
+    llm_pretrain_steps: int | None = None  # also stop after this many steps (tests)
+    # The pretrained-vision-tower stand-in (mmvid.vision_tower), trained when missing and given to the video tokenizer
+    # config as its frozen feature extractor (feature_extractor=hf, hf_path=this folder). None: no tower.
+    vision_tower: str | None = "runs/sft-default/vision-tower"
+    vision_tower_objective: str = "dense"  # dense (ground-truth attribute maps) | contrastive (captions, SigLIP-style)
+    vision_tower_minutes: float = 2.0
+    vision_tower_steps: int | None = None  # also stop after this many steps (tests)
     split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
+    pack_questions: bool = True  # the split rounds of one video as one row (block mask): its positions computed once (sdpa/eager)
     prompt_dropout: float = 0.1  # text-to-video samples: the prompt emptied this often (for classifier-free guidance)
+    t2v_fraction: float = 0.25  # share of the videos whose text-to-video sequence is trained (merged into their item)
     # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
     # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
     video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base.yaml"
-    video_tokenizer_minutes: float = 2.5
+    video_tokenizer_minutes: float = 1.5
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 
@@ -55,6 +75,7 @@ class SFTConfig:
     lr_video_tokenizer: float | None = 3e-4
     lr_generation_head: float | None = None
     warmup_steps: int = 50
+    align_steps: int = 0  # LLaVA's stage 1 first: this many steps with the LLM frozen (lr 0), projector (and heads) only
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0

@@ -12,6 +12,17 @@ object's colour, shape and action; "What does the cyan circle do?" names the cir
 in one sequence the model learns to copy from the context instead of looking at the video, and
 scores at chance on single questions. Split, every answer has to come from the video.
 
+Split, though, the LLM recomputes the video (and the system turn and user header before it) in each
+of the K sequences: about half of every step's tokens. `pack_questions=True` (with `split_turns`)
+stores the K rounds as one `PackedSample` (mmvid.prompting.pack_rounds): their common prefix of P
+tokens, the video included, once, then each round's own question and answer as a segment: P + S
+tokens instead of K x P + S (S: the segments together). `VideoLLM.collate` gives such a row a block
+mask (a segment attends to the prefix and causally to itself, never to another segment) and positions
+that restart at P in every segment, so each answer gets exactly the logits and loss of its split
+sequence, and still cannot copy from another round. It needs attn_implementation sdpa or eager
+(flash_attention_2 cannot take a block mask; asking for it raises). A packed row longer than the
+model's max_length stays split; a one-round sample has nothing to pack.
+
 Text-to-video samples are conversations with the `<video>` in the assistant turn (the prompt in the
 user turn); the model's generation head learns that span's video tokens. A line of a synthetic
 world's `t2v.jsonl` (`{"video", "prompt", ...}`, no "conversations") is read as one. With
@@ -26,22 +37,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from mmvid.data import VideoDecodeError, VideoTooShortError, frames_to_tensor, read_video
 from mmvid.data.conversations import GPT, HUMAN, SYSTEM, VIDEO_PLACEHOLDER, load_conversations, sample_videos
+from mmvid.prompting import pack_rounds
 
 log = logging.getLogger(__name__)
 
 
 class SFTDataset(Dataset):
     def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False,
-                 prompt_dropout: float = 0.0, merge_t2v: bool = True):
+                 prompt_dropout: float = 0.0, merge_t2v: bool = True, pack_questions: bool = False,
+                 t2v_fraction: float = 1.0):
         if not 0.0 <= prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
+        if pack_questions:
+            if not split_turns:
+                raise ValueError("pack_questions packs the rounds that split_turns makes: it needs split_turns=True")
+            model.check_block_mask()
         self.model = model
         self.split_turns = split_turns
+        self.pack_questions = pack_questions
         self.prompt_dropout = prompt_dropout
         self.items: list[tuple[dict, Path]] = []
         for file in files:
@@ -50,6 +69,9 @@ class SFTDataset(Dataset):
         if not self.items:
             raise ValueError(f"no samples in {files}")
         self.extras: dict[int, list[list[dict]]] = {}  # item -> text-to-video conversations sharing its video
+        if not 0.0 <= t2v_fraction <= 1.0:
+            raise ValueError(f"t2v_fraction must be in [0, 1], got {t2v_fraction}")
+        self.t2v_fraction = t2v_fraction
         if merge_t2v:
             self._merge_t2v()
         self.bad: dict[str, str] = {}  # sample id -> reason
@@ -72,11 +94,14 @@ class SFTDataset(Dataset):
             if path is not None and not generation:
                 owner.setdefault(path, i)
         kept = []
+        # t2v_fraction < 1 keeps a fixed share of the merged text-to-video sequences (drawn once, seed 0): the
+        # generation head trains on fewer videos and the understanding rounds get the step's compute.
+        keep = np.random.default_rng(0).random(len(self.items)) < self.t2v_fraction
         for i, ((sample, _), (path, generation)) in enumerate(zip(self.items, keys)):
             target = owner.get(path) if generation else None
             if target is None:
                 kept.append(i)
-            else:
+            elif keep[i]:
                 self.extras.setdefault(target, []).append(sample["conversations"])
         remap = {old: new for new, old in enumerate(kept)}
         self.extras = {remap[k]: v for k, v in self.extras.items()}
@@ -91,6 +116,9 @@ class SFTDataset(Dataset):
             encoded = [self.model.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name, num_videos=len(videos))]
         elif self.split_turns and len(videos) == 1:
             encoded = [self.model.encode_sample(turns, sample_id=name, num_videos=1) for turns in split_rounds(sample["conversations"])]
+            if self.pack_questions and len(encoded) > 1:
+                packed = pack_rounds(encoded, self.model.video_ids, name)
+                encoded = [packed] if len(packed) <= self.model.config.max_length else encoded
         else:
             encoded = [self.model.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
         encoded += [self.model.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v", num_videos=1)
@@ -157,7 +185,8 @@ def split_rounds(conversations: list[dict]) -> list[list[dict]]:
 
 
 def collate(model, items: list[dict]) -> dict:
-    """Batch for `VideoLLM.forward` plus the sample indices (for the data position)."""
+    """Batch for `VideoLLM.forward` plus the sample indices (for the data position). A packed item is one
+    row; with one in the batch, `attention_mask` is 4D and `position_ids` are set (see VideoLLM.collate)."""
     videos, index = [], []
     for item in items:
         index += [len(videos) + k for k in item["spans"]]

@@ -41,40 +41,125 @@ log = logging.getLogger("mmvid.sft")
 
 
 def prepare_default_data(cfg: SFTConfig) -> None:
-    """Build the synthetic world, and train the text and video tokenizers, when they are missing (rank 0 only)."""
-    import numpy as np
-
+    """Everything the run needs that is missing, in order (rank 0 only; each step is skipped when its
+    output exists, so a killed run picks up at the step it was in): the synthetic world, its cloze
+    conversations, the text tokenizer, the vision-tower stand-in, the video tokenizer on that tower, and
+    the pretrained-LLM stand-in. Only the world's training split is ever read for training."""
     if cfg.data.world and not (Path(cfg.data.world) / "world.json").is_file():
         from mmvid.data.shapes.build import WorldSettings, build_world
 
         log.info("building the synthetic world at %s", cfg.data.world)
         build_world(cfg.data.world, WorldSettings(), workers=min(4, os.cpu_count() or 1))
-    folder = cfg.model.text_tokenizer
-    if cfg.model.llm is None and folder and not (Path(folder) / "tokenizer.json").is_file():
-        from mmvid.data.conversations import load_conversations
-        from mmvid.sft.data import t2v_conversation
-        from mmvid.text_tokenizer import train_text_tokenizer
-
-        texts = []
-        for file in cfg.data.train:
-            for sample in load_conversations(file):
-                texts += [turn["value"] for turn in t2v_conversation(sample)["conversations"]]
-        for bench in (cfg.data.val_bench, cfg.data.test_bench):
-            if bench and Path(bench).is_file():
-                for line in Path(bench).read_text().splitlines()[:2000]:
-                    q = json.loads(line)
-                    texts += [q["question"], *q["options"]]
-        rng = np.random.default_rng(cfg.seed)
-        texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
-        log.info("training a %d-piece sentencepiece tokenizer on %d texts", cfg.data.text_corpus_vocab, len(texts))
-        train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab)
+    if cfg.data.world:
+        write_world_cloze(cfg)
+    prepare_text_tokenizer(cfg)
+    prepare_vision_tower(cfg)
     prepare_video_tokenizer(cfg)
+    prepare_llm(cfg)
+
+
+def _stage_log(cfg: SFTConfig, name: str, seconds: float, **extra) -> None:
+    """One line per finished preparation stage in out/stages.jsonl (wall time for the learning curve and README)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "stages.jsonl").open("a") as f:
+        f.write(json.dumps({"stage": name, "seconds": round(seconds, 1), **extra}) + "\n")
+
+
+def write_world_cloze(cfg: SFTConfig) -> None:
+    """`{world}/train/sft_cloze.jsonl` when a training file names it and it is missing."""
+    from mmvid.sft.world_data import cloze_conversations
+
+    target = Path(cfg.data.world) / "train" / "sft_cloze.jsonl"
+    if str(target) not in [str(Path(f)) for f in cfg.data.train] or target.is_file():
+        return
+    samples = cloze_conversations(cfg.data.world, "train", seed=cfg.seed)
+    tmp = target.with_suffix(".partial")
+    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    os.replace(tmp, target)
+    log.info("wrote %d cloze conversations to %s", len(samples), target)
+
+
+def prepare_text_tokenizer(cfg: SFTConfig) -> None:
+    """A sentencepiece tokenizer on the training files' text (and the world's training questions and
+    options), never on validation or test text, when `model.text_tokenizer` is missing."""
+    import numpy as np
+
+    folder = cfg.model.text_tokenizer
+    if cfg.model.llm is not None or not folder or (Path(folder) / "tokenizer.json").is_file():
+        return  # a real LLM brings its own tokenizer
+    from mmvid.data.conversations import load_conversations
+    from mmvid.sft.data import t2v_conversation
+    from mmvid.text_tokenizer import train_text_tokenizer
+
+    start = time.perf_counter()
+    texts = []
+    for file in cfg.data.train:
+        for sample in load_conversations(file):
+            texts += [turn["value"] for turn in t2v_conversation(sample)["conversations"]]
+    if cfg.data.world:
+        from mmvid.sft.world_data import world_texts
+
+        texts += world_texts(cfg.data.world, "train")
+    rng = np.random.default_rng(cfg.seed)
+    texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
+    log.info("training a %d-piece sentencepiece tokenizer on %d training texts", cfg.data.text_corpus_vocab, len(texts))
+    train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab)
+    _stage_log(cfg, "text_tokenizer", time.perf_counter() - start)
+
+
+def prepare_vision_tower(cfg: SFTConfig) -> None:
+    """The vision-tower stand-in (`mmvid.vision_tower`) at `data.vision_tower`, when it is missing."""
+    from mmvid.vision_tower import TowerConfig, train_tower
+
+    folder = cfg.data.vision_tower
+    if not folder or (Path(folder) / "tower.json").is_file():
+        return
+    if not cfg.data.world:
+        raise FileNotFoundError(f"data.vision_tower={folder} does not exist and there is no data.world to train it on")
+    start = time.perf_counter()
+    size = json.loads((Path(cfg.data.world) / "world.json").read_text())["settings"]["size"]
+    train_tower(TowerConfig(world=cfg.data.world, out=folder, objective=cfg.data.vision_tower_objective,
+                            minutes=cfg.data.vision_tower_minutes, max_steps=cfg.data.vision_tower_steps, seed=cfg.seed,
+                            image_size=size, grid=size // 8))
+    _stage_log(cfg, "vision_tower", time.perf_counter() - start, objective=cfg.data.vision_tower_objective)
+
+
+def prepare_llm(cfg: SFTConfig) -> None:
+    """The pretrained-LLM stand-in: the model.llm_config LLM pretrained on the world's training text into
+    `data.pretrained_llm`, when model.llm is unset and that folder is missing (see `use_pretrained_llm`)."""
+    from mmvid.sft.text_pretrain import TextPretrainConfig, is_pretrained, pretrain_llm
+
+    target = cfg.data.pretrained_llm
+    if cfg.model.llm is not None or not target or is_pretrained(target):
+        return
+    if not cfg.data.world:
+        raise FileNotFoundError(f"data.pretrained_llm={target} does not exist and there is no data.world to pretrain it on")
+    from mmvid.sft.world_data import reading_comprehension
+
+    start = time.perf_counter()
+    conversations = reading_comprehension(cfg.data.world, "train", seed=cfg.seed)
+    pretrain_llm(TextPretrainConfig(out=target, tokenizer=cfg.model.text_tokenizer, llm_config=dict(cfg.model.llm_config),
+                                    minutes=cfg.data.llm_pretrain_minutes, max_steps=cfg.data.llm_pretrain_steps,
+                                    seed=cfg.seed), conversations)
+    _stage_log(cfg, "llm_pretrain", time.perf_counter() - start)
+
+
+def use_pretrained_llm(cfg: SFTConfig) -> SFTConfig:
+    """With `data.pretrained_llm` (and model.llm unset), the model loads its LLM from that folder, exactly
+    as it would load a downloaded one (model.llm=FOLDER)."""
+    from dataclasses import replace
+
+    if cfg.model.llm is None and cfg.data.pretrained_llm:
+        cfg.model = replace(cfg.model, llm=cfg.data.pretrained_llm)
+    return cfg
 
 
 def prepare_video_tokenizer(cfg: SFTConfig) -> None:
     """Train the video tokenizer `model.video_tokenizer` names when it is a missing folder and
     `data.video_tokenizer_config` is set: `tokenizers/train.py`'s loop in this process (single-process,
-    whatever the SFT launch), `data.video_tokenizer_minutes` of training, its final weights copied there."""
+    whatever the SFT launch), `data.video_tokenizer_minutes` of training, its final weights copied there.
+    With `data.vision_tower`, the tokenizer reads frames through that frozen tower (feature_extractor=hf)."""
     from mmvid.video_tokenizers import VIDEO_TOKENIZERS
 
     target = Path(cfg.model.video_tokenizer)
@@ -87,13 +172,17 @@ def prepare_video_tokenizer(cfg: SFTConfig) -> None:
     from mmvid.video_tokenizers.trainer import TokenizerTrainConfig
     from mmvid.video_tokenizers.trainer import run as train_tokenizer
 
+    start = time.perf_counter()
     tcfg = load_config(TokenizerTrainConfig, cfg.data.video_tokenizer_config,
                        [f"out={target}-run", f"max_minutes={cfg.data.video_tokenizer_minutes}", "data.num_workers=1",
-                        f"seed={cfg.seed}"])
+                        f"seed={cfg.seed}", f"data.num_frames={cfg.model.num_frames}"])
+    if cfg.data.vision_tower:
+        tcfg.model_overrides = {**tcfg.model_overrides, "feature_extractor": "hf", "hf_path": str(cfg.data.vision_tower)}
     log.info("training the video tokenizer %s (%s, %.1f minutes) -> %s", tcfg.model, cfg.data.video_tokenizer_config,
              cfg.data.video_tokenizer_minutes, target)
     train_tokenizer(tcfg, distributed=False)
     shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
+    _stage_log(cfg, "video_tokenizer", time.perf_counter() - start)
 
 
 def parameter_groups(model, cfg: SFTConfig) -> list[dict]:
@@ -107,13 +196,18 @@ def parameter_groups(model, cfg: SFTConfig) -> list[dict]:
     return groups
 
 
-def lr_lambda(cfg: SFTConfig, total: int):
+def lr_lambda(cfg: SFTConfig, total: int, delay: int = 0):
+    """Linear warm-up then cosine (or constant); with `delay`, 0 for the first `delay` steps and the
+    schedule shifted after them (the LLM's group during `align_steps`: frozen while the projector aligns)."""
     def f(step: int) -> float:
+        if step < delay:
+            return 0.0
+        step -= delay
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, total - delay - cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -174,6 +268,7 @@ def run(cfg: SFTConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     dist.barrier()
+    cfg = use_pretrained_llm(cfg)
     torch.manual_seed(cfg.seed)
 
     model = VideoLLM.build(cfg.model, device=device)
@@ -187,7 +282,8 @@ def run(cfg: SFTConfig) -> dict:
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
     dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
-                         prompt_dropout=cfg.data.prompt_dropout)
+                         prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
+                         t2v_fraction=cfg.data.t2v_fraction)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=lambda items: collate(model, items), drop_last=True)
@@ -202,7 +298,11 @@ def run(cfg: SFTConfig) -> dict:
         optimizer = DeepSpeedCPUAdam(groups, lr=cfg.lr)
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    if cfg.align_steps >= steps:
+        raise ValueError(f"align_steps ({cfg.align_steps}) must be fewer than the run's steps ({steps})")
+    # Align (LLaVA's stage 1) then SFT in one run: the LLM's group waits align_steps at lr 0.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(cfg, steps, cfg.align_steps if g["name"] == "llm" else 0)
+                                                              for g in groups])
     ds_config = (resolve_user_config(cfg.deepspeed, cfg, world_size, on_cuda) if cfg.deepspeed
                  else build_deepspeed_config(cfg, world_size, on_cuda))
     if main:
@@ -225,6 +325,7 @@ def run(cfg: SFTConfig) -> dict:
     board = _tensorboard(out) if main else None
     bar = tqdm(total=steps, initial=step, desc="sft", unit="step", disable=not main)
     start_time, done = time.perf_counter(), step >= steps
+    eval_seconds = 0.0  # periodic evaluation time, left out of the learning curve's training minutes
     micro = 0
     while not done:
         for batch in loader:
@@ -269,8 +370,12 @@ def run(cfg: SFTConfig) -> dict:
             if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.val_bench and not done:
                 target = model if cfg.zero_stage < 3 else export(model, out / "export-eval", cfg, rank, reload=main)
                 if main:
+                    eval_start = time.perf_counter()
                     record = evaluate(target, ["tv_align"], output=out / f"eval-step_{step:06d}.json",
                                       data=cfg.data.val_bench, limit=cfg.eval_limit)
+                    model.train()
+                    eval_seconds += time.perf_counter() - eval_start
+                    _curve_point(out, cfg, step, time.perf_counter() - start_time - eval_seconds, record)
                     bar.write(f"step {step}: val tv_align acc {record['results']['tv_align']['metrics']['acc']['value']:.3f}")
                 dist.barrier()
             if cfg.export_every and step % cfg.export_every == 0 and not done:
@@ -289,14 +394,26 @@ def run(cfg: SFTConfig) -> dict:
                           data=cfg.data.val_bench, limit=cfg.eval_limit)
         metrics = record["results"]["tv_align"]["metrics"]
         summary["val"] = {k: v["value"] for k, v in metrics.items()}
-        print("validation tv_align accuracy per category:")
+        _curve_point(out, cfg, step, summary["seconds"] - eval_seconds, record)
+        settings = record["results"]["tv_align"]["settings"]
+        print(f"validation tv_align accuracy per category ({settings['headline']}; acc_letter: letter formulation):")
         for name, m in metrics.items():
-            if name.endswith("acc") and "gen" not in name:
+            if name.split("/")[-1] in ("acc", "acc_letter"):
                 print(f"  {name:<20} {m['value']:.3f} (n={m['n']})")
     if main:
         (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
     dist.barrier()
     return summary
+
+
+def _curve_point(out: Path, cfg: SFTConfig, step: int, train_seconds: float, record: dict) -> None:
+    """One validation point of the learning curve in out/curve.jsonl (plotted by `python -m mmvid.plots`)."""
+    result = record["results"]["tv_align"]
+    metrics = {k: v["value"] for k, v in result["metrics"].items()}
+    point = {"step": step, "stage": "align" if step <= cfg.align_steps else "sft", "train_seconds": round(train_seconds, 1),
+             "formulation": result["settings"]["option_format"], "metrics": metrics}
+    with (out / "curve.jsonl").open("a") as f:
+        f.write(json.dumps(point) + "\n")
 
 
 def _tensorboard(out: Path):

@@ -1,0 +1,95 @@
+"""Training text for the built-in default, drawn from a synthetic world's *training* split only.
+
+    conversations = cloze_conversations("data/shapes", "train")   # LLaVA samples: caption + every question
+    pairs = reading_comprehension("data/shapes", "train")         # (caption + question, answer) for text pretraining
+
+Answers are option *texts* (the cloze formulation), not letters: a small LLM trained from scratch
+cannot learn multiple-choice symbol binding in minutes (measured: the 4-layer default stays at
+chance, loss ln 4, on letters with the caption in its context; it reaches 0.6-0.8 on the option
+texts), which is why OLMES scores small models in cloze form. `tv_align`'s `option_format=cloze`
+scores exactly this prompt: the question alone, each option's text as the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mmvid.data.conversations import GPT, HUMAN, VIDEO_PLACEHOLDER
+
+CAPTION_REQUEST = "Describe the video."
+TEXT_ONLY_CATEGORIES = ("colour", "shape", "count", "action", "temporal")  # a caption does not say where things are
+
+
+def _questions_by_video(world: Path, split: str) -> dict[str, list[dict]]:
+    path = world / split / "tv_align.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; build the world with python -m mmvid.data.shapes --out {world}")
+    by_video: dict[str, list[dict]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        if line.strip():
+            q = json.loads(line)
+            by_video[q["video"]].append(q)
+    return by_video
+
+
+def _captions_by_video(world: Path, split: str) -> dict[str, list[str]]:
+    path = world / split / "captions.jsonl"
+    return {item["video"]: item["captions"] for item in map(json.loads, path.read_text().splitlines()) if item}
+
+
+def cloze_conversations(world: str | Path, split: str = "train", captions: int = 1, seed: int = 0) -> list[dict]:
+    """One LLaVA sample per video of `split`: `captions` caption rounds ("Describe the video." -> a
+    caption), then every benchmark question of that video answered with its option text."""
+    if split in ("val", "test"):
+        raise ValueError(f"training conversations must not come from the {split} split")
+    world = Path(world)
+    questions, caps = _questions_by_video(world, split), _captions_by_video(world, split)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for video in sorted(set(questions) | set(caps)):
+        rounds = []
+        options = caps.get(video, [])
+        for k in rng.permutation(len(options))[:captions]:
+            rounds.append((CAPTION_REQUEST, options[k]))
+        rounds += [(q["question"], q["answer_text"]) for q in questions.get(video, [])]
+        if not rounds:
+            continue
+        turns = []
+        for i, (human, gpt) in enumerate(rounds):
+            turns += [{"from": HUMAN, "value": (f"{VIDEO_PLACEHOLDER}\n" if i == 0 else "") + human},
+                      {"from": GPT, "value": gpt}]
+        samples.append({"id": f"{split}-{Path(video).stem}-cloze", "video": video, "conversations": turns})
+    return samples
+
+
+def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0) -> list[list[dict]]:
+    """Text-only conversations for pretraining the LLM stand-in: a caption of the video in place of the
+    video, a question about it, its answer text (spatial questions left out: captions do not say where
+    things are); plus captions as answers to the caption request, so the LLM knows how captions read."""
+    if split in ("val", "test"):
+        raise ValueError(f"pretraining text must not come from the {split} split")
+    world = Path(world)
+    questions, caps = _questions_by_video(world, split), _captions_by_video(world, split)
+    rng = np.random.default_rng(seed)
+    out = []
+    for video, options in sorted(caps.items()):
+        for q in questions.get(video, []):
+            if q["category"] in TEXT_ONLY_CATEGORIES:
+                caption = options[int(rng.integers(len(options)))]
+                out.append([{"from": HUMAN, "value": f"{caption}\n{q['question']}"}, {"from": GPT, "value": q["answer_text"]}])
+        out.append([{"from": HUMAN, "value": CAPTION_REQUEST}, {"from": GPT, "value": options[int(rng.integers(len(options)))]}])
+    return out
+
+
+def world_texts(world: str | Path, split: str = "train") -> list[str]:
+    """Every text of a split the LLM may meet (captions, questions, options): the text tokenizer's corpus."""
+    world = Path(world)
+    texts = [c for cs in _captions_by_video(world, split).values() for c in cs]
+    for qs in _questions_by_video(world, split).values():
+        for q in qs:
+            texts += [q["question"], *q["options"]]
+    return texts
