@@ -26,6 +26,7 @@ demo: setup
 	$(VENV)/bin/deepspeed train/sft.py
 	$(PY) eval/run.py --bench tv_align --model runs/sft-default/final --data data/shapes/test/tv_align.jsonl \
 		--output runs/sft-default/eval-test.json
+	$(PY) -m mmvid.plots curve runs/sft-default --output runs/sft-default/learning_curve.png
 	$(PY) -m mmvid.chat --model runs/sft-default/final --video data/shapes/test/videos/000000.mp4 \
 		--prompt "Describe the video."
 	$(PY) eval/run.py --bench tv_align_gen --model runs/sft-default/final --limit 50 \

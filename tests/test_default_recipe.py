@@ -183,3 +183,32 @@ def test_the_learning_curve_is_drawn_from_a_runs_files(tmp_path):
                                                for s in range(10)))
     path = plot_curve(run, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- SFT data knobs: max_rounds, t2v_fraction
+
+
+def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequences(world, tmp_path, one_thread):
+    from mmvid.sft.data import SFTDataset
+    from mmvid.sft.world_data import cloze_conversations
+    from mmvid.testing import tiny_videollm
+
+    model = tiny_videollm(tmp_path / "m", generation_head="auto")
+    samples = cloze_conversations(world, "train")
+    (world / "train" / "cloze-test.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    files = [str(world / "train" / "cloze-test.jsonl"), str(world / "train" / "t2v.jsonl")]
+    full = SFTDataset(files, model, split_turns=True, t2v_fraction=1.0)
+    capped = SFTDataset(files, model, split_turns=True, max_rounds=3, t2v_fraction=0.0)
+    rounds = len(samples[0]["conversations"]) // 2
+    assert rounds > 3
+    a, b = full[0], capped[0]
+    assert len(a["encoded"]) == rounds + 1  # every round, and the video's text-to-video sequence
+    assert len(b["encoded"]) == 3 and not capped.extras  # first round + 2 drawn; no text-to-video at fraction 0
+    assert b["encoded"][0].input_ids == a["encoded"][0].input_ids  # the caption round is always kept
+    torch.manual_seed(1)
+    draws = {tuple(tuple(e.input_ids) for e in capped[0]["encoded"]) for _ in range(6)}
+    assert len(draws) > 1  # a fresh draw each read
+    with pytest.raises(ValueError, match="max_rounds"):
+        SFTDataset(files, model, split_turns=True, max_rounds=0)
+    with pytest.raises(ValueError, match="t2v_fraction"):
+        SFTDataset(files, model, split_turns=True, t2v_fraction=1.5)

@@ -172,4 +172,9 @@ def format_table(record: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for bench, result in record["results"].items():  # what each score means, where a bench says (tv_align's formulations)
+        settings = result.get("settings") or {}
+        if settings.get("headline"):
+            also = "; ".join(f"{k} = {v}" for k, v in (settings.get("also_reported") or {}).items())
+            lines.append(f"{bench}: {settings['headline']}" + (f"; {also}" if also else "") + " (acc_norm*: per byte)")
     return "\n".join(lines)

@@ -52,6 +52,7 @@ class SFTData:
     split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
     pack_questions: bool = True  # the split rounds of one video as one row (block mask): its positions computed once (sdpa/eager)
     prompt_dropout: float = 0.1  # text-to-video samples: the prompt emptied this often (for classifier-free guidance)
+    max_rounds: int | None = 8  # split_turns: the first round + a random draw of the others, at most this many per read
     t2v_fraction: float = 0.25  # share of the videos whose text-to-video sequence is trained (merged into their item)
     # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
     # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
@@ -66,7 +67,7 @@ class SFTConfig:
     model: VideoLLMConfig = field(default_factory=default_model)
     data: SFTData = field(default_factory=SFTData)
     out: str = "runs/sft-default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, final/
-    steps: int = 350  # optimizer steps (the CPU default: see README for the measured time)
+    steps: int = 400  # optimizer steps (the CPU default: see README for the measured time)
     epochs: float | None = None  # alternatively: passes over the data (overrides steps)
     batch_size: int = 8  # samples per micro-batch per process
     grad_accum: int = 1
@@ -90,8 +91,8 @@ class SFTConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     export_every: int = 0  # also write out/export-step_N/ every N steps (0: only final)
-    eval_every: int = 0  # tv_align on the val bench every N steps (0: only at the end)
-    eval_limit: int | None = 600  # questions per evaluation
+    eval_every: int = 100  # tv_align on the val bench every N steps (0: only at the end): the learning curve
+    eval_limit: int | None = 300  # questions per evaluation
     log_every: int = 10
     seed: int = 0
     chat_prompt: str | None = "Describe the video."  # answered once at the end, about the first test video

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 class SFTDataset(Dataset):
     def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False,
                  prompt_dropout: float = 0.0, merge_t2v: bool = True, pack_questions: bool = False,
-                 t2v_fraction: float = 1.0):
+                 t2v_fraction: float = 1.0, max_rounds: int | None = None):
         if not 0.0 <= prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         if pack_questions:
@@ -72,6 +72,10 @@ class SFTDataset(Dataset):
         if not 0.0 <= t2v_fraction <= 1.0:
             raise ValueError(f"t2v_fraction must be in [0, 1], got {t2v_fraction}")
         self.t2v_fraction = t2v_fraction
+        if max_rounds is not None and max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1 or None, got {max_rounds}")
+        self.max_rounds = max_rounds  # split_turns: at most this many rounds of a sample per read
+        self._round_cache: dict[tuple[int, int], object] = {}  # (item, round) -> its encoding
         if merge_t2v:
             self._merge_t2v()
         self.bad: dict[str, str] = {}  # sample id -> reason
@@ -115,7 +119,16 @@ class SFTDataset(Dataset):
         if is_text_to_video(sample["conversations"]):
             encoded = [self.model.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name, num_videos=len(videos))]
         elif self.split_turns and len(videos) == 1:
-            encoded = [self.model.encode_sample(turns, sample_id=name, num_videos=1) for turns in split_rounds(sample["conversations"])]
+            rounds = split_rounds(sample["conversations"])
+            chosen = list(range(len(rounds)))
+            if self.max_rounds and len(rounds) > self.max_rounds:
+                # the first round (in LLaVA data the description request, the densest target) and a fresh random
+                # draw of the others each time the sample is read (torch RNG: a resumed run replays it)
+                chosen = [0] + (torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1).sort().values.tolist()
+            # Each round's ids are rendered once and kept: the chat template is re-rendered per assistant turn, which
+            # costs as much as a third of a CPU step when a sample has many rounds.
+            encoded = [self._round_cache.get((index, k)) or self._round_cache.setdefault(
+                (index, k), self.model.encode_sample(rounds[k], sample_id=name, num_videos=1)) for k in chosen]
             if self.pack_questions and len(encoded) > 1:
                 packed = pack_rounds(encoded, self.model.video_ids, name)
                 encoded = [packed] if len(packed) <= self.model.config.max_length else encoded

@@ -74,7 +74,13 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ids = VideoTokenIds(*(tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)))
-    encoded = [encode_conversation(tokenizer, c, ids, 0) for c in conversations]
+    encoded: dict[int, object] = {}  # encoded on first use: a budgeted run reads a fraction of a large corpus
+
+    def example(i: int):
+        if i not in encoded:
+            encoded[i] = encode_conversation(tokenizer, conversations[i], ids, 0)
+        return encoded[i]
+
     data = dict(cfg.llm_config)
     data["vocab_size"] = len(tokenizer)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data))
@@ -86,7 +92,7 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     step, history, start = 0, [], time.perf_counter()
     bar = tqdm(desc="text pretraining", unit="step", total=cfg.max_steps)
     while time.perf_counter() - start < budget and step < estimate:
-        batch = rng.sample(encoded, min(cfg.batch_size, len(encoded)))
+        batch = [example(i) for i in rng.sample(range(len(conversations)), min(cfg.batch_size, len(conversations)))]
         width = max(len(e) for e in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), IGNORE_INDEX)
@@ -111,7 +117,8 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    record = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1), "examples": len(encoded),
+    record = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1), "examples": len(conversations),
+              "examples_read": len(encoded),
               "final_loss": history[-1]["loss"] if history else None, "history": history}
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))
     log.info("text pretraining: %d steps in %.0f s (loss %.3f) -> %s", step, seconds,

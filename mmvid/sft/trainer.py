@@ -283,7 +283,7 @@ def run(cfg: SFTConfig) -> dict:
         model.llm.gradient_checkpointing_enable()
     dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
                          prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
-                         t2v_fraction=cfg.data.t2v_fraction)
+                         t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=lambda items: collate(model, items), drop_last=True)

@@ -41,9 +41,43 @@ def _captions_by_video(world: Path, split: str) -> dict[str, list[str]]:
     return {item["video"]: item["captions"] for item in map(json.loads, path.read_text().splitlines()) if item}
 
 
-def cloze_conversations(world: str | Path, split: str = "train", captions: int = 1, seed: int = 0) -> list[dict]:
+def object_questions(scene) -> list[tuple[str, str, str]]:
+    """(category, question, answer) about *every* object of a scene, in the benchmark's templates: the
+    shape of each colour, the colour of each object named without its colour (when that name is
+    unique), what each object does, where each object is relative to each other one, and how many of
+    each shape. The benchmark asks one of each about one random object; binding an attribute to a
+    named object is what a small LLM learns slowest, so training asks about all of them."""
+    from mmvid.data.shapes import text, world
+
+    objects = scene.objects
+    out = []
+    for obj in objects:
+        out.append(("shape", f"What shape is the {obj.colour} object?", obj.shape))
+        for describe in (lambda o: f"the {o.shape}", lambda o: f"the {o.size} {o.shape}",
+                         lambda o: f"the object that {text.action_phrase(o, with_speed=False)}"):
+            names = [describe(o) for o in objects]
+            if names.count(describe(obj)) == 1:
+                out.append(("colour", f"What colour is {describe(obj)}?", obj.colour))
+                break
+        out.append(("action", f"What does {text._the(obj)} do?", text.ACTION_PHRASES[obj.action]))
+    for a in objects:
+        for b in objects:
+            relation = text._spatial_relation(a, b, scene) if a is not b else None
+            if relation is not None:
+                out.append(("spatial", f"Where is {text._the(a)} relative to {text._the(b)} at the start?", relation))
+    for shape in world.SHAPES:
+        count = sum(o.shape == shape for o in objects)
+        if count:
+            out.append(("count", f"How many {shape} shapes are there?", text._number(count)))
+    return out
+
+
+def cloze_conversations(world: str | Path, split: str = "train", captions: int = 1, seed: int = 0,
+                        all_objects: bool = True) -> list[dict]:
     """One LLaVA sample per video of `split`: `captions` caption rounds ("Describe the video." -> a
-    caption), then every benchmark question of that video answered with its option text."""
+    caption), then every benchmark question of that video answered with its option text, and with
+    `all_objects` the same questions about every other object too (`object_questions`, from the
+    split's ground truth)."""
     if split in ("val", "test"):
         raise ValueError(f"training conversations must not come from the {split} split")
     world = Path(world)
@@ -56,6 +90,9 @@ def cloze_conversations(world: str | Path, split: str = "train", captions: int =
         for k in rng.permutation(len(options))[:captions]:
             rounds.append((CAPTION_REQUEST, options[k]))
         rounds += [(q["question"], q["answer_text"]) for q in questions.get(video, [])]
+        if all_objects:
+            asked = {r[0] for r in rounds}
+            rounds += [(q, a) for _, q, a in object_questions(_scene(world, split, video)) if q not in asked]
         if not rounds:
             continue
         turns = []
@@ -66,7 +103,15 @@ def cloze_conversations(world: str | Path, split: str = "train", captions: int =
     return samples
 
 
-def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0) -> list[list[dict]]:
+def _scene(world: Path, split: str, video: str):
+    from mmvid.data.shapes import world as w
+
+    record = json.loads((world / split / video).with_suffix(".json").read_text())
+    return w.Scene.from_dict(record["scene"])
+
+
+def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0,
+                          all_objects: bool = True) -> list[list[dict]]:
     """Text-only conversations for pretraining the LLM stand-in: a caption of the video in place of the
     video, a question about it, its answer text (spatial questions left out: captions do not say where
     things are); plus captions as answers to the caption request, so the LLM knows how captions read."""
@@ -77,10 +122,14 @@ def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0
     rng = np.random.default_rng(seed)
     out = []
     for video, options in sorted(caps.items()):
-        for q in questions.get(video, []):
-            if q["category"] in TEXT_ONLY_CATEGORIES:
+        pairs = [(q["category"], q["question"], q["answer_text"]) for q in questions.get(video, [])]
+        if all_objects:
+            asked = {p[1] for p in pairs}
+            pairs += [p for p in object_questions(_scene(world, split, video)) if p[1] not in asked]
+        for category, question, answer in pairs:
+            if category in TEXT_ONLY_CATEGORIES:
                 caption = options[int(rng.integers(len(options)))]
-                out.append([{"from": HUMAN, "value": f"{caption}\n{q['question']}"}, {"from": GPT, "value": q["answer_text"]}])
+                out.append([{"from": HUMAN, "value": f"{caption}\n{question}"}, {"from": GPT, "value": answer}])
         out.append([{"from": HUMAN, "value": CAPTION_REQUEST}, {"from": GPT, "value": options[int(rng.integers(len(options)))]}])
     return out
 
