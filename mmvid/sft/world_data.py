@@ -78,11 +78,7 @@ def cloze_conversations(world: str | Path, split: str = "train", captions: int =
     caption), then every benchmark question of that video answered with its option text, and with
     `all_objects` the same questions about every other object too (`object_questions`, from the
     split's ground truth)."""
-    if split in ("val", "test"):
-        raise ValueError(f"training conversations must not come from the {split} split")
-    world = Path(world)
-    questions, caps = _questions_by_video(world, split), _captions_by_video(world, split)
-    rng = np.random.default_rng(seed)
+    world, questions, caps, rng = _training_split(world, split, seed)
     samples = []
     for video in sorted(set(questions) | set(caps)):
         rounds = []
@@ -103,6 +99,14 @@ def cloze_conversations(world: str | Path, split: str = "train", captions: int =
     return samples
 
 
+def _training_split(world: str | Path, split: str, seed: int):
+    """(world folder, questions by video, captions by video, rng); refuses the validation and test splits."""
+    if split in ("val", "test"):
+        raise ValueError(f"training text must not come from the {split} split")
+    world = Path(world)
+    return world, _questions_by_video(world, split), _captions_by_video(world, split), np.random.default_rng(seed)
+
+
 def _scene(world: Path, split: str, video: str):
     from mmvid.data.shapes import world as w
 
@@ -115,11 +119,7 @@ def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0
     """Text-only conversations for pretraining the LLM stand-in: a caption of the video in place of the
     video, a question about it, its answer text (spatial questions left out: captions do not say where
     things are); plus captions as answers to the caption request, so the LLM knows how captions read."""
-    if split in ("val", "test"):
-        raise ValueError(f"pretraining text must not come from the {split} split")
-    world = Path(world)
-    questions, caps = _questions_by_video(world, split), _captions_by_video(world, split)
-    rng = np.random.default_rng(seed)
+    world, questions, caps, rng = _training_split(world, split, seed)
     out = []
     for video, options in sorted(caps.items()):
         pairs = [(q["category"], q["question"], q["answer_text"]) for q in questions.get(video, [])]
