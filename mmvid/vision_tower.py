@@ -175,8 +175,6 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
 class DenseHeads(nn.Module):
     """Per-cell linear read-outs: colour, shape, centre, size."""
 
-    CLASSES = None  # set from the world's vocabularies
-
     def __init__(self, dim: int):
         super().__init__()
         from mmvid.data.shapes import world

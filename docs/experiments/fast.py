@@ -29,7 +29,7 @@ def oracle(split, video):
     out = torch.zeros(71, 32); out[:64, :21] = oh; return out
 cache = Path(f"/tmp/exp/tokcache-{Path(VT).name}-kp0-{N}{'-oracle' if ORACLE else ''}.pt")
 if ORACLE: toks = {f"videos/{i:06d}.mp4": oracle("train", f"videos/{i:06d}.mp4") for i in range(N)}
-elif cache.exists(): toks = torch.load(cache)
+elif cache.exists(): toks = torch.load(cache, weights_only=True)
 else:
     t = time.time(); toks = {}
     with torch.no_grad():

@@ -127,8 +127,7 @@ class SFTDataset(Dataset):
                 chosen = [0] + (torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1).sort().values.tolist()
             # Each round's ids are rendered once and kept: the chat template is re-rendered per assistant turn, which
             # costs as much as a third of a CPU step when a sample has many rounds.
-            encoded = [self._round_cache.get((index, k)) or self._round_cache.setdefault(
-                (index, k), self.model.encode_sample(rounds[k], sample_id=name, num_videos=1)) for k in chosen]
+            encoded = [self._encode_round(index, k, rounds[k], name) for k in chosen]
             if self.pack_questions and len(encoded) > 1:
                 packed = pack_rounds(encoded, self.model.video_ids, name)
                 encoded = [packed] if len(packed) <= self.model.config.max_length else encoded
@@ -141,6 +140,12 @@ class SFTDataset(Dataset):
         # One entry per <video> span of the sample's sequences, indexing `frames`.
         spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(e.num_videos for e in encoded)
         return {"encoded": encoded, "videos": frames, "spans": spans, "id": name, "index": index}
+
+    def _encode_round(self, index: int, k: int, turns: list[dict], name: str):
+        """Round k of item `index`, encoded once and kept (its text never changes between reads)."""
+        if (index, k) not in self._round_cache:
+            self._round_cache[(index, k)] = self.model.encode_sample(turns, sample_id=name, num_videos=1)
+        return self._round_cache[(index, k)]
 
     def _drop_prompt(self, turns: list[dict]) -> list[dict]:
         """A text-to-video conversation with its user turns emptied, with probability prompt_dropout."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,12 +85,11 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     budget = cfg.minutes * 60
-    estimate = cfg.max_steps or 10**9
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     model.train()
     step, history, start = 0, [], time.perf_counter()
     bar = tqdm(desc="text pretraining", unit="step", total=cfg.max_steps)
-    while time.perf_counter() - start < budget and step < estimate:
+    while time.perf_counter() - start < budget and (cfg.max_steps is None or step < cfg.max_steps):
         batch = [example(i) for i in rng.sample(range(len(conversations)), min(cfg.batch_size, len(conversations)))]
         width = max(len(e) for e in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
@@ -121,6 +119,5 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
               "examples_read": len(encoded),
               "final_loss": history[-1]["loss"] if history else None, "history": history}
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))
-    log.info("text pretraining: %d steps in %.0f s (loss %.3f) -> %s", step, seconds,
-             loss.item() if not math.isnan(loss.item()) else float("nan"), out)
+    log.info("text pretraining: %d steps in %.0f s (loss %.3f) -> %s", step, seconds, loss.item(), out)
     return out

@@ -396,9 +396,11 @@ def run(cfg: SFTConfig) -> dict:
         summary["val"] = {k: v["value"] for k, v in metrics.items()}
         _curve_point(out, cfg, step, summary["seconds"] - eval_seconds, record)
         settings = record["results"]["tv_align"]["settings"]
-        print(f"validation tv_align accuracy per category ({settings['headline']}; acc_letter: letter formulation):")
+        also = settings.get("also_reported", {})
+        print(f"validation tv_align accuracy per category ({settings['headline']}"
+              + "".join(f"; {k} = {v}" for k, v in also.items()) + "):")
         for name, m in metrics.items():
-            if name.split("/")[-1] in ("acc", "acc_letter"):
+            if name.split("/")[-1] in ("acc", *also):
                 print(f"  {name:<20} {m['value']:.3f} (n={m['n']})")
     if main:
         (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
