@@ -217,3 +217,24 @@ def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequ
         SFTDataset(files, model, split_turns=True, max_rounds=0)
     with pytest.raises(ValueError, match="t2v_fraction"):
         SFTDataset(files, model, split_turns=True, t2v_fraction=1.5)
+
+
+# ---------------------------------------------------------------- the text tokenizer
+
+
+def test_the_default_bpe_tokenizer_keeps_every_attribute_word_whole(world, tmp_path):
+    from mmvid.data.shapes import world as shapes
+    from mmvid.sft.config import SFTConfig
+    from mmvid.sft.world_data import world_texts
+    from mmvid.text_tokenizer import train_text_tokenizer
+
+    cfg = SFTConfig()
+    assert cfg.data.text_corpus_model_type == "bpe"
+    tok = train_text_tokenizer(world_texts(world, "train"), tmp_path / "tok", vocab_size=600, model_type="bpe")
+    text = " ".join(captions_list(world))
+    words = [w for w in (*shapes.COLOURS, *shapes.SHAPES) if f" {w} " in text]
+    assert len(words) >= 8
+    for w in words:  # a word the LLM must bind is one piece, leading space included
+        assert len(tok.encode(f" {w}", add_special_tokens=False)) == 1, (w, tok.tokenize(f" {w}"))
+    with pytest.raises(ValueError, match="text_corpus_model_type"):
+        SFTConfig(data=type(cfg.data)(text_corpus_model_type="wordpiece"))

@@ -103,8 +103,9 @@ def prepare_text_tokenizer(cfg: SFTConfig) -> None:
         texts += world_texts(cfg.data.world, "train")
     rng = np.random.default_rng(cfg.seed)
     texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
-    log.info("training a %d-piece sentencepiece tokenizer on %d training texts", cfg.data.text_corpus_vocab, len(texts))
-    train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab)
+    log.info("training a %d-piece %s sentencepiece tokenizer on %d training texts", cfg.data.text_corpus_vocab,
+             cfg.data.text_corpus_model_type, len(texts))
+    train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab, model_type=cfg.data.text_corpus_model_type)
     _stage_log(cfg, "text_tokenizer", time.perf_counter() - start)
 
 
