@@ -21,6 +21,7 @@ if LLM == "none":
     mcfg = replace(mcfg, llm=None, llm_config=lc)
 model = VideoLLM.build(mcfg)
 ORACLE = E.get("ORACLE", "0") == "1"
+QFIRST = E.get("QFIRST", "0") == "1"
 from mmvid.vision_tower import cell_labels
 def oracle(split, video):
     rec = json.loads(Path(f"data/shapes/{split}/{video}").with_suffix(".json").read_text())
@@ -52,6 +53,8 @@ def load(i):  # the project's packing, with cached tokens instead of decoded fra
     from mmvid.sft.data import split_rounds
     from mmvid.prompting import pack_rounds
     rounds = split_rounds(sample["conversations"])
+    if QFIRST:  # the question before the video (no shared prefix then, so PACK=0)
+        rounds = [[{**t, "value": t["value"].replace("<video>\n", "") + "\n<video>"} if "<video>" in t["value"] else t for t in r] for r in rounds]
     if len(rounds) > MAXR:
         rest = (torch.randperm(len(rounds) - 1)[: MAXR - 1] + 1).sort().values.tolist(); rounds = [rounds[0]] + [rounds[j] for j in rest]
     enc = [ENC.setdefault((i, json.dumps(r)), model.encode_sample(r, num_videos=1)) if (i, json.dumps(r)) not in ENC else ENC[(i, json.dumps(r))] for r in rounds]
@@ -72,7 +75,7 @@ def evaluate():
             vcache[q["video"]] = (VTOK.encode if KP else model.video_tokens)(frames_to_tensor(read_video("data/shapes/val/" + q["video"], num_frames=8, size=64).frames)[None])
             if KP: vcache[q["video"]] = pool(vcache[q["video"]][0])[None]
         f = model.project(vcache[q["video"]])
-        s = continuation_logprobs(model, [{"role": "user", "content": f"<video>\n{q['question']}"}], q["options"], f)
+        s = continuation_logprobs(model, [{"role": "user", "content": f"{q['question']}\n<video>" if QFIRST else f"<video>\n{q['question']}"}], q["options"], f)
         acc.setdefault(q["category"], []).append(int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
     model.train(); r = {k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}
     r["ALL"] = round(sum(sum(v) for v in acc.values()) / len(val), 3); return r
