@@ -230,7 +230,8 @@ def test_the_default_bpe_tokenizer_keeps_every_attribute_word_whole(world, tmp_p
 
     cfg = SFTConfig()
     assert cfg.data.text_corpus_model_type == "bpe"
-    tok = train_text_tokenizer(world_texts(world, "train"), tmp_path / "tok", vocab_size=600, model_type="bpe")
+    tok = train_text_tokenizer(world_texts(world, "train"), tmp_path / "tok", vocab_size=cfg.data.text_corpus_vocab,
+                               model_type=cfg.data.text_corpus_model_type)
     text = " ".join(captions_list(world))
     words = [w for w in (*shapes.COLOURS, *shapes.SHAPES) if f" {w} " in text]
     assert len(words) >= 8

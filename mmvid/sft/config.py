@@ -117,8 +117,11 @@ class SFTConfig:
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if not self.data.train:
             raise ValueError("data.train needs at least one data file")
-        if self.data.text_corpus_model_type not in ("bpe", "unigram"):
-            raise ValueError(f"data.text_corpus_model_type must be bpe or unigram, got {self.data.text_corpus_model_type!r}")
+        from mmvid.text_tokenizer import MODEL_TYPES
+
+        if self.data.text_corpus_model_type not in MODEL_TYPES:
+            raise ValueError(f"data.text_corpus_model_type must be one of {list(MODEL_TYPES)}, "
+                             f"got {self.data.text_corpus_model_type!r}")
 
 
 def module_learning_rates(cfg: SFTConfig) -> dict[str, float]:
