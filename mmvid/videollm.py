@@ -82,6 +82,29 @@ class VideoLLMConfig:
             raise ValueError(f"unknown generation_head {self.generation_head!r}; known: {list(GENERATION_HEADS)}")
 
 
+TEXT_LOSSES = ("token", "span")
+
+
+def answer_span_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged per answer span, then over spans: each contiguous run of
+    supervised labels (one answer) weighs the same, however many tokens it has.
+
+    The token mean (Hugging Face's) lets long answers outvote short ones: in the default's packed rows
+    a 25-token caption outweighs seven one-word answers ("red", "star", "three") together, and those
+    words are the ones only the video can give. (logits (B, L, V), labels (B, L) with IGNORE_INDEX.)"""
+    target = labels[:, 1:]
+    supervised = target != IGNORE_INDEX
+    if not bool(supervised.any()):
+        return logits.sum() * 0.0  # no answer in the batch: a zero that keeps the graph
+    token = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten().clamp(min=0),
+                                        reduction="none").view_as(target)
+    starts = supervised & ~nn.functional.pad(supervised, (1, 0))[:, :-1]  # the first token of each run
+    span = torch.cumsum(starts.flatten().long(), 0).view_as(target) * supervised  # 1.. per run, 0 elsewhere
+    lengths = torch.bincount(span.flatten(), minlength=int(span.max()) + 1).to(token.dtype)
+    weights = supervised.to(token.dtype) / lengths[span].clamp(min=1)
+    return (token * weights).sum() / starts.sum()
+
+
 def choose_attn_implementation(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
     """flash_attention_2 when installed, on CUDA and in half precision; else SDPA; else eager."""
     device = torch.device(device)
@@ -318,27 +341,35 @@ class VideoLLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
                 video_index: torch.Tensor | None = None, video_targets: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, **kwargs):
+                position_ids: torch.Tensor | None = None, text_loss: str = "token", **kwargs):
         """The LLM's output. With `video_targets` (bool, one per <video> span; True for a span in an
         assistant turn) the generation head also learns those spans' tokens: `loss` is then the text
         loss + generation_loss_weight x the video-token loss, also returned as `lm_loss` and `gen_loss`.
-        `attention_mask` may be collate's 4D block mask of packed samples, with their `position_ids`."""
+        `attention_mask` may be collate's 4D block mask of packed samples, with their `position_ids`.
+        `text_loss` (see TEXT_LOSSES): "token", the mean over supervised tokens (Hugging Face's), or
+        "span", the mean over answer spans of each span's mean (`answer_span_loss`)."""
+        if text_loss not in TEXT_LOSSES:
+            raise ValueError(f"unknown text_loss {text_loss!r}; known: {list(TEXT_LOSSES)}")
         attention_mask = self._llm_attention_mask(attention_mask)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
+        llm_labels = labels if text_loss == "token" else None
         if video_targets is None or not bool(video_targets.any()):
             embeds = self.embed(input_ids, videos, video_features, video_index)
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels, **kwargs)
+            if labels is not None and text_loss == "span":
+                out["loss"] = answer_span_loss(out.logits, labels)
+            return out
         if self.generation_head is None:
             raise ValueError("video_targets given but the model has no generation head (generation_head=None)")
         if videos is None:
             raise ValueError("text-to-video targets need `videos`: their tokens are what the head learns")
         tokens = self.video_tokens(videos)
         embeds = self.embed(input_ids, video_features=self.project(tokens, videos.shape[2]), video_index=video_index)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True, **kwargs)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels, output_hidden_states=True, **kwargs)
         span_tokens = tokens if video_index is None else tokens[video_index.to(tokens.device)]
         gen_loss = self.generation_loss(out.hidden_states[-1], input_ids, span_tokens.detach(), video_targets)
-        lm_loss = out.loss
+        lm_loss = out.loss if text_loss == "token" else None if labels is None else answer_span_loss(out.logits, labels)
         out["gen_loss"] = gen_loss
         if lm_loss is not None:
             out["lm_loss"] = lm_loss

@@ -40,6 +40,25 @@ def test_cloze_conversations_ask_every_question_with_its_option_text(world):
         cloze_conversations(world, "test")
 
 
+def test_the_attribute_curriculum_holds_only_colour_and_shape_questions(world):
+    from mmvid.sft.world_data import attribute_conversations, cloze_conversations
+
+    samples = attribute_conversations(world, "train")
+    full = {s["video"]: s for s in cloze_conversations(world, "train")}
+    assert len(samples) == 24
+    for sample in samples:
+        turns = sample["conversations"]
+        questions = [h["value"].replace("<video>\n", "") for h in turns[::2]]
+        assert questions and all(q.startswith(("What colour is", "What shape is")) for q in questions), questions
+        assert turns[0]["value"].startswith("<video>\n")  # no caption round first
+        every = full[sample["video"]]["conversations"]
+        kept = {(h["value"].replace("<video>\n", ""), g["value"]) for h, g in zip(every[::2], every[1::2])
+                if h["value"].replace("<video>\n", "").startswith(("What colour is", "What shape is"))}
+        assert {(q, g["value"]) for q, g in zip(questions, turns[1::2])} == kept  # all of them, the same answers
+    with pytest.raises(ValueError, match="must not come from the val split"):
+        attribute_conversations(world, "val")
+
+
 def test_reading_comprehension_puts_a_caption_in_place_of_the_video(world):
     from mmvid.sft.world_data import reading_comprehension, world_texts
 

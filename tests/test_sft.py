@@ -174,6 +174,35 @@ def test_a_killed_run_resumes_exactly(tiny):
     assert _losses(stage2)[1] < a[1] - 0.2
 
 
+def test_a_curriculum_runs_first_and_a_run_resumed_inside_it_replays_exactly(tiny):
+    """data.curriculum_steps: the world's attribute file is written, its steps come first (metrics say which phase),
+    then data.train; a run resumed from a checkpoint inside the curriculum gives the same losses."""
+    import shutil
+
+    attributes = tiny / "world" / "train" / "sft_attributes.jsonl"
+    settings = ["steps=5", "checkpoint_every=2", "keep_checkpoints=20", f"data.curriculum=[{attributes}]",
+                "data.curriculum_steps=3", "text_loss=span", "eval_every=0", "data.val_bench=null"]
+    straight = tiny / "curriculum"
+    result = _launch(tiny, f"out={straight}", *settings, port=29676)
+    assert result.returncode == 0, result.stdout[-3000:]
+    questions = [t["value"] for line in attributes.read_text().splitlines() for t in json.loads(line)["conversations"][::2]]
+    assert questions and all("What colour is" in q or "What shape is" in q for q in questions)
+    phases = {r["step"]: r["phase"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
+    assert phases == {1: "curriculum", 2: "curriculum", 3: "curriculum", 4: "train", 5: "train"}
+    resumed = tiny / "curriculum-resumed"
+    shutil.copytree(straight / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
+    result = _launch(tiny, f"out={resumed}", *settings, port=29677)
+    assert result.returncode == 0 and "resumed from" in result.stdout + result.stderr, result.stdout[-3000:]
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(b) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    with pytest.raises(ValueError, match="must be fewer than the run's steps"):
+        load_config(SFTConfig, tiny / "tiny.yaml", ["steps=3", "data.curriculum_steps=3"])
+    with pytest.raises(ValueError, match="text_loss must be one of"):
+        load_config(SFTConfig, tiny / "tiny.yaml", ["text_loss=mean"])
+
+
 @pytest.mark.timeout(900)
 def test_bad_samples_are_skipped_with_a_count_and_too_many_stop_the_run(tiny):
     train = [json.loads(line) for line in (tiny / "world" / "train" / "sft.jsonl").read_text().splitlines()]

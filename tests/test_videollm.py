@@ -117,6 +117,37 @@ def test_sequences_sharing_a_video_equal_the_video_repeated(tokenizer_dir):
         model.collate(encoded, videos=[_video(0)], video_index=[0, 0])
 
 
+def test_span_loss_weighs_each_answer_once(tokenizer_dir):
+    """answer_span_loss by hand: a 3-token answer and a 1-token answer weigh the same; with equal-length
+    answers it is the token mean; text_loss="span" through forward gives it; an unknown name is refused."""
+    from mmvid.videollm import answer_span_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[0, 1:4] = torch.tensor([1, 2, 3])  # one 3-token answer (predicted from positions 0-2)
+    labels[1, 2] = 4  # one 1-token answer
+    labels[1, 5] = 0  # and another
+    token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1), reduction="none")
+    token = token.view(2, 5)
+    by_hand = (token[0, 0:3].mean() + token[1, 1] + token[1, 4]) / 3
+    torch.testing.assert_close(answer_span_loss(logits, labels), by_hand)
+    equal = torch.full((2, 6), IGNORE_INDEX)
+    equal[0, 2], equal[1, 4] = 1, 3
+    torch.testing.assert_close(answer_span_loss(logits, equal),
+                               torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), equal[:, 1:].reshape(-1)))
+    assert answer_span_loss(logits, torch.full((2, 6), IGNORE_INDEX)).item() == 0.0
+
+    model = _model(tokenizer_dir).eval()
+    batch = model.collate([model.encode_sample(_sample())], videos=[_video(0)])
+    with torch.no_grad():
+        out = model(**batch, text_loss="span")
+        torch.testing.assert_close(out.loss, answer_span_loss(out.logits, batch["labels"]))
+        assert not torch.allclose(out.loss, model(**batch).loss)  # a caption and a one-word answer: not the token mean
+    with pytest.raises(ValueError, match="unknown text_loss"):
+        model(**batch, text_loss="sequence")
+
+
 def test_projector_output_norm_puts_video_at_the_text_scale(tokenizer_dir, tmp_path):
     model = _model(tokenizer_dir, projector_kwargs={"output_norm": True})
     text = model.llm.get_input_embeddings().weight.detach()

@@ -46,6 +46,12 @@ samples = [json.loads(l) for l in open(TRAINFILE)]
 samples = [s for s in samples if s["video"] in toks]
 tmp = Path(f"/tmp/exp/train-{N}.jsonl"); tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
 ds = SFTDataset([str(tmp)], model, split_turns=True, pack_questions=True, max_rounds=MAXR, merge_t2v=False)
+CUR = E.get("CUR")  # FILE:SECONDS: a first phase on another conversation file (a curriculum), then TRAIN
+if CUR:
+    cur_file, cur_secs = CUR.rsplit(":", 1); cur_secs = float(cur_secs)
+    cs = [json.loads(l) for l in open(cur_file)]; cs = [s for s in cs if s["video"] in toks]
+    ctmp = Path(f"/tmp/exp/cur-{N}.jsonl"); ctmp.write_text("".join(json.dumps(s) + "\n" for s in cs))
+    ds_main, ds = ds, SFTDataset([str(ctmp)], model, split_turns=True, pack_questions=True, max_rounds=MAXR, merge_t2v=False)
 ds_load = ds.load
 ENC = {}
 def load(i):  # the project's packing, with cached tokens instead of decoded frames
@@ -79,6 +85,15 @@ def evaluate():
         acc.setdefault(q["category"], []).append(int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
     model.train(); r = {k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}
     r["ALL"] = round(sum(sum(v) for v in acc.values()) / len(val), 3); return r
+LOSS = E.get("LOSS", "token")  # token: the mean over supervised tokens; span: each answer span (a run of labels) counts once
+def span_loss(logits, labels):
+    lab = labels[:, 1:]; sup = lab != -100
+    tok = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab.flatten().clamp(min=0), reduction="none").view_as(lab)
+    start = sup & ~torch.nn.functional.pad(sup, (1, 0))[:, :-1]  # first token of each run
+    run = torch.cumsum(start.flatten().long(), 0).view_as(lab) * sup  # run id per supervised token, 0 elsewhere
+    n = torch.bincount(run.flatten(), minlength=int(run.max()) + 1).float()
+    w = sup.float() / n[run].clamp(min=1)
+    return (tok * w).sum() / start.sum().clamp(min=1)
 params = [p for p in model.parameters() if p.requires_grad]
 opt = torch.optim.AdamW([{"params": [p for p in model.llm.parameters() if p.requires_grad], "lr": LR},
                          {"params": [p for p in model.projector.parameters() if p.requires_grad], "lr": float(E.get("PLR", LR))}])
@@ -86,13 +101,16 @@ total_est = int(E.get("STEPS", 400))
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 30) * (0.5 * (1 + np.cos(np.pi * min(1, s / total_est)))))
 t0 = time.time(); step = 0; order = list(range(len(ds.items))); random.shuffle(order); pos = 0; nexte = SECS / 3
 while time.time() - t0 < SECS:
+    if CUR and ds is not ds_main and time.time() - t0 > cur_secs:
+        print(f"curriculum phase done at step {step}", flush=True); ds = ds_main; ENC.clear(); order = list(range(len(ds.items))); random.shuffle(order); pos = 0
     items = []
     for _ in range(BS):
         items.append(load(order[pos % len(order)])); pos += 1
     batch = model.collate([x for e, _ in items for x in e])
     feats = model.project(torch.stack([t for e, t in items for _ in e]))
     out = model(**batch, video_features=feats)
-    opt.zero_grad(); out.loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step(); step += 1
+    loss = out.loss if LOSS == "token" else span_loss(out.logits, batch["labels"])
+    opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step(); step += 1
     if time.time() - t0 > nexte:
         nexte += SECS / 3; print(f"step {step} {time.time()-t0:.0f}s loss {out.loss.item():.3f} epoch {pos/len(order):.2f} val {evaluate()}", flush=True)
 print(f"FINAL {E} steps {step} epochs {pos/len(order):.2f} val {evaluate()}", flush=True)

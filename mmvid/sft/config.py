@@ -34,6 +34,13 @@ class SFTData:
     # holds the same videos' letter-answered conversations.
     train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_cloze.jsonl", "data/shapes/train/t2v.jsonl"])
     video_root: str | None = None  # default: each data file's folder
+    # A curriculum: the first `curriculum_steps` optimizer steps draw from these files instead of `train` (same
+    # format). A world's train/sft_attributes.jsonl (only the colour and shape questions of each training video, about
+    # every object; no caption) is written when missing. Measured (issue 17): on the full mixture the LLM ignores
+    # colour and shape (val 0.21 / 0.26, chance 0.25) while it learns count and action; the attribute questions alone
+    # cross from chance within ~250 steps, and that ability survives the switch to the mixture.
+    curriculum: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_attributes.jsonl"])
+    curriculum_steps: int = 0
     val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
     test_bench: str | None = "data/shapes/test/tv_align.jsonl"
     # model.text_tokenizer, trained on the training text when missing. BPE (the default): every world word is one
@@ -82,6 +89,9 @@ class SFTConfig:
     lr_generation_head: float | None = None
     warmup_steps: int = 50
     align_steps: int = 0  # LLaVA's stage 1 first: this many steps with the LLM frozen (lr 0), projector (and heads) only
+    # The answer tokens' loss (VideoLLM.forward, TEXT_LOSSES): "token" averages over supervised tokens (Hugging Face's
+    # default), so a long caption outweighs the one-word answers of a packed row; "span" averages each answer first.
+    text_loss: str = "token"
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -117,6 +127,17 @@ class SFTConfig:
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if not self.data.train:
             raise ValueError("data.train needs at least one data file")
+        from mmvid.videollm import TEXT_LOSSES
+
+        if self.text_loss not in TEXT_LOSSES:
+            raise ValueError(f"text_loss must be one of {list(TEXT_LOSSES)}, got {self.text_loss!r}")
+        if self.data.curriculum_steps < 0:
+            raise ValueError(f"data.curriculum_steps must be >= 0, got {self.data.curriculum_steps}")
+        if self.epochs is None and self.data.curriculum_steps >= self.steps:
+            raise ValueError(f"data.curriculum_steps ({self.data.curriculum_steps}) must be fewer than the run's steps "
+                             f"({self.steps})")
+        if self.data.curriculum_steps and not self.data.curriculum:
+            raise ValueError("data.curriculum_steps > 0 needs data.curriculum files")
         from mmvid.text_tokenizer import MODEL_TYPES
 
         if self.data.text_corpus_model_type not in MODEL_TYPES:

@@ -67,17 +67,20 @@ def _stage_log(cfg: SFTConfig, name: str, seconds: float, **extra) -> None:
 
 
 def write_world_cloze(cfg: SFTConfig) -> None:
-    """`{world}/train/sft_cloze.jsonl` when a training file names it and it is missing."""
-    from mmvid.sft.world_data import cloze_conversations
+    """`{world}/train/sft_cloze.jsonl` when a training file names it, and `{world}/train/sft_attributes.jsonl`
+    when a curriculum file names it, each when missing (both from the training split only)."""
+    from mmvid.sft.world_data import attribute_conversations, cloze_conversations
 
-    target = Path(cfg.data.world) / "train" / "sft_cloze.jsonl"
-    if str(target) not in [str(Path(f)) for f in cfg.data.train] or target.is_file():
-        return
-    samples = cloze_conversations(cfg.data.world, "train", seed=cfg.seed)
-    tmp = target.with_suffix(".partial")
-    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    os.replace(tmp, target)
-    log.info("wrote %d cloze conversations to %s", len(samples), target)
+    train = Path(cfg.data.world) / "train"
+    wanted = [str(Path(f)) for f in [*cfg.data.train, *(cfg.data.curriculum if cfg.data.curriculum_steps else [])]]
+    for target, make in ((train / "sft_cloze.jsonl", cloze_conversations), (train / "sft_attributes.jsonl", attribute_conversations)):
+        if str(target) not in wanted or target.is_file():
+            continue
+        samples = make(cfg.data.world, "train", seed=cfg.seed)
+        tmp = target.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+        os.replace(tmp, target)
+        log.info("wrote %d conversations to %s", len(samples), target)
 
 
 def prepare_text_tokenizer(cfg: SFTConfig) -> None:
@@ -282,15 +285,26 @@ def run(cfg: SFTConfig) -> dict:
             log.info("init_from %s (missing %d, unexpected %d keys)", cfg.init_from, len(missing), len(unexpected))
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
-    dataset = SFTDataset(cfg.data.train, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
-                         prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
-                         t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
-    sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=lambda items: collate(model, items), drop_last=True)
+    def phase_data(files: list[str]):
+        dataset = SFTDataset(files, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
+                             prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
+                             t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
+        sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                            collate_fn=lambda items: collate(model, items), drop_last=True)
+        return dataset, sampler, loader
+
+    # The curriculum (data.curriculum_steps > 0): its own files first, then data.train; each phase its own sampler.
+    phases = {"train": phase_data(cfg.data.train)}
+    if cfg.data.curriculum_steps:
+        phases["curriculum"] = phase_data(cfg.data.curriculum)
+    sampler = phases["train"][1]
     steps = cfg.steps
     if cfg.epochs is not None:
-        steps = max(1, int(cfg.epochs * len(sampler) / (cfg.batch_size * cfg.grad_accum)))
+        steps = cfg.data.curriculum_steps + max(1, int(cfg.epochs * len(sampler) / (cfg.batch_size * cfg.grad_accum)))
+
+    def phase_at(step: int) -> str:
+        return "curriculum" if step < cfg.data.curriculum_steps else "train"
 
     groups = parameter_groups(model, cfg)
     if cfg.offload_optimizer:
@@ -316,7 +330,10 @@ def run(cfg: SFTConfig) -> dict:
     if cfg.resume and existing:
         _, client = engine.load_checkpoint(str(existing[-1]), tag="state")
         client = client["mmvid"]
-        sampler.load_state_dict(client["sampler"])
+        samplers = client.get("samplers") or {"train": client["sampler"]}  # "sampler": a checkpoint from before curricula
+        for name, (_, phase_sampler, _) in phases.items():
+            if name in samplers:
+                phase_sampler.load_state_dict(samplers[name])
         set_rng_state(client["rng"])
         step, samples_seen = client["step"], client["samples_seen"]
         if main:
@@ -329,11 +346,13 @@ def run(cfg: SFTConfig) -> dict:
     eval_seconds = 0.0  # periodic evaluation time, left out of the learning curve's training minutes
     micro = 0
     while not done:
+        phase = phase_at(step)
+        dataset, sampler, loader = phases[phase]
         for batch in loader:
             t0 = time.perf_counter()
             index = batch.pop("index")
             batch = {k: v.to(device) for k, v in batch.items()}
-            output = engine(**batch)
+            output = engine(**batch, text_loss=cfg.text_loss)
             loss = output.loss
             engine.backward(loss)
             engine.step()
@@ -357,7 +376,7 @@ def run(cfg: SFTConfig) -> dict:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
                 parts = {k: float(output[k]) for k in ("lm_loss", "gen_loss") if output.get(k) is not None}
                 with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss.item(), **parts, "lr": lr, "samples_per_s": rate,
+                    f.write(json.dumps({"step": step, "phase": phase, "loss": loss.item(), **parts, "lr": lr, "samples_per_s": rate,
                                         "samples_seen": samples_seen, "bad_samples": len(dataset.bad),
                                         "seconds": time.perf_counter() - start_time}) + "\n")
                 if board is not None:
@@ -365,7 +384,8 @@ def run(cfg: SFTConfig) -> dict:
                         board.add_scalar(f"train/{name}", value, step)
             done = step >= steps
             if step % cfg.checkpoint_every == 0 or done:
-                save_checkpoint(engine, out, step, {"sampler": sampler.state_dict(), "rng": rng_state(), "step": step,
+                save_checkpoint(engine, out, step, {"samplers": {k: v[1].state_dict() for k, v in phases.items()},
+                                                    "rng": rng_state(), "step": step,
                                                     "samples_seen": samples_seen, "config": config_to_dict(cfg)},
                                 cfg.keep_checkpoints, rank)
             if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.val_bench and not done:
@@ -381,14 +401,14 @@ def run(cfg: SFTConfig) -> dict:
                 dist.barrier()
             if cfg.export_every and step % cfg.export_every == 0 and not done:
                 export(model, out / f"export-step_{step:06d}", cfg, rank)
-            if done:
-                break
+            if done or phase_at(step) != phase:
+                break  # the end, or the curriculum is over: the next phase's loader
         else:
             sampler.set_epoch(sampler.epoch + 1)
     bar.close()
     final = export(model, out / "final", cfg, rank, reload=main and cfg.zero_stage == 3)
     summary = {"steps": step, "seconds": round(time.perf_counter() - start_time, 1), "samples_seen": samples_seen,
-               "bad_samples": len(dataset.bad), "peak_rss_gib": _peak_rss_gib()}
+               "bad_samples": sum(len(d.bad) for d, _, _ in phases.values()), "peak_rss_gib": _peak_rss_gib()}
     if main and cfg.data.val_bench:
         # Under ZeRO-3 the live parameters are partitioned across ranks, so rank 0 evaluates the export.
         record = evaluate(final if final is not None else model, ["tv_align"], output=out / "final" / "eval-val.json",
@@ -413,7 +433,8 @@ def _curve_point(out: Path, cfg: SFTConfig, step: int, train_seconds: float, rec
     """One validation point of the learning curve in out/curve.jsonl (plotted by `python -m mmvid.plots`)."""
     result = record["results"]["tv_align"]
     metrics = {k: v["value"] for k, v in result["metrics"].items()}
-    point = {"step": step, "stage": "align" if step <= cfg.align_steps else "sft", "train_seconds": round(train_seconds, 1),
+    stage = "align" if step <= cfg.align_steps else "curriculum" if step <= cfg.data.curriculum_steps else "sft"
+    point = {"step": step, "stage": stage, "train_seconds": round(train_seconds, 1),
              "formulation": result["settings"]["option_format"], "metrics": metrics}
     with (out / "curve.jsonl").open("a") as f:
         f.write(json.dumps(point) + "\n")
