@@ -179,10 +179,10 @@ def test_text_pretraining_saves_an_llm_folder_that_videollm_loads(tmp_path, one_
 
 
 def test_align_steps_keep_the_llm_frozen_first():
-    from mmvid.sft.config import SFTConfig
+    from mmvid.sft.config import SFTConfig, SFTData
     from mmvid.sft.trainer import lr_lambda
 
-    cfg = SFTConfig(warmup_steps=10, steps=100, align_steps=20)
+    cfg = SFTConfig(warmup_steps=10, steps=100, align_steps=20, data=SFTData(curriculum_steps=0))
     llm, projector = lr_lambda(cfg, 100, delay=20), lr_lambda(cfg, 100)
     assert [llm(s) for s in (0, 19)] == [0.0, 0.0] and llm(20) == pytest.approx(0.1) and llm(29) == pytest.approx(1.0)
     assert projector(0) == pytest.approx(0.1) and projector(15) > 0.9

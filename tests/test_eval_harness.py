@@ -190,3 +190,23 @@ def test_evaluate_on_a_live_model_writes_the_same_json(model, world, tmp_path):
     assert model.training  # restored
     assert json.loads((tmp_path / "live.json").read_text())["results"] == json.loads(json.dumps(record["results"]))
     assert torch.is_grad_enabled()
+
+
+def test_end_of_answer_scores_each_option_as_the_whole_answer(model):
+    """end_of_answer=True adds log p(end-of-turn | context + option) to each option's score, so an option that
+    extends another ("moves down and to the left" beside "moves down") can win; without it, it never can."""
+    from mmvid.evaluation.scoring import continuation_logprobs
+    from mmvid.prompting import encode_prompt
+
+    messages = [{"role": "user", "content": "What does it do?"}]
+    options = ["moves down", "moves down and to the left"]
+    plain = continuation_logprobs(model, messages, options)
+    whole = continuation_logprobs(model, messages, options, end_of_answer=True)
+    assert plain[1] < plain[0]  # the extension's probability is the prefix's times factors below 1
+    tok = model.text_tokenizer
+    for option, p, w in zip(options, plain, whole):
+        ids = encode_prompt(tok, messages, model.video_ids, []) + tok(option, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        end = float(torch.log_softmax(logits, -1)[tok.eos_token_id])
+        assert w == pytest.approx(p + end, abs=1e-4)

@@ -14,7 +14,7 @@ import pytest
 
 from mmvid.config import load_config
 from mmvid.data.shapes.build import WorldSettings, build_world
-from mmvid.sft.config import SFTConfig
+from mmvid.sft.config import SFTConfig, SFTData
 from mmvid.sft.deepspeed_config import build_deepspeed_config, resolve_user_config
 from mmvid.sft.trainer import _checkpoint_dirs
 from mmvid.videollm import VideoLLM
@@ -45,6 +45,7 @@ data:
   text_corpus_vocab: 400
   vision_tower: null  # the default's stand-ins are tested in test_default_recipe.py
   pretrained_llm: null
+  curriculum_steps: 0  # the default's attribute curriculum is tested on its own below
 batch_size: 2
 log_every: 1
 warmup_steps: 2
@@ -227,7 +228,8 @@ def test_per_module_learning_rates_and_schedule(tiny):
     from mmvid.testing import tiny_videollm
 
     model = tiny_videollm(tiny / "lr-model", train_video_tokenizer=True)
-    cfg = SFTConfig(lr=1e-3, lr_projector=5e-4, lr_video_tokenizer=1e-4, warmup_steps=10, steps=100)
+    cfg = SFTConfig(lr=1e-3, lr_projector=5e-4, lr_video_tokenizer=1e-4, warmup_steps=10, steps=100,
+                    data=SFTData(curriculum_steps=0))
     groups = {g["name"]: g for g in parameter_groups(model, cfg)}
     assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1e-3, "projector": 5e-4, "video_tokenizer": 1e-4}
     assert sum(p.numel() for p in groups["projector"]["params"]) == sum(p.numel() for p in model.projector.parameters())

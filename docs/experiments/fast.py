@@ -8,8 +8,8 @@ from mmvid.sft.data import SFTDataset
 from mmvid.videollm import VideoLLM
 from mmvid.data import read_video, frames_to_tensor
 from dataclasses import replace
-torch.set_num_threads(2); torch.manual_seed(0); random.seed(0)
 E = dict(a.split("=") for a in sys.argv[1:])
+torch.set_num_threads(int(E.get("THREADS", 2))); torch.manual_seed(int(E.get("SEED", 0))); random.seed(int(E.get("SEED", 0)))
 N = int(E.get("N", 2000)); SECS = float(E.get("SECS", 240)); BS = int(E.get("BS", 8)); LR = float(E.get("LR", 1e-3))
 VT = E.get("VT", "runs/sft-default/video-tokenizer"); LLM = E.get("LLM", "runs/sft-default/llm")
 MAXR = int(E.get("MAXR", 8)); KP = int(E.get("KP", 0)); TRAINFILE = E.get("TRAIN", "data/shapes/train/sft_cloze.jsonl")
@@ -28,7 +28,7 @@ def oracle(split, video):
     lab = torch.from_numpy(cell_labels(rec, [0], 64, 8)[0]).reshape(4, 64)  # (4, 64)
     oh = torch.cat([torch.nn.functional.one_hot(lab[0], 9), torch.nn.functional.one_hot(lab[1], 7), torch.nn.functional.one_hot(lab[2], 2), torch.nn.functional.one_hot(lab[3], 3)], -1).float()
     out = torch.zeros(71, 32); out[:64, :21] = oh; return out
-cache = Path(f"/tmp/exp/tokcache-{Path(VT).name}-kp0-{N}{'-oracle' if ORACLE else ''}.pt")
+cache = Path(f"/tmp/exp/tokcache-{VT.strip('/').replace('/', '_')}-kp0-{N}{'-oracle' if ORACLE else ''}.pt")
 if ORACLE: toks = {f"videos/{i:06d}.mp4": oracle("train", f"videos/{i:06d}.mp4") for i in range(N)}
 elif cache.exists(): toks = torch.load(cache, weights_only=True)
 else:
@@ -81,10 +81,14 @@ def evaluate():
             vcache[q["video"]] = (VTOK.encode if KP else model.video_tokens)(frames_to_tensor(read_video("data/shapes/val/" + q["video"], num_frames=8, size=64).frames)[None])
             if KP: vcache[q["video"]] = pool(vcache[q["video"]][0])[None]
         f = model.project(vcache[q["video"]])
-        s = continuation_logprobs(model, [{"role": "user", "content": f"{q['question']}\n<video>" if QFIRST else f"<video>\n{q['question']}"}], q["options"], f)
-        acc.setdefault(q["category"], []).append(int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
-    model.train(); r = {k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}
-    r["ALL"] = round(sum(sum(v) for v in acc.values()) / len(val), 3); return r
+        msg = [{"role": "user", "content": f"{q['question']}\n<video>" if QFIRST else f"<video>\n{q['question']}"}]
+        for end in (True, False):  # the option as the whole answer (end-of-turn token), and lm-eval's plain continuation
+            s = continuation_logprobs(model, msg, q["options"], f, end_of_answer=end)
+            acc.setdefault((end, q["category"]), []).append(int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
+    model.train(); r = {k: round(sum(v) / len(v), 2) for (end, k), v in sorted(acc.items()) if end}
+    r["ALL"] = round(sum(sum(v) for (end, _), v in acc.items() if end) / len(val), 3)
+    r["ALL_plain"] = round(sum(sum(v) for (end, _), v in acc.items() if not end) / len(val), 3)
+    r["action_plain"] = round(sum(acc[(False, "action")]) / len(acc[(False, "action")]), 2); return r
 LOSS = E.get("LOSS", "token")  # token: the mean over supervised tokens; span: each answer span (a run of labels) counts once
 def span_loss(logits, labels):
     lab = labels[:, 1:]; sup = lab != -100
@@ -100,8 +104,8 @@ opt = torch.optim.AdamW([{"params": [p for p in model.llm.parameters() if p.requ
 total_est = int(E.get("STEPS", 400))
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 30) * (0.5 * (1 + np.cos(np.pi * min(1, s / total_est)))))
 t0 = time.time(); step = 0; order = list(range(len(ds.items))); random.shuffle(order); pos = 0; nexte = SECS / 3
-while time.time() - t0 < SECS:
-    if CUR and ds is not ds_main and time.time() - t0 > cur_secs:
+while time.time() - t0 < SECS and not (E.get("STOP") == "1" and step >= total_est):
+    if CUR and ds is not ds_main and (step >= int(E["CURSTEPS"]) if "CURSTEPS" in E else time.time() - t0 > cur_secs):
         print(f"curriculum phase done at step {step}", flush=True); ds = ds_main; ENC.clear(); order = list(range(len(ds.items))); random.shuffle(order); pos = 0
     items = []
     for _ in range(BS):
@@ -111,6 +115,6 @@ while time.time() - t0 < SECS:
     out = model(**batch, video_features=feats)
     loss = out.loss if LOSS == "token" else span_loss(out.logits, batch["labels"])
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step(); step += 1
-    if time.time() - t0 > nexte:
+    if (step % int(E["EVERY"]) == 0) if "EVERY" in E else time.time() - t0 > nexte:
         nexte += SECS / 3; print(f"step {step} {time.time()-t0:.0f}s loss {out.loss.item():.3f} epoch {pos/len(order):.2f} val {evaluate()}", flush=True)
 print(f"FINAL {E} steps {step} epochs {pos/len(order):.2f} val {evaluate()}", flush=True)

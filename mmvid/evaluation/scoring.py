@@ -3,6 +3,11 @@
 Log-likelihood follows lm-eval's conventions: the chat prompt (ending in the assistant's generation
 prompt) is the context; each choice is a continuation; `acc` takes the highest summed log-prob and
 `acc_norm` the highest log-prob per byte of the continuation.
+
+`end_of_answer=True` appends the tokenizer's end-of-turn token (its eos, which ends every assistant turn
+the chat template trains) to each choice, so a choice is scored as the *whole* answer. Without it, a choice
+that extends another ("moves down and to the left" beside "moves down") can never win on summed log-prob,
+since its probability is the shorter one's times more factors below 1.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from mmvid.videollm import VideoLLM
 
 @torch.no_grad()
 def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: list[str],
-                          video_features: torch.Tensor | None = None) -> list[float]:
+                          video_features: torch.Tensor | None = None, end_of_answer: bool = False) -> list[float]:
     """Summed log-prob of each continuation after the chat `messages` (+ generation prompt).
 
     Args:
         video_features: (V, N, D) for the V `<video>` placeholders of the messages, in order.
+        end_of_answer: score each continuation followed by the end-of-turn (eos) token: the whole answer.
     """
     tok = model.text_tokenizer
     count = 0 if video_features is None else video_features.shape[0]
@@ -30,6 +36,10 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
     pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
     if any(len(p) == 0 for p in pieces):
         raise ValueError(f"a continuation encodes to no tokens: {continuations!r}")
+    if end_of_answer:
+        if tok.eos_token_id is None:
+            raise ValueError("end_of_answer=True needs a tokenizer with an eos (end-of-turn) token")
+        pieces = [p + [tok.eos_token_id] for p in pieces]
     device = model._device()
     if all(len(p) == 1 for p in pieces):  # one forward pass scores every single-token choice
         ids = torch.tensor([context], device=device)

@@ -18,6 +18,10 @@ Scoring modes:
     multiple-choice formulation, for LLMs that can bind symbols);
   - `text`: the lettered prompt, the option texts scored.
   `acc` takes the highest summed log-prob, `acc_norm` the highest log-prob per byte.
+  `end_of_answer` (`turn`, the default, or `none`): with `turn` each option is scored followed by the
+  end-of-turn token, as the whole answer; with `none` (lm-eval's plain continuation) an option that
+  extends another ("moves down and to the left" beside "moves down", 6 % of the world's action
+  questions) can never win.
 - `generate`: greedy answer, parsed as a letter or an option's text (`gen_acc`; `gen_unparsed`
   counts answers that named no option; they count as wrong).
 """
@@ -105,6 +109,9 @@ def run(ctx: BenchContext) -> BenchResult:
     if not formats or any(f not in OPTION_FORMATS for f in formats) or len(set(formats)) != len(formats):
         raise ValueError(f"option_format must be a comma list of distinct {list(OPTION_FORMATS)}, got "
                          f"{ctx.option('option_format', 'cloze,letter')!r}")
+    end_of_answer = str(ctx.option("end_of_answer", "turn"))
+    if end_of_answer not in ("turn", "none"):
+        raise ValueError(f"end_of_answer must be 'turn' or 'none', got {end_of_answer!r}")
     path = benchmark_file(ctx)
     questions = load_questions(path)[: ctx.limit]
     root = Path(ctx.option("video_root") or path.parent)
@@ -127,7 +134,7 @@ def run(ctx: BenchContext) -> BenchResult:
                 suffix = "" if k == 0 else f"_{fmt}"
                 prompt = messages if fmt != "cloze" else [{"role": "user", "content": f"{VIDEO_TOKEN}\n{q['question']}"}]
                 choices = letters if fmt == "letter" else q["options"]
-                scores = continuation_logprobs(model, prompt, choices, features)
+                scores = continuation_logprobs(model, prompt, choices, features, end_of_answer=end_of_answer == "turn")
                 raw, norm = pick(scores, choices)
                 for name, choice in ((f"acc{suffix}", raw), (f"acc_norm{suffix}", norm)):
                     hit = float(choice == q["answer_index"])
@@ -150,6 +157,7 @@ def run(ctx: BenchContext) -> BenchResult:
             value, stderr = mean_stderr(groups[group])
             metrics.append(Metric(name if group == "overall" else f"{group}/{name}", value, stderr, len(groups[group])))
     settings = {"file": str(path), "mode": mode, "option_format": formats[0], "headline": f"acc = {formats[0]} formulation",
+                "end_of_answer": end_of_answer,
                 "also_reported": {f"acc_{f}": f"{f} formulation" for f in formats[1:]}, "questions": len(questions),
                 "chance": 1 / len(questions[0]["options"])}
     return BenchResult("tv_align", metrics, settings, samples)
