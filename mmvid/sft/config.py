@@ -4,7 +4,8 @@ The defaults are the built-in CPU pipeline, a miniature of the real recipe: the 
 sentencepiece tokenizer trained on its training text; stand-ins for the pretrained models a user
 downloads (a vision tower trained with a semantic objective, a tiny Llama pretrained on reading
 comprehension), each saved as a Hugging Face folder and loaded exactly like a downloaded one; VTok
-on that frozen tower; then SFT in the cloze formulation (`align_steps` adds LLaVA's projector-only stage 1; off).
+on that frozen tower; then SFT in the cloze formulation, its first `data.curriculum_steps` on colour and shape
+questions only (`align_steps` adds LLaVA's projector-only stage 1; off).
 """
 
 from __future__ import annotations
