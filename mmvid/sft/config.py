@@ -69,8 +69,10 @@ class SFTData:
     t2v_fraction: float = 0.25  # share of the videos whose text-to-video sequence is trained (merged into their item)
     # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
     # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
-    video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base.yaml"
-    video_tokenizer_minutes: float = 1.5
+    # The default's: vtok_base with the middle frame as key frame (every world object is on screen then; the paper's
+    # first-frame key is tokenizers/vtok/vtok_base.yaml).
+    video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base_midkey.yaml"
+    video_tokenizer_minutes: float = 1.0
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 
@@ -108,7 +110,7 @@ class SFTConfig:
     keep_checkpoints: int = 2
     export_every: int = 0  # also write out/export-step_N/ every N steps (0: only final)
     eval_every: int = 200  # tv_align on the val bench every N steps (0: only at the end): the learning curve
-    eval_limit: int | None = 300  # questions per evaluation
+    eval_limit: int | None = 200  # questions per evaluation
     log_every: int = 10
     seed: int = 0
     chat_prompt: str | None = "Describe the video."  # answered once at the end, about the first test video
