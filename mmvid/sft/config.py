@@ -60,7 +60,7 @@ class SFTData:
     # config as its frozen feature extractor (feature_extractor=hf, hf_path=this folder). None: no tower.
     vision_tower: str | None = "runs/sft-default/vision-tower"
     vision_tower_objective: str = "dense"  # dense (ground-truth attribute maps) | contrastive (captions, SigLIP-style)
-    vision_tower_minutes: float = 1.0  # per-cell colour/shape 0.98/0.96 after 30 s, 0.99/0.99 after 70 s
+    vision_tower_minutes: float = 1.0  # saturated: per-cell val colour/shape 0.97/0.97 after 60 s
     vision_tower_steps: int | None = None  # also stop after this many steps (tests)
     split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
     pack_questions: bool = True  # the split rounds of one video as one row (block mask): its positions computed once (sdpa/eager)
