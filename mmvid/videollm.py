@@ -204,9 +204,7 @@ class VideoLLM(nn.Module):
                 for pname, p in part.named_parameters():
                     p.requires_grad = flag and "lora_" in pname
             else:
-                part.requires_grad_(flag)
-        if getattr(self.video_tokenizer.config, "feature_extractor", None) == "hf" and self.video_tokenizer.config.freeze_features:
-            self.video_tokenizer.features.requires_grad_(False)
+                part.requires_grad_(flag)  # a video tokenizer keeps its frozen parts frozen (VTok.requires_grad_)
         parts = [("llm", self.llm), ("projector", self.projector), ("video_tokenizer", self.video_tokenizer)]
         if self.generation_head is not None:
             self.generation_head.requires_grad_(True)

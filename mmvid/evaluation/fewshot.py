@@ -8,12 +8,12 @@ the object does, and the assistant answers with the class label; then the query.
 is scored as the answer's continuation (`acc`, and per-byte `acc_norm`). Chance is 1/N.
 
 Words mode (`--video-as words`, or `--option video_as=words`; `text` is the same): every support and
-query video enters the LLM as text, the words of a tokenizer with `video_to_text(video) -> str`
+query video enters the LLM as text, `video_to_text(video) -> str` of a tokenizer with words
 (SweetTok: "adj adj noun ..." for its spatial tokens, then "adv adv verb ..." for its temporal ones),
 in place of `<video>`, as SPAE / V2L-style in-context recognition with a frozen LLM. The tokenizer is
-the model's video tokenizer when it has that method, else `--option words_tokenizer=PATH` (a
+the model's video tokenizer when it has words, else `--option words_tokenizer=PATH` (a
 `save_pretrained` SweetTok folder, or a preset name, untrained, for plumbing checks); videos are then
-read at that tokenizer's `num_frames` and `image_size`. `--option words_top=K` keeps each clip's K
+read at that tokenizer's `clip_frames` and `image_size`. `--option words_top=K` keeps each clip's K
 most frequent words (most frequent first) to fit long word lists in the context; 0 (default) keeps all.
 
     python eval/run.py --bench fewshot --video-as words --option words_tokenizer=runs/tokenizer-sweettok_base/final
@@ -96,20 +96,20 @@ def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) ->
 
 def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, int, int, str]:
     """The words mode's tokenizer: (tokenizer, frames, size, name) — the model's when it has
-    `video_to_text`, else `words_tokenizer=` (a saved folder or a preset)."""
+    words (`has_words`), else `words_tokenizer=` (a saved folder or a preset)."""
     spec = ctx.option("words_tokenizer")
     if spec is None:
         tokenizer = model.video_tokenizer
-        if not hasattr(tokenizer, "video_to_text"):
+        if not tokenizer.has_words:
             raise ValueError(f"--video-as words needs a video tokenizer with video_to_text() (SweetTok); the model's "
                              f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved SweetTok folder)")
         return tokenizer, model.config.num_frames, model.image_size, str(tokenizer.preset)
     tokenizer = video_tokenizer_from(spec)  # a preset is untrained: its words say nothing, but the plumbing runs
-    if not hasattr(tokenizer, "video_to_text"):
+    if not tokenizer.has_words:
         raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without video_to_text() "
                          f"(use a SweetTok)")
     tokenizer.eval().to(model._device())
-    return tokenizer, tokenizer.config.num_frames, tokenizer.config.image_size, spec
+    return tokenizer, tokenizer.clip_frames or model.config.num_frames, tokenizer.image_size, spec
 
 
 def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
@@ -136,9 +136,9 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
             str(model.video_tokenizer.preset)
     else:
         tokenizer, name = video_tokenizer_from(spec).eval(), spec
-        frames = getattr(tokenizer.config, "num_frames", None) or int(ctx.option("frames", "16"))
-        size = tokenizer.config.image_size
-    if video_as == "words" and not hasattr(tokenizer, "encode_ids"):
+        frames = tokenizer.clip_frames or int(ctx.option("frames", "16"))
+        size = tokenizer.image_size
+    if video_as == "words" and not tokenizer.has_words:
         raise ValueError(f"the prototype scorer's words mode needs a tokenizer with word ids (SweetTok); "
                          f"{name!r} is a {tokenizer.architecture} tokenizer")
     device = next(tokenizer.parameters()).device

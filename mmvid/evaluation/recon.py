@@ -5,7 +5,7 @@
     python eval/run.py --bench recon --tokenizer vtok_tiny --data my_videos/ --split none --frames 16
     python eval/run.py --bench recon --tokenizer runs/vtok/final --fvd_model i3d_torchscript.pt
 
-Each video is read at `frames` frames (uniform sampling) and the tokenizer's `config.image_size`, encoded,
+Each video is read at `frames` frames (uniform sampling) and the tokenizer's `image_size`, encoded,
 decoded and clamped to [-1, 1]. Metrics:
 
     psnr, ssim                  mean over videos (with stderr), on [-1, 1] (data range 2), see mmvid.metrics
@@ -26,7 +26,6 @@ sets: compare FVDs only at the same number of videos (standard practice uses tho
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def run(ctx: BenchContext) -> BenchResult:
     tokenizer, source = _tokenizer(ctx)
     model_frames = ctx.model.config.num_frames if ctx.model is not None else DEFAULT_FRAMES
     frames = int(ctx.option("frames") or model_frames)
-    size = tokenizer.config.image_size
+    size = tokenizer.image_size
     split = ctx.option("split", "test")
     split = None if split is None or split.lower() in NO_VALUE else split
     extractor, fvd_size = _fvd_extractor(ctx)  # fails on a bad path before any work is done
@@ -60,7 +59,6 @@ def run(ctx: BenchContext) -> BenchResult:
     loader = DataLoader(VideoClipDataset(videos, frames, size, seed=ctx.seed), batch_size=ctx.batch_size)
     device = _device(tokenizer)
     dtype = next(tokenizer.parameters()).dtype
-    carries_key = "return_key_index" in inspect.signature(tokenizer.encode).parameters  # VTok "max_change"
 
     was_training = tokenizer.training
     tokenizer.eval()
@@ -73,15 +71,9 @@ def run(ctx: BenchContext) -> BenchResult:
             for batch in loader:
                 x = batch["video"].to(device, dtype)  # (B, 3, T, H, W)
                 start = _now(device)
-                if carries_key:
-                    tokens, keys = tokenizer.encode(x, return_key_index=True)
-                else:
-                    tokens, keys = tokenizer.encode(x), None
+                tokens, state = tokenizer.encode_with_state(x)  # state: what decode needs (VTok "max_change")
                 middle = _now(device)
-                if keys is not None:
-                    y = tokenizer.decode(tokens, num_frames=frames, key_index=keys)
-                else:
-                    y = tokenizer.decode(tokens, num_frames=frames)
+                y = tokenizer.decode(tokens, num_frames=frames, **state)
                 encode_s += middle - start
                 decode_s += _now(device) - middle
                 y = y.clamp(-1, 1)

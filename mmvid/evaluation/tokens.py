@@ -4,7 +4,7 @@
     python eval/run.py --bench tokens --model runs/sft/final --frames 8,16,32 --max_prefill_tokens 8192
 
 For every preset in `VIDEO_TOKENIZERS` (built under torch.device("meta"): no memory, no weights) and every
-frame count of `--frames` (default 8,16,32,64,128), at the preset's own `config.image_size` (the presets
+frame count of `--frames` (default 8,16,32,64,128), at the preset's own `image_size` (the presets
 have a fixed resolution, recorded per row): `tokenizer.num_tokens(T, size, size)`, the count before any
 projector. For each distinct count N up to `--max_prefill_tokens` (default 4096; larger ones are listed
 in settings["skipped_prefill"]): the time of one LLM forward pass (prefill, use_cache, logits of the last
@@ -48,7 +48,7 @@ def run(ctx: BenchContext) -> BenchResult:
     for name in VIDEO_TOKENIZERS:
         with torch.device("meta"):
             tokenizer = build_video_tokenizer(name)
-        size = tokenizer.config.image_size
+        size = tokenizer.image_size
         rows += [(name, T, size, tokenizer.num_tokens(T, size, size)) for T in frame_counts]
 
     llm, llm_source = _llm(ctx, max_prefill + PROMPT_TOKENS)

@@ -8,6 +8,7 @@
     tokenizer.save_pretrained("ckpt/");  load_video_tokenizer("ckpt/")
 
 Discrete tokenizers return long ids (B, N) and expose `codebook_size` (and `words` when ids are words).
+What else a caller may rely on is declared on `VideoTokenizer`, so no caller probes for methods.
 """
 
 from __future__ import annotations
@@ -58,7 +59,23 @@ class TokenLayout:
 
 
 class VideoTokenizer(nn.Module):
-    """Base class. Subclasses set `architecture`, `config_class` and implement the methods below."""
+    """Base class. Subclasses set `architecture`, `config_class` and implement encode, decode,
+    num_tokens, token_layout and token_dim. What every tokenizer declares:
+
+        image_size       frames are image_size x image_size pixels
+        min_frames       the shortest clip it encodes
+        clip_frames      the clip length it is built for (CoordTok: the longest it takes; SweetTok: what
+                         decode assumes when not told); None when any length works
+        discrete         encode gives long ids (B, N), not vectors (B, N, token_dim)
+        codebook_size    ids index a codebook of this size (encode_ids, ids_to_vectors); None: no codebook
+        words, has_words id -> word when the ids are words (video_to_text); None / False otherwise
+        id_ranges()      [low, high) of the ids allowed at each id position; None: any id anywhere
+        decode_state     what decode needs besides the tokens (VTok "max_change": key_index), as
+                         encode_with_state returns it: decode(tokens, num_frames, **state)
+
+    A method a tokenizer lacks raises ValueError naming the tokenizer and what it lacks.
+    `requires_grad_` leaves parts a tokenizer keeps frozen (VTok's frozen HF features) frozen.
+    """
 
     architecture: str = ""  # key in ARCHITECTURES, stored in config.json
     config_class: type = object
@@ -90,11 +107,57 @@ class VideoTokenizer(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction: decode(encode(video)), what training optimises."""
-        return self.decode(self.encode(video), num_frames=video.shape[2])
+        tokens, state = self.encode_with_state(video)
+        return self.decode(tokens, num_frames=video.shape[2], **state)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def clip_frames(self) -> int | None:
+        return None
 
     @property
     def codebook_size(self) -> int | None:
         return None
+
+    @property
+    def words(self) -> list[str] | None:
+        return None
+
+    @property
+    def has_words(self) -> bool:
+        return self.words is not None
+
+    def id_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """[low, high) of the ids allowed at each id position; None when any id in [0, codebook_size) is."""
+        if self.codebook_size is None:
+            raise self.lacks("ids (it has no codebook)")
+        return None
+
+    @property
+    def decode_state(self) -> tuple[str, ...]:
+        """Names of the keyword arguments decode needs besides the tokens (from encode_with_state)."""
+        return ()
+
+    def encode_with_state(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """encode(video), and the `decode_state` that decoding those tokens needs, by name."""
+        return self.encode(video), {}
+
+    def encode_ids(self, video: torch.Tensor) -> torch.Tensor:
+        raise self.lacks("codebook ids (encode_ids)")
+
+    def ids_to_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        raise self.lacks("codebook ids (ids_to_vectors)")
+
+    def video_to_text(self, video: torch.Tensor) -> str:
+        raise self.lacks("words (video_to_text)")
+
+    def lacks(self, what: str) -> ValueError:
+        """The error for a use this tokenizer does not support."""
+        preset = f" ({self.preset})" if self.preset else ""
+        return ValueError(f"the {type(self).__name__}{preset} video tokenizer has no {what}")
 
     # -- input checks shared by every tokenizer ----------------------------------------------------
 
@@ -114,8 +177,8 @@ class VideoTokenizer(nn.Module):
         return B, T, H, W
 
     def check_size(self, height: int, width: int) -> None:
-        size = getattr(self.config, "image_size", None)
-        if size is not None and (height, width) != (size, size):
+        size = self.image_size
+        if (height, width) != (size, size):
             raise ValueError(f"{type(self).__name__} expects {size}x{size} frames, got {height}x{width}; "
                              f"read videos with read_video(..., size={size})")
 

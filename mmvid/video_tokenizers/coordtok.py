@@ -342,6 +342,10 @@ class CoordTok(VideoTokenizer):
     def token_dim(self) -> int:
         return self.config.plane_channels
 
+    @property
+    def clip_frames(self) -> int:
+        return self.config.num_frames
+
     # -- checks and layout -------------------------------------------------------------------------
 
     def check_frames(self, num_frames: int) -> None:

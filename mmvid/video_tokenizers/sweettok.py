@@ -484,6 +484,10 @@ class SweetTok(VideoTokenizer):
     def token_dim(self) -> int:
         return 2 * self.config.codeword_dim
 
+    @property
+    def clip_frames(self) -> int:
+        return self.config.num_frames
+
     # -- counts and layout -------------------------------------------------------------------------
 
     def latent_frames(self, num_frames: int) -> int:

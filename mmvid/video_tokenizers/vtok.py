@@ -127,6 +127,21 @@ class VTok(VideoTokenizer):
     def token_dim(self) -> int:
         return self.config.token_dim
 
+    @property
+    def decode_state(self) -> tuple[str, ...]:
+        return ("key_index",) if self.config.key_frame == "max_change" else ()  # the key frame is the content's
+
+    def encode_with_state(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        tokens, keys = self.encode(video, return_key_index=True)
+        return tokens, {"key_index": keys} if self.decode_state else {}
+
+    def requires_grad_(self, requires_grad: bool = True) -> VTok:
+        """As nn.Module's, but a frozen HF feature extractor (freeze_features) stays frozen."""
+        super().requires_grad_(requires_grad)
+        if self.config.feature_extractor == "hf" and self.config.freeze_features:
+            self.features.requires_grad_(False)
+        return self
+
     # -- layout ------------------------------------------------------------------------------------
 
     def num_tokens(self, num_frames: int, height: int, width: int) -> int:
@@ -196,10 +211,6 @@ class VTok(VideoTokenizer):
         if self.config.residual_pool == "attention":
             return self.residual(diff + self.residual_pos)[:, 0]
         return self.residual(diff.mean(1))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        tokens, keys = self.encode(video, return_key_index=True)
-        return self.decode(tokens, num_frames=video.shape[2], key_index=keys)
 
     # -- decode ------------------------------------------------------------------------------------
 
