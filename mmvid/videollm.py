@@ -395,9 +395,9 @@ class VideoLLM(nn.Module):
 
     def _id_ranges(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """[low, high) of the ids allowed at each of the n positions (SweetTok: each slot's part of speech)."""
-        ranges = getattr(self.video_tokenizer, "id_ranges", None)
+        ranges = self.video_tokenizer.id_ranges(device)
         if ranges is not None:
-            low, high = ranges(device)
+            low, high = ranges
             if len(low) != n:
                 raise ValueError(f"the tokenizer's id ranges cover {len(low)} positions but a video has {n} ids")
             return low, high
