@@ -9,10 +9,13 @@ return a float64 tensor of shape `(B,)`:
 
 ``ssim`` matches ``skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=...)`` applied to each frame and channel and averaged.
+
+``frechet_distance(features_a, features_b)`` compares two feature sets (FID/FVD), for the benches.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +85,39 @@ def ssim(
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     # Every frame and channel has the same number of positions, so one mean per sample is their mean.
     return ssim_map.reshape(B, -1).mean(dim=1)  # (B,)
+
+
+def frechet_distance(features_a, features_b, ridge: float = 0.0) -> float:
+    """The Frechet distance between Gaussians fitted to two feature sets (FID/FVD's formula):
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
+
+    tr((S_a S_b)^(1/2)) is the trace of the square root of the symmetric S_a^(1/2) S_b S_a^(1/2), from
+    eigen decompositions with round-off negative eigenvalues clipped to 0: real and finite even for
+    singular covariances (fewer samples than dimensions), where a general matrix square root of S_a S_b
+    (scipy's sqrtm) can fail or return complex values.
+
+    Args:
+        features_a, features_b: numpy arrays or torch tensors (N, D) and (M, D), N, M >= 2.
+        ridge: added to both covariances' diagonals (0: the plain estimate).
+    Returns:
+        The distance, a float computed in float64.
+    """
+    a, b = _as_float64(features_a), _as_float64(features_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected feature arrays (N, D) and (M, D), got shapes {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a covariance needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    eye = np.eye(a.shape[1])
+    sigma_a = np.atleast_2d(np.cov(a, rowvar=False)) + ridge * eye  # (D, D)
+    sigma_b = np.atleast_2d(np.cov(b, rowvar=False)) + ridge * eye
+    w, v = np.linalg.eigh(sigma_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sigma_b @ root_a), 0, None)).sum()
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2 * cross)
+
+
+def _as_float64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from mmvid.metrics import psnr, ssim
+from mmvid.metrics import frechet_distance, psnr, ssim
 
 
 def _ssim_reference(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
@@ -109,3 +109,57 @@ def test_bad_shapes_raise():
         ssim(torch.zeros(1, 3, 10, 16), torch.zeros(1, 3, 10, 16))
     with pytest.raises(ValueError, match="odd"):
         ssim(x, x, window_size=10)
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+
+def _with_covariance(mean: np.ndarray, variances: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """(n, D) features whose sample mean and covariance are exactly `mean` and diag(`variances`):
+    orthonormal columns, orthogonal to the constant vector, scaled."""
+    basis, _ = np.linalg.qr(np.column_stack([np.ones(n), np.random.default_rng(seed).normal(size=(n, len(mean)))]))
+    return mean + basis[:, 1:] * np.sqrt((n - 1) * variances)
+
+
+@pytest.mark.parametrize("variances_b", [[0.5, 2.0, 1.0, 4.0], [0.5, 0.0, 1.0, 0.0]])  # the second is singular
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances(variances_b):
+    mean_a, mean_b = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.5])
+    var_a, var_b = np.array([1.0, 3.0, 0.25, 4.0]), np.array(variances_b)
+    a, b = _with_covariance(mean_a, var_a, 40, seed=0), _with_covariance(mean_b, var_b, 30, seed=1)
+    expected = np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, rel=1e-9)
+    ridge = 0.1  # adds 0.1 to every variance
+    expected = np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(var_a + ridge) - np.sqrt(var_b + ridge)) ** 2)
+    assert frechet_distance(a, b, ridge=ridge) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_is_finite_with_fewer_samples_than_dimensions():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 12)), rng.normal(size=(6, 12))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)  # sqrt of round-off at the zero eigenvalues
+    assert np.isfinite(frechet_distance(a, b)) and frechet_distance(a, b) > 0
+
+
+def test_both_benches_give_the_frechet_distances_they_gave_before():
+    """Golden values of the two implementations this one replaced: recon's (scipy sqrtm) and
+    tv_align_gen's (eigh, covariances + 1e-6 I), on the same seeded features."""
+    from mmvid.evaluation import recon, tv_align_gen
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(64, 6))
+    b = rng.normal(size=(80, 6)) @ rng.normal(size=(6, 6)) * 0.5 + 0.3
+    assert recon.frechet_distance is tv_align_gen.frechet_distance is frechet_distance
+    assert frechet_distance(a, b) == pytest.approx(3.0745322313499504, rel=1e-12)  # recon's, ridge 0
+    generated = [rng.random((8, 5)) for _ in range(6)]
+    real = [rng.random((8, 5)) * 0.8 + 0.1 for _ in range(6)]
+    metrics = {m.name: m.value for m in tv_align_gen.distribution_metrics(generated, real)}
+    assert metrics["frechet"] == pytest.approx(0.06920546399657401, rel=1e-12)
+    assert metrics["frechet_real_ref"] == pytest.approx(0.06313234691834946, rel=1e-12)
+
+
+def test_frechet_distance_bad_inputs_raise():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"\(N, D\) and \(M, D\)"):
+        frechet_distance(np.zeros((4, 3)), np.zeros((4, 2)))

@@ -29,14 +29,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mmvid.data.video_dataset import VideoClipDataset, list_videos
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
-from mmvid.metrics import psnr, ssim
+from mmvid.metrics import frechet_distance, psnr, ssim
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from
 
 DEFAULT_FRAMES = 16  # when no VideoLLM says how many frames it reads
@@ -113,47 +112,6 @@ def run(ctx: BenchContext) -> BenchResult:
         samples = [{"path": p, "psnr": a, "ssim": b}
                    for p, a, b in zip(paths, scores["psnr"], scores["ssim"])]
     return BenchResult("recon", metrics, settings, samples)
-
-
-# ----------------------------------------------------------------------------------------------
-# Frechet distance
-# ----------------------------------------------------------------------------------------------
-
-
-def frechet_distance(features_a, features_b, eps: float = 1e-6) -> float:
-    """The Frechet distance between Gaussians fitted to two feature sets (FID/FVD's formula):
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
-
-    Args:
-        features_a, features_b: numpy arrays or torch tensors (N, D) and (M, D), N, M >= 2.
-        eps: added to both covariances' diagonals when their product's square root is not finite
-            (singular covariances, e.g. fewer samples than feature dimensions).
-    Returns:
-        The distance (float); the imaginary part numerical error leaves in the square root is dropped.
-    """
-    from scipy import linalg
-
-    a, b = _as_float64(features_a), _as_float64(features_b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected feature arrays (N, D) and (M, D), got shapes {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"a covariance needs at least 2 samples per set, got {len(a)} and {len(b)}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sigma_a = np.atleast_2d(np.cov(a, rowvar=False))  # (D, D)
-    sigma_b = np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(sigma_a)) * eps
-        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    covmean = np.real(covmean)
-    diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(covmean))
-
-
-def _as_float64(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from tqdm import tqdm
 from mmvid.data import read_video, write_video
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.tv_align import BenchmarkFormatError, read_records
+from mmvid.metrics import frechet_distance
 
 if TYPE_CHECKING:
     from mmvid.data.shapes.analyzer import Analysis
@@ -182,24 +183,6 @@ def video_feature(features: np.ndarray) -> np.ndarray:
     return np.concatenate([features.mean(0), features.std(0)])
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray, ridge: float = RIDGE) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` for Gaussians fitted to (N, D) and (M, D).
-
-    `ridge` is added to both covariances. tr((S_a S_b)^(1/2)) is computed as the trace of the square
-    root of the symmetric S_a^(1/2) S_b S_a^(1/2), by eigen decompositions (real and stable).
-    """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"expected feature arrays (N, D) and (M, D), N, M >= 2, got {a.shape} and {b.shape}")
-    eye = np.eye(a.shape[1])
-    sigma_a = np.cov(a, rowvar=False) + ridge * eye  # (D, D)
-    sigma_b = np.cov(b, rowvar=False) + ridge * eye
-    w, v = np.linalg.eigh(sigma_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sigma_b @ root_a), 0, None)).sum()
-    diff = a.mean(0) - b.mean(0)
-    return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2 * cross)
-
-
 def mean_pairwise_distance(x: np.ndarray) -> float:
     """Mean L2 distance over all pairs of rows of (N, D); nan below 2 rows."""
     if len(x) < 2:
@@ -217,8 +200,8 @@ def distribution_metrics(generated: list[np.ndarray], real: list[np.ndarray]) ->
     half = n // 2  # halves A = [0, half) and B = [half, n), their videos' frames pooled
     gen_a, gen_b = np.concatenate(generated[:half]), np.concatenate(generated[half:])
     real_a, real_b = np.concatenate(real[:half]), np.concatenate(real[half:])
-    frechet = (frechet_distance(gen_a, real_b) + frechet_distance(gen_b, real_a)) / 2
-    reference = frechet_distance(real_a, real_b)
+    frechet = (frechet_distance(gen_a, real_b, RIDGE) + frechet_distance(gen_b, real_a, RIDGE)) / 2
+    reference = frechet_distance(real_a, real_b, RIDGE)
     spread_real = mean_pairwise_distance(np.stack([video_feature(f) for f in real]))
     spread_gen = mean_pairwise_distance(np.stack([video_feature(f) for f in generated]))
     diversity = spread_gen / spread_real if spread_real > 0 else float("nan")
