@@ -210,3 +210,21 @@ def test_end_of_answer_scores_each_option_as_the_whole_answer(model):
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         end = float(torch.log_softmax(logits, -1)[tok.eos_token_id])
         assert w == pytest.approx(p + end, abs=1e-4)
+
+
+def test_continuation_scores_do_not_depend_on_the_batch_size(model):
+    """One scorer for every bench, left-padded with position ids: 1 and 8 continuations per forward pass
+    give the same scores, with a video in the context and without."""
+    from mmvid.evaluation.scoring import continuation_logprobs
+    from mmvid.testing import world_clips
+    from mmvid.text_tokenizer import VIDEO_TOKEN
+
+    options = ["moves down", "moves down and to the left", "rotates", "a small red star that bounces quickly",
+               "shrinks", "grows slowly", "moves up quickly", "a large blue square", "bounces"]
+    with torch.no_grad():
+        features = model.encode_video(world_clips(1, model.config.num_frames, model.image_size))
+    for messages, video in (([{"role": "user", "content": f"{VIDEO_TOKEN}\nWhat does the object do?"}], features),
+                            ([{"role": "user", "content": "What does it do?"}], None)):
+        one, eight = (continuation_logprobs(model, messages, options, video, end_of_answer=True, batch_size=n)
+                      for n in (1, 8))
+        torch.testing.assert_close(torch.tensor(eight), torch.tensor(one))

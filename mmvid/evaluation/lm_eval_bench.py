@@ -19,7 +19,8 @@ context is the bos token alone (eos without bos). No chat template unless lm-eva
     generate_until         greedy unless do_sample; stops at `until` strings, eos or max_gen_toks.
 
 Requests are sorted by length and run in batches of `batch_size`, left-padded with explicit position
-ids, so scores do not depend on the batch (only the continuation's logits are computed).
+ids (`mmvid.evaluation.scoring.score_sequences`), so scores do not depend on the batch (only the
+continuation's logits are computed).
 
 Local tasks (`eval/tasks/mmvid_shapes/`), built on the spot from the synthetic world, so no
 download is ever needed: the default world's test scenes (`WorldSettings()`, seeds as in
@@ -61,6 +62,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm import tqdm
 
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric
+from mmvid.evaluation.scoring import left_pad, score_sequences
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +223,9 @@ class MMVidLM(TemplateLM):
         with self._eval_mode(), tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm) as bar:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                scores = self._score_batch([requests[i][1] + requests[i][2] for i in chunk],
-                                           [len(requests[i][2]) for i in chunk])
+                sequences = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in chunk]  # the last tokens
+                scores = score_sequences(self._logits, sequences, [len(requests[i][2]) for i in chunk], self._pad_id,
+                                         self._device)
                 for i, score in zip(chunk, scores):
                     results[i] = score
                     if requests[i][0] is not None:
@@ -230,38 +233,15 @@ class MMVidLM(TemplateLM):
                 bar.update(len(chunk))
         return results
 
-    @torch.no_grad()
-    def _score_batch(self, sequences: list[list[int]], num_scored: list[int]) -> list[tuple[float, bool]]:
-        """Score the last `num_scored[i]` tokens of each sequence (its last max_length + 1 tokens)."""
-        inputs = [seq[-(self.max_length + 1):][:-1] for seq in sequences]
-        input_ids, attention_mask = self._left_pad(inputs)
-        keep = max(num_scored)
-        logits = self._logits(input_ids, attention_mask, keep)  # (B, keep, V): the last positions predict continuations
-        logprobs = logits.float().log_softmax(-1)
-        scores = []
-        for row, (seq, n) in enumerate(zip(sequences, num_scored)):
-            target = torch.tensor(seq[-n:], device=logprobs.device)
-            picked = logprobs[row, keep - n:]  # (n, V)
-            total = picked.gather(-1, target[:, None]).sum().item()
-            scores.append((float(total), bool((picked.argmax(-1) == target).all())))
-        return scores
-
-    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                keep: int) -> torch.Tensor:
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
-        logits = self.llm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                          **extra).logits
-        return logits[:, -keep:]
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                        **extra).logits
 
-    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, s in enumerate(sequences):
-            input_ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            attention_mask[row, width - len(s):] = 1
-        return input_ids.to(self._device), attention_mask.to(self._device)
+    @property
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of each whole string after the prefix token, in disjoint windows of max_length."""
@@ -315,7 +295,7 @@ class MMVidLM(TemplateLM):
                   temperature: float, kwargs: dict) -> list[str]:
         from transformers import StoppingCriteriaList
 
-        input_ids, attention_mask = self._left_pad(contexts)
+        input_ids, attention_mask, _ = left_pad(contexts, self._pad_id, self._device)  # generate sets positions
         width = input_ids.shape[1]
         sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
         stopping = StoppingCriteriaList([_stop_on_strings(self.tokenizer, until, width)]) if until else None

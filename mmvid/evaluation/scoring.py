@@ -8,26 +8,36 @@ prompt) is the context; each choice is a continuation; `acc` takes the highest s
 the chat template trains) to each choice, so a choice is scored as the *whole* answer. Without it, a choice
 that extends another ("moves down and to the left" beside "moves down") can never win on summed log-prob,
 since its probability is the shorter one's times more factors below 1.
+
+One scorer, `score_sequences`, serves these benches and the lm_eval bench: rows are padded on the
+left with position ids that count each row's real tokens from 0, so a sequence's score does not
+depend on the batch it is in, and the scored tokens sit at the same last positions of every row.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from mmvid.prompting import encode_prompt
-from mmvid.videollm import VideoLLM
+
+if TYPE_CHECKING:
+    from mmvid.videollm import VideoLLM
 
 
 @torch.no_grad()
 def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: list[str],
-                          video_features: torch.Tensor | None = None, end_of_answer: bool = False) -> list[float]:
+                          video_features: torch.Tensor | None = None, end_of_answer: bool = False,
+                          batch_size: int | None = None) -> list[float]:
     """Summed log-prob of each continuation after the chat `messages` (+ generation prompt).
 
     Args:
         video_features: (V, N, D) for the V `<video>` placeholders of the messages, in order.
         end_of_answer: score each continuation followed by the end-of-turn (eos) token: the whole answer.
+        batch_size: continuations per forward pass (None: all at once); the scores do not depend on it.
     """
     tok = model.text_tokenizer
     count = 0 if video_features is None else video_features.shape[0]
@@ -46,21 +56,57 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
         logits = model(input_ids=ids, video_features=video_features).logits[0, -1].float()
         logprobs = torch.log_softmax(logits, -1)
         return [float(logprobs[p[0]]) for p in pieces]
-    width = len(context) + max(len(p) for p in pieces)
-    pad = tok.pad_token_id
-    ids = torch.full((len(pieces), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(pieces):
-        seq = context + p
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    features = None if video_features is None else video_features.repeat(len(pieces), 1, 1)
-    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, video_features=features).logits.float(), -1)
+
+    def forward(input_ids, attention_mask, position_ids, keep):
+        features = None if video_features is None else video_features.repeat(len(input_ids), 1, 1)
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     video_features=features).logits
+
+    size = batch_size or len(pieces)
     scores = []
-    for i, p in enumerate(pieces):
-        positions = torch.arange(len(context) - 1, len(context) - 1 + len(p), device=device)
-        scores.append(float(logprobs[i, positions, torch.tensor(p, device=device)].sum()))
+    for start in range(0, len(pieces), size):
+        chunk = pieces[start:start + size]
+        scored = score_sequences(forward, [context + p for p in chunk], [len(p) for p in chunk], tok.pad_token_id, device)
+        scores += [total for total, _ in scored]
     return scores
+
+
+@torch.no_grad()
+def score_sequences(forward: Callable[..., torch.Tensor], sequences: list[list[int]], num_scored: list[int],
+                    pad_id: int, device: torch.device | str) -> list[tuple[float, bool]]:
+    """Log-likelihood of the last `num_scored[i]` tokens of each sequence given the tokens before them,
+    and whether greedy decoding gives all of them: one batch, left-padded (see `left_pad`).
+
+    Args:
+        forward: (input_ids, attention_mask, position_ids, keep) -> logits (B, L, V), of which the last
+            `keep` positions are read (a model may compute only those).
+        sequences: token ids; num_scored: how many of each sequence's last tokens are scored.
+    Returns:
+        (summed log-prob, is_greedy) per sequence.
+    """
+    input_ids, attention_mask, position_ids = left_pad([seq[:-1] for seq in sequences], pad_id, device)
+    keep = max(num_scored)
+    logprobs = forward(input_ids, attention_mask, position_ids, keep)[:, -keep:].float().log_softmax(-1)  # (B, keep, V)
+    scores = []
+    for row, (seq, n) in enumerate(zip(sequences, num_scored)):
+        target = torch.tensor(seq[-n:], device=logprobs.device)
+        picked = logprobs[row, keep - n:]  # (n, V): the last n positions predict the last n tokens
+        scores.append((float(picked.gather(-1, target[:, None]).sum()), bool((picked.argmax(-1) == target).all())))
+    return scores
+
+
+def left_pad(sequences: list[list[int]], pad_id: int,
+             device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token id rows padded on the left to one width: input_ids, attention_mask and position_ids, each
+    long (B, W); position ids count each row's real tokens from 0."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        input_ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        attention_mask[row, width - len(s):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
 
 
 def pick(scores: list[float], continuations: list[str]) -> tuple[int, int]:
