@@ -106,7 +106,7 @@ class VideoTokenizer(nn.Module):
         raise NotImplementedError
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Reconstruction: decode(encode(video)), what training optimises."""
+        """Reconstruction: decode(encode(video)) with the decode_state, what training optimises."""
         tokens, state = self.encode_with_state(video)
         return self.decode(tokens, num_frames=video.shape[2], **state)
 

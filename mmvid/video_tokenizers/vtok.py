@@ -133,7 +133,7 @@ class VTok(VideoTokenizer):
 
     def encode_with_state(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
         tokens, keys = self.encode(video, return_key_index=True)
-        return tokens, {"key_index": keys} if self.decode_state else {}
+        return tokens, ({"key_index": keys} if self.decode_state else {})
 
     def requires_grad_(self, requires_grad: bool = True) -> VTok:
         """As nn.Module's, but a frozen HF feature extractor (freeze_features) stays frozen."""
