@@ -9,8 +9,8 @@ Commands: /video PATH, /frames N, /reset, /save FILE, /generate PROMPT, /help, /
 answer, not the conversation; Ctrl-D (end of input) quits.
 
 The video is encoded once; every turn reuses the KV cache of everything said so far (the video
-span included) and only runs the new tokens, so later turns start answering much sooner than the
-first (the `ttft_s` of each turn is in the transcript that /save writes).
+span included) and only runs the new tokens (mmvid.generation's PromptCache), so later turns start
+answering much sooner than the first (the `ttft_s` of each turn is in the transcript that /save writes).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mmvid.prompting import encode_prompt
+from mmvid.generation import PromptCache, SamplingParams, stream
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 DEFAULT_MODEL = "runs/sft-default/final"
@@ -66,9 +66,8 @@ class ChatSession:
     def __post_init__(self):
         self.num_frames = self.num_frames or self.model.config.num_frames
         self._features: torch.Tensor | None = None
-        self._cache = None  # the LLM's KV cache for `_cached_ids`
-        self._cached_ids: list[int] = []
-        self._generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        self._cache = PromptCache()  # the KV cache of the conversation so far
+        self._generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(self.seed)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -96,7 +95,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.turns = []
-        self._cache, self._cached_ids = None, []
+        self._cache.reset()
 
     def messages(self) -> list[dict]:
         out = []
@@ -114,68 +113,24 @@ class ChatSession:
         """Answer one user turn; `on_text(piece)` receives the answer as it is generated."""
         if not text.strip():
             raise ValueError("empty prompt")
-        model = self.model
         start = time.perf_counter()
         self.turns.append(Turn("user", text))
-        per_video = 0 if self._features is None else self._features.shape[1]
-        ids = encode_prompt(model.text_tokenizer, self.messages(), model.video_ids,
-                            [per_video] * (self._features is not None))
-        # Reuse the cache for the longest prefix we already ran (the video span, earlier turns).
-        keep = 0
-        for a, b in zip(self._cached_ids, ids):
-            if a != b:
-                break
-            keep += 1
-        if self._cache is None:
-            keep = 0
-        else:
-            cached = self._cache.get_seq_length()  # the final token of an answer (eos) was never run
-            keep = min(keep, cached, len(ids) - 1)  # at least one new token must run, for the logits
-            if cached > keep:
-                self._cache.crop(-(cached - keep))  # negative: drop that many tokens from the end
-        self.reused_tokens = keep
-        new = torch.tensor([ids[keep:]], device=model._device())
-        features = self._features if keep == 0 else None  # the video span is new only on a fresh cache
-        embeds = model.embed(new, video_features=features)
-        generated: list[int] = []
-        answer_text, ttft, interrupted = "", None, False
-        eos = model.text_tokenizer.eos_token_id
+        ids = self.model.prompt_ids(self.messages(), self._features)
+        params = SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+        answer, ttft, interrupted = "", None, False
         try:
-            out = model.llm(inputs_embeds=embeds, past_key_values=self._cache if keep else None, use_cache=True)
-            self._cache, self._cached_ids = out.past_key_values, list(ids)
-            logits = out.logits[0, -1]
-            for _ in range(self.max_new_tokens):
-                token = self._choose(logits)
-                if ttft is None:
-                    ttft = time.perf_counter() - start
-                self._cached_ids.append(token)
-                if token == eos:
-                    break
-                generated.append(token)
-                piece = model.text_tokenizer.decode(generated, skip_special_tokens=True)[len(answer_text):]
-                answer_text += piece
-                if on_text and piece:
-                    on_text(piece)
-                step = model.llm.get_input_embeddings()(torch.tensor([[token]], device=model._device()))
-                out = model.llm(inputs_embeds=step, past_key_values=self._cache, use_cache=True)
-                self._cache = out.past_key_values
-                logits = out.logits[0, -1]
+            for delta in stream(self.model, ids, params, self._features, self._cache, self._generator):
+                ttft = time.perf_counter() - start if ttft is None else ttft
+                answer += delta.text
+                if on_text and delta.text:
+                    on_text(delta.text)
         except KeyboardInterrupt:
-            interrupted = True  # keep what was said; a forward pass may have been cut halfway, so
-            self._cache, self._cached_ids = None, []  # the next turn rebuilds the cache (the video stays encoded)
-        turn = Turn("assistant", answer_text.strip(), ttft, time.perf_counter() - start, interrupted)
+            interrupted = True  # keep what was said; the next turn rebuilds the cache (the video stays encoded)
+            self._cache.reset()
+        self.reused_tokens = self._cache.reused
+        turn = Turn("assistant", answer.strip(), ttft, time.perf_counter() - start, interrupted)
         self.turns.append(turn)
         return turn
-
-    def _choose(self, logits: torch.Tensor) -> int:
-        if self.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / self.temperature, -1)
-        if self.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        return int(torch.multinomial(probs.cpu(), 1, generator=self._generator))
 
     def transcript(self) -> dict:
         return {

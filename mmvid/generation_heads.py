@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmvid.generation import sample_tokens
+
 GENERATION_HEADS = ("discrete", "flow", "regression")
 FLOW_MODES = ("flow", "regression")
 
@@ -58,32 +60,8 @@ def _check_uncond(uncond, hidden: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling helpers
+# Classifier-free guidance (sampling itself: mmvid.generation.sample_tokens)
 # ----------------------------------------------------------------------------------------------
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set to -inf what top-k (0 = off) and then nucleus top-p (1.0 = off) exclude, along the last dim.
-
-    Top-k keeps exactly the k largest; top-p keeps the smallest prefix of the sorted distribution
-    whose mass reaches top_p. The argmax is always kept. Returns a new tensor.
-    """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p!r}")
-    if top_k > 0 and top_k < logits.shape[-1]:
-        keep = torch.zeros_like(logits, dtype=torch.bool)
-        keep.scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.float().softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # 0 for the argmax, so it is always kept
-        drop_sorted = mass_before >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to the original order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
 
 
 def _guide(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -171,7 +149,8 @@ class DiscreteVideoHead(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """One codebook id per row of hidden (B, H) -> (B,) long, inside [low, high) when given.
 
-        temperature 0 is greedy; otherwise logits / temperature, then top-k / top-p, then a draw.
+        temperature 0 is greedy; otherwise logits / temperature, then top-k / top-p, then a draw
+        (mmvid.generation.sample_tokens, the text sampler).
         """
         _check_hidden(hidden, self.hidden_size)
         _check_uncond(uncond, hidden)
@@ -183,10 +162,7 @@ class DiscreteVideoHead(nn.Module):
             # Both are -inf exactly at the excluded ids, where -inf - -inf would be nan: keep -inf there.
             guided = _guide(logits, unconditional, guidance_scale)
             logits = torch.where(torch.isneginf(logits), logits, guided)
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
-        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+        return sample_tokens(logits, temperature, top_k=top_k, top_p=top_p, generator=generator)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -474,8 +474,12 @@ class VideoLLM(nn.Module):
     @torch.no_grad()
     def generate(self, video: torch.Tensor | None = None, prompt: str | None = None, messages: list[dict] | None = None,
                  video_features: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, streamer=None, **kwargs) -> str:
-        """Answer a prompt (or continue `messages`) about a video; greedy by default."""
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 stop: tuple[str, ...] = (), streamer=None) -> str:
+        """Answer a prompt (or continue `messages`) about a video with `mmvid.generation`; greedy unless
+        `do_sample`. `streamer` takes Hugging Face's streamer calls (`put` ids, then `end`)."""
+        from mmvid.generation import SamplingParams, stream
+
         if messages is None:
             if not prompt or not prompt.strip():
                 raise ValueError("generate needs a non-empty prompt or messages")
@@ -483,19 +487,46 @@ class VideoLLM(nn.Module):
             messages = [{"role": "user", "content": (f"{VIDEO_TOKEN}\n" if has_video else "") + prompt}]
         if video is not None and video_features is None:
             video_features = self.encode_video(video if video.ndim == 5 else video[None])
+        params = SamplingParams(temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k, seed=seed,
+                                max_new_tokens=max_new_tokens, stop=stop)
+        if streamer is not None:
+            streamer.put(torch.empty((1, 0), dtype=torch.long))  # as HF's: the prompt first (no ids for embeddings)
+        text = ""
+        for delta in stream(self, self.prompt_ids(messages, video_features), params, video_features=video_features):
+            text += delta.text
+            if streamer is not None and delta.token_ids:
+                streamer.put(torch.tensor(delta.token_ids))
+        if streamer is not None:
+            streamer.end()
+        return text.strip()
+
+    def prompt_ids(self, messages: list[dict], video_features: torch.Tensor | None = None) -> list[int]:
+        """Token ids of chat `messages` ending in the generation prompt, each <video> expanded to a span
+        of `video_features` (V, N, hidden) positions (see mmvid.prompting.encode_prompt)."""
         count = 0 if video_features is None else video_features.shape[0]
         per_video = 0 if video_features is None else video_features.shape[1]
-        ids = encode_prompt(self.text_tokenizer, messages, self.video_ids, [per_video] * count)
-        input_ids = torch.tensor([ids], device=self._device())
-        embeds = self.embed(input_ids, video_features=video_features)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                                eos_token_id=self.text_tokenizer.eos_token_id, pad_token_id=self.text_tokenizer.pad_token_id,
-                                streamer=streamer, **sampling, **kwargs)
-        return self.text_tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        return encode_prompt(self.text_tokenizer, messages, self.video_ids, [per_video] * count)
 
-    def _device(self) -> torch.device:
+    @torch.no_grad()
+    def next_token_logits(self, input_ids: torch.Tensor, video_features: torch.Tensor | None = None,
+                          cache=None) -> tuple[torch.Tensor, Any]:
+        """Run `input_ids` (1, L) after the tokens held by `cache` (the LLM's KV cache; None starts one):
+        the logits of the next token (1, V) and the cache, now holding them too. `video_features` fill
+        the ids' video positions; without them ids embed as text, as HF's generate embeds sampled ids."""
+        if video_features is None:
+            embeds = self.llm.get_input_embeddings()(input_ids)
+        else:
+            embeds = self.embed(input_ids, video_features=video_features)
+        out = self.llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LLM's weights are, and so where inputs go."""
         return next(self.llm.parameters()).device
+
+    def _device(self) -> torch.device:  # the older name, still used in mmvid/evaluation (fewshot, scoring)
+        return self.device
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

@@ -7,12 +7,8 @@ import math
 import pytest
 import torch
 
-from mmvid.generation_heads import (
-    DiscreteVideoHead,
-    FlowVideoHead,
-    build_generation_head,
-    filter_logits,
-)
+from mmvid.generation import filter_logits
+from mmvid.generation_heads import DiscreteVideoHead, FlowVideoHead, build_generation_head
 
 HIDDEN, TOKEN_DIM, CODEBOOK, BATCH = 16, 4, 10, 16
 TINY = dict(width=32, depth=2)  # FlowVideoHead size for the tests

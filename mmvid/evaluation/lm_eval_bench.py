@@ -16,7 +16,8 @@ context is the bos token alone (eos without bos). No chat template unless lm-eva
     loglikelihood          sum of log p(continuation | context) and whether greedy decoding gives it;
                            context + continuation encoded together, keeping the last max_length tokens.
     loglikelihood_rolling  perplexity over windows of max_length tokens (each token predicted once).
-    generate_until         greedy unless do_sample; stops at `until` strings, eos or max_gen_toks.
+    generate_until         greedy unless do_sample; stops at `until` strings, eos or max_gen_toks
+                           (mmvid.generation, one request at a time).
 
 Requests are sorted by length and run in batches of `batch_size`, left-padded with explicit position
 ids (`mmvid.evaluation.scoring.score_sequences`), so scores do not depend on the batch (only the
@@ -57,12 +58,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric
-from mmvid.evaluation.scoring import left_pad, score_sequences
+from mmvid.evaluation.scoring import score_sequences
 
 log = logging.getLogger(__name__)
 
@@ -263,47 +264,35 @@ class MMVidLM(TemplateLM):
     # -- generation --------------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Continue each context; requests with the same generation kwargs share batches."""
-        groups: dict[str, list[int]] = {}
-        for index, req in enumerate(requests):
-            groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(index)
-        results: list[str | None] = [None] * len(requests)
-        with self._eval_mode(), tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm) as bar:
-            for indices in groups.values():
-                kwargs = normalize_gen_kwargs(dict(requests[indices[0]].args[1]), self.max_gen_toks)
-                until = handle_stop_sequences(kwargs.pop("until", None), eos=None)
-                max_gen_toks = kwargs.pop("max_gen_toks")
-                do_sample, temperature = kwargs.pop("do_sample"), kwargs.pop("temperature", 0.0)
-                kwargs.pop("max_length", None)  # prompt + generation in HF's sense; max_gen_toks decides
-                if max_gen_toks >= self.max_length:
-                    raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for a context "
-                                     f"in max_length {self.max_length}")
-                contexts = {i: self.tok_encode(requests[i].args[0])[-(self.max_length - max_gen_toks):] for i in indices}
-                order = sorted(indices, key=lambda i: -len(contexts[i]))
-                for start in range(0, len(order), self.batch_size):
-                    chunk = order[start:start + self.batch_size]
-                    texts = self._generate([contexts[i] for i in chunk], until, max_gen_toks, do_sample, temperature,
-                                           kwargs)
-                    for i, text in zip(chunk, texts):
-                        results[i] = text
-                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                    bar.update(len(chunk))
+        """Continue each context with mmvid.generation, one request at a time."""
+        from mmvid.generation import generate
+
+        results, params = [], {}
+        with self._eval_mode():
+            for req in tqdm(requests, desc="generate_until", disable=disable_tqdm):
+                key = json.dumps(req.args[1], sort_keys=True, default=str)
+                sampling = params[key] = params.get(key) or self._sampling_params(req.args[1])
+                context = self.tok_encode(req.args[0])[-(self.max_length - sampling.max_new_tokens):]
+                results.append(generate(self.videollm, context, sampling).text)
+                self.cache_hook.add_partial("generate_until", req.args, results[-1])
         return results
 
-    @torch.no_grad()
-    def _generate(self, contexts: list[list[int]], until: list[str], max_gen_toks: int, do_sample: bool,
-                  temperature: float, kwargs: dict) -> list[str]:
-        from transformers import StoppingCriteriaList
+    def _sampling_params(self, gen_kwargs: dict):
+        """lm-eval's generation kwargs as mmvid.generation's SamplingParams."""
+        from mmvid.generation import SamplingParams
 
-        input_ids, attention_mask, _ = left_pad(contexts, self._pad_id, self._device)  # generate sets positions
-        width = input_ids.shape[1]
-        sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
-        stopping = StoppingCriteriaList([_stop_on_strings(self.tokenizer, until, width)]) if until else None
-        out = self.llm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_gen_toks,
-                                eos_token_id=self.eot_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                                stopping_criteria=stopping, **sampling, **kwargs)
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        return [postprocess_generated_text(text, until, None) for text in texts]
+        kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=None)
+        max_gen_toks, do_sample = kwargs.pop("max_gen_toks"), kwargs.pop("do_sample")
+        temperature = kwargs.pop("temperature", 0.0) if do_sample else 0.0
+        kwargs.pop("max_length", None)  # prompt + generation in HF's sense; max_gen_toks decides
+        if max_gen_toks >= self.max_length:
+            raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for a context "
+                             f"in max_length {self.max_length}")
+        sampling = {k: kwargs.pop(k) for k in ("top_p", "top_k", "seed") if k in kwargs}
+        if kwargs:
+            log.warning("generation kwargs %s are not supported by the mmvid model; ignored", sorted(kwargs))
+        return SamplingParams(temperature=temperature, max_new_tokens=max_gen_toks, stop=tuple(until), **sampling)
 
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -320,18 +309,6 @@ def _forward_parameters(llm) -> set[str]:
     import inspect
 
     return set(inspect.signature(llm.forward).parameters)
-
-
-def _stop_on_strings(tokenizer, stops: list[str], prompt_width: int):
-    """A per-row StoppingCriteria: a row is done once its generated text contains a stop string."""
-    from transformers import StoppingCriteria
-
-    class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-            tails = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in tails], dtype=torch.bool, device=input_ids.device)
-
-    return StopOnStrings()
 
 
 def _register() -> None:
