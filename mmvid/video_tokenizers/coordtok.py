@@ -36,9 +36,10 @@ them out of every attention with a boolean mask) and never decoded; per-video le
 through `encode(..., num_valid_frames=)`. Longer videos raise ValueError.
 
 Deviations from the released code (see the brief, §5):
-- Padding masks are boolean. The released code passes a float 0/1 `key_padding_mask` to
-  nn.MultiheadAttention, which *adds* 1 to padded keys' logits instead of masking them (a bug), and it
-  marks a partially real temporal patch (`n_frames // 8`) as padding; here it counts as real.
+- Padding masks are boolean (True = padding, as everywhere in `layers`). The released code passes a
+  float 0/1 `key_padding_mask` to nn.MultiheadAttention, which *adds* 1 to padded keys' logits instead
+  of masking them (a bug), and it marks a partially real temporal patch (`n_frames // 8`) as padding;
+  here it counts as real.
 - Losses (in `coordtok_training_loss`): MSE is averaged over videos (the code sums per-video means over
   the local batch; AdamW hardly cares). The perceptual term is mmvid's VGG16 feature distance
   (`losses.PerceptualLoss`, averaged over frames), not taming's LPIPS summed over the 16 frames: set
@@ -52,6 +53,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +62,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
-from mmvid.video_tokenizers.layers import MLP
+from mmvid.video_tokenizers.layers import Block, QueryBlock
 
 log = logging.getLogger(__name__)
 
@@ -128,75 +130,30 @@ def sample_frames(num_valid: torch.Tensor, count: int, generator: torch.Generato
     return torch.stack([torch.randperm(int(n), generator=generator)[:count] for n in num_valid])
 
 
+# Before issue 18 the cross-self blocks had their own class, with LayerNorms named norm1 / norm2 / norm3.
+_LEGACY_NORMS = {"norm1": "norm_q", "norm2": "norm_self", "norm3": "norm_mlp"}
+_LEGACY_KEY = re.compile(r"blocks\.(\d+)\.(norm[123])\.")
+
+
+def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
+    """Rename, in place, the keys of CoordTok weights saved before issue 18 (cross-self blocks'
+    `norm1/2/3` -> `norm_q/norm_self/norm_mlp` of layers.QueryBlock); newer keys pass untouched.
+    `prefix`: the CoordTok's own (e.g. "video_tokenizer." inside a VideoLLM). Returns the dict."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        match = _LEGACY_KEY.match(key, len(prefix))
+        if match:
+            new = f"{prefix}blocks.{match[1]}.{_LEGACY_NORMS[match[2]]}." + key[match.end():]
+            state_dict[new] = state_dict.pop(key)
+    return state_dict
+
+
+def _upgrade_on_load(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    upgrade_state_dict(state_dict, prefix)
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
     log.warning(message)
-
-
-# ----------------------------------------------------------------------------------------------
-# Blocks
-# ----------------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head attention through SDPA, with the released code's bias switches: timm's ViT blocks
-    (qkv_bias, projection bias) and nn.MultiheadAttention(bias=False) in the cross-self encoder.
-
-    key_padding_mask: bool (B, M), True = padding (ignored), as in nn.MultiheadAttention
-    (mmvid.video_tokenizers.layers.Attention takes the opposite, True = attend).
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, proj_bias: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class Block(nn.Module):
-    """timm's ViT block: pre-norm self-attention, then a GELU MLP (ratio 4), LayerNorm eps 1e-5."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, 4 * dim)
-
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_padding_mask=key_padding_mask)
-        return x + self.mlp(self.norm2(x))
-
-
-class CrossSelfBlock(nn.Module):
-    """The cross-self encoder's block: queries cross-attend to the (un-normalised) video features,
-    then self-attend, then an MLP; pre-norm with eps 1e-6, attention without biases."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.cross_attn = Attention(dim, num_heads, qkv_bias=False, proj_bias=False)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.self_attn = Attention(dim, num_heads, qkv_bias=False, proj_bias=False)
-        self.norm3 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLP(dim, 4 * dim)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.cross_attn(self.norm1(x), memory, key_padding_mask=memory_padding_mask)
-        x = x + self.self_attn(self.norm2(x))
-        return x + self.mlp(self.norm3(x))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +266,9 @@ class CoordTok(VideoTokenizer):
         self.query_planes = nn.ParameterDict({n: nn.Parameter(torch.empty(1, C, *c.plane_shapes[n])) for n in PLANES})
         self.plane_patchify = nn.ModuleDict({n: nn.Conv2d(C, D, kernel_size=c.plane_patches[n], stride=c.plane_patches[n])
                                              for n in PLANES})
-        self.blocks = nn.ModuleList([CrossSelfBlock(D, c.num_heads) for _ in range(c.depth)])
+        # cross-attention to the (un-normalised) features, self-attention, MLP; no attention biases
+        self.blocks = nn.ModuleList([QueryBlock(D, c.num_heads, context_norm=False, bias=False, eps=1e-6)
+                                     for _ in range(c.depth)])
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.plane_heads = nn.ModuleDict({n: nn.Linear(D, math.prod(c.plane_patches[n]) * C) for n in PLANES})
         # Decoder.
@@ -320,6 +279,7 @@ class CoordTok(VideoTokenizer):
         self.decoder_norm = nn.LayerNorm(Dd)
         self.decoder_head = nn.Linear(Dd, 3 * c.decoder_temporal_patch_size * c.decoder_patch_size ** 2)
         self.initialize_weights()
+        self.register_load_state_dict_pre_hook(_upgrade_on_load)  # every load_state_dict reads old keys too
 
     def initialize_weights(self) -> None:
         """The released code's init: PyTorch's defaults (what timm's Block and nn.MultiheadAttention get)

@@ -1,6 +1,13 @@
-"""Transformer building blocks shared by the video tokenizers (ViT encoder, attention pooling,
-the grid decoder). Attention goes through `F.scaled_dot_product_attention`, which picks flash or
-memory-efficient kernels on GPU and a plain implementation on CPU."""
+"""The transformer blocks of mmvid's video tokenizers and projectors: one `Attention`, one `MLP`, and
+the blocks built from them (`Block`: self-attention; `QueryBlock`: queries reading a context), the ViT
+frame encoder, attention pooling and the grid decoder. CoordTok, SweetTok, VTok, the frames baseline
+and the resampler projector all use these; the options (biases, causal, LayerNorm eps) are what their
+papers' code needs.
+
+One mask convention everywhere: `key_padding_mask` is bool (B, M), True = padding (that key is
+ignored), as in nn.MultiheadAttention. Attention goes through `F.scaled_dot_product_attention`,
+which picks flash or memory-efficient kernels on GPU and a plain implementation on CPU.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +18,27 @@ from einops import rearrange
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when `context` is None."""
+    """Multi-head attention; self-attention when `context` is None. The bias switches serve CoordTok's
+    released code: timm's ViT blocks (qkv_bias) and nn.MultiheadAttention(bias=False)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """x (B, N, D) attends to context (B, M, D) (default x). key_padding_mask: bool (B, M), True =
+        padding. causal: query n sees keys <= n only (self-attention, no mask)."""
         context = x if context is None else context
         q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
         k, v = rearrange(self.kv(context), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
-        mask = None
-        if key_padding_mask is not None:  # bool (B, M), True = attend
-            mask = key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # SDPA: True = keep
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, h, N, d)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -45,18 +53,54 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: self-attention then MLP."""
+    """Pre-norm transformer block (timm's ViT block): self-attention (optionally causal), then MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_padding_mask=key_padding_mask, causal=self.causal)
         return x + self.mlp(self.norm2(x))
+
+
+class QueryBlock(nn.Module):
+    """Queries read a context: pre-norm cross-attention, then (optionally) self-attention among the
+    queries, then an MLP. (B, K, D) queries, (B, M, D) context -> (B, K, D).
+
+    Args:
+        self_attention: add the self-attention step (several queries that should see each other).
+        context_norm: LayerNorm the context on its own (SweetTok); False reads it as given (CoordTok's
+            cross-self encoder, whose memory is the ViT's normalised output plus positions).
+        bias: biases in the attention projections (False: CoordTok's nn.MultiheadAttention(bias=False)).
+        eps: the LayerNorms' epsilon (CoordTok's cross-self encoder: 1e-6).
+    """
+
+    def __init__(self, dim: int, num_heads: int, self_attention: bool = True, context_norm: bool = True,
+                 bias: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=eps)
+        self.norm_context = nn.LayerNorm(dim, eps=eps) if context_norm else None
+        self.cross_attn = Attention(dim, num_heads, qkv_bias=bias, proj_bias=bias)
+        self.norm_self = nn.LayerNorm(dim, eps=eps) if self_attention else None
+        self.self_attn = Attention(dim, num_heads, qkv_bias=bias, proj_bias=bias) if self_attention else None
+        self.norm_mlp = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, 4 * dim)
+
+    def forward(self, q: torch.Tensor, context: torch.Tensor,
+                context_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """context_padding_mask: bool (B, M), True = padding."""
+        if self.norm_context is not None:
+            context = self.norm_context(context)
+        q = q + self.cross_attn(self.norm_q(q), context, key_padding_mask=context_padding_mask)
+        if self.self_attn is not None:
+            q = q + self.self_attn(self.norm_self(q))
+        return q + self.mlp(self.norm_mlp(q))
 
 
 class ViT(nn.Module):

@@ -47,7 +47,7 @@ Deviations from the paper and the released code (see the brief, part A):
   table (sub-word pieces averaged). Vectors are L2-normalized rows.
 - The vocabulary is the synthetic world's by default (its captions, its own grammar for parts of
   speech), a few dozen words, not the paper's 10,481 + 11,139.
-- Blocks are plain pre-norm transformers with learned spatial positions and sinusoidal time
+- Blocks are plain pre-norm transformers (`layers`) with learned spatial positions and sinusoidal time
   embeddings (OmniTokenizer's window attention, PEG and RoPE are not reproduced); the patch and tube
   embeddings are both LN -> Linear -> LN, so their difference compares like with like; the pre-VQ map
   is LN -> Linear (the code's 1x1 conv + Linear are one linear map); the GCN has self loops and no
@@ -75,9 +75,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from mmvid.video_tokenizers import layers
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
-from mmvid.video_tokenizers.layers import MLP, grid_positions, init_weights
+from mmvid.video_tokenizers.layers import MLP, Attention, Block, QueryBlock, grid_positions, init_weights
 from mmvid.video_tokenizers.vocabulary import (
     PARTS,
     Vocabulary,
@@ -129,55 +128,6 @@ def propagate(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------
-
-
-class Attention(layers.Attention):
-    """mmvid's attention, plus a causal mode for the temporal encoder."""
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        if not causal:
-            return super().forward(x, context)
-        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = rearrange(self.kv(x), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class Block(nn.Module):
-    """Pre-norm self-attention (optionally causal) + MLP."""
-
-    def __init__(self, dim: int, num_heads: int, causal: bool = False):
-        super().__init__()
-        self.causal = causal
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, 4 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), causal=self.causal)
-        return x + self.mlp(self.norm2(x))
-
-
-class QueryBlock(nn.Module):
-    """Learned queries read a context: cross-attention, then (with several queries) self-attention
-    among them, then an MLP; pre-norm, the context normalized on its own."""
-
-    def __init__(self, dim: int, num_heads: int, self_attention: bool):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim)
-        self.cross_attn = Attention(dim, num_heads)
-        self.norm_self = nn.LayerNorm(dim) if self_attention else None
-        self.self_attn = Attention(dim, num_heads) if self_attention else None
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, 4 * dim)
-
-    def forward(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = q + self.cross_attn(self.norm_q(q), self.norm_context(context))
-        if self.self_attn is not None:
-            q = q + self.self_attn(self.norm_self(q))
-        return q + self.mlp(self.norm_mlp(q))
 
 
 class FactorizedBlock(nn.Module):

@@ -6,7 +6,8 @@ file holds the old code's key names and shapes, its config record, its seed-0 in
 what encode / decode / the training losses returned on fixed inputs. Regenerate from that commit:
 
     git worktree add /tmp/mmvid-6dcf5aa 6dcf5aa
-    cd /tmp/mmvid-6dcf5aa && python /path/to/tests/data/tokenizer_golden/make.py --out /path/to/tests/data/tokenizer_golden
+    cd /tmp/mmvid-6dcf5aa
+    python $REPO/tests/data/tokenizer_golden/make.py --out $REPO/tests/data/tokenizer_golden
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def video(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+def mean_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A stand-in for the perceptual loss."""
+    return (a - b).abs().mean()
+
+
 def init_sums(tokenizer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"init/{k}": v.double().sum().float()[None] for k, v in tokenizer.state_dict().items()}
 
@@ -49,7 +55,7 @@ def coordtok() -> tuple[dict, dict]:
     from mmvid.video_tokenizers import build_video_tokenizer
     from mmvid.video_tokenizers.coordtok import coordtok_training_loss
 
-    overrides = dict(num_frames=16, stage2_frames=4)
+    overrides = {"num_frames": 16, "stage2_frames": 4}
     torch.manual_seed(0)
     tok = build_video_tokenizer("coordtok_tiny", **overrides).eval()
     out = init_sums(tok)
@@ -64,9 +70,9 @@ def coordtok() -> tuple[dict, dict]:
     out["decode_patches"] = tok.decode_patches(out["encode"], coords, key_padding_mask=padding)
     with torch.enable_grad():
         for stage in (1, 2):
+            g = torch.Generator().manual_seed(stage)
             loss, parts = coordtok_training_loss(tok, x, stage=stage, num_valid_frames=torch.tensor([12, 16]),
-                                                 perceptual=lambda a, b: (a - b).abs().mean(), perceptual_weight=0.5,
-                                                 generator=torch.Generator().manual_seed(stage))
+                                                 perceptual=mean_abs, perceptual_weight=0.5, generator=g)
             out[f"loss{stage}"] = loss.detach()[None]
             out.update({f"loss{stage}/{k}": torch.tensor([v]) for k, v in parts.items()})
     return out, meta
@@ -76,7 +82,8 @@ def coordtok() -> tuple[dict, dict]:
 def sweettok() -> tuple[dict, dict]:
     from mmvid.video_tokenizers import build_video_tokenizer
 
-    overrides = dict(image_size=16, proxy_codebook_size=3, usage_weight=0.5, usage_temperature=0.05, proxy_weight=0.7)
+    overrides = {"image_size": 16, "proxy_codebook_size": 3, "usage_weight": 0.5, "usage_temperature": 0.05,
+                 "proxy_weight": 0.7}
     torch.manual_seed(0)
     tok = build_video_tokenizer("sweettok_tiny", **overrides).eval()
     out = init_sums(tok)
@@ -93,7 +100,7 @@ def sweettok() -> tuple[dict, dict]:
     tok.config.reading = "paper"
     targets = torch.randint(0, 3, (2, 2, 4), generator=torch.Generator().manual_seed(3))
     with torch.enable_grad():
-        loss, parts = tok.training_loss(x, lambda a, b: (a - b).abs().mean(), 0.5, proxy_targets=targets)
+        loss, parts = tok.training_loss(x, mean_abs, 0.5, proxy_targets=targets)
     out["loss"] = loss.detach()[None]
     out.update({f"loss/{k}": torch.tensor([float(v)]) for k, v in parts.items()})
     out["proxy_targets"] = targets
@@ -104,7 +111,7 @@ def sweettok() -> tuple[dict, dict]:
 def vtok() -> tuple[dict, dict]:
     from mmvid.video_tokenizers import build_video_tokenizer
 
-    overrides = dict(image_size=16)
+    overrides = {"image_size": 16}
     torch.manual_seed(0)
     tok = build_video_tokenizer("vtok_tiny", **overrides).eval()
     out = init_sums(tok)
@@ -119,7 +126,8 @@ def vtok() -> tuple[dict, dict]:
 def main() -> None:
     from safetensors.torch import save_file
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     out = Path(parser.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)

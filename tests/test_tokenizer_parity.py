@@ -1,0 +1,137 @@
+"""Parity with the code before issue 18 (one block library): weights saved by that code load into today's
+classes (strictly, old key names included) and give the same outputs.
+
+The golden files (tests/data/tokenizer_golden, written by its make.py at commit 6dcf5aa) hold the old
+state-dict keys and shapes, the old config records, the seed-0 init's per-key sums and the outputs on
+fixed inputs; the weights themselves are a fixed function of each key (`synthetic_state`)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from mmvid.video_tokenizers import build_video_tokenizer
+from mmvid.video_tokenizers.coordtok import upgrade_state_dict
+from mmvid.video_tokenizers.layers import Attention, Block
+
+GOLDEN = Path(__file__).parent / "data" / "tokenizer_golden"
+PRESETS = {"coordtok": "coordtok_tiny", "sweettok": "sweettok_tiny", "vtok": "vtok_tiny"}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def synthetic_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """As make.py: 1 + 0.1 N(0, 1) for 1-D `weight`s, 0.1 N(0, 1) otherwise, seeded by the key."""
+    state = {}
+    for key, shape in shapes.items():
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        value = 0.1 * torch.randn(shape, generator=g)
+        state[key] = value + 1 if key.endswith("weight") and len(shape) == 1 else value
+    return state
+
+
+def video(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def golden(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(GOLDEN / f"{name}.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        meta = f.metadata()
+    return tensors, {"overrides": json.loads(meta["note"]), "keys": json.loads(meta["keys"]),
+                     "config": json.loads(meta["config"])}
+
+
+def with_old_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CoordTok's keys as the code before issue 18 named them (cross-self blocks' norm1 / norm2 / norm3)."""
+    renames = {".norm_q.": ".norm1.", ".norm_self.": ".norm2.", ".norm_mlp.": ".norm3."}
+    out = {}
+    for key, value in state.items():
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+def loaded(name: str):
+    """Today's tokenizer built as the golden one was, with the old code's weights loaded strictly."""
+    out, meta = golden(name)
+    tok = build_video_tokenizer(PRESETS[name], **meta["overrides"]).eval()
+    tok.load_state_dict(synthetic_state(meta["keys"]))
+    return tok, out
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_seed_zero_init_is_unchanged(name):
+    out, meta = golden(name)
+    torch.manual_seed(0)
+    tok = build_video_tokenizer(PRESETS[name], **meta["overrides"])
+    old = {k.removeprefix("init/"): v for k, v in out.items() if k.startswith("init/")}
+    new = {k: v.double().sum().float()[None] for k, v in tok.state_dict().items()}
+    assert upgrade_state_dict(old).keys() == new.keys()
+    for key, value in new.items():
+        torch.testing.assert_close(value, old[key], msg=key)
+
+
+@torch.no_grad()
+def test_coordtok_outputs_match_the_old_blocks():
+    tok, out = loaded("coordtok")
+    x = video((2, 3, 16, 32, 32), 1)
+    torch.testing.assert_close(tok.encode(x), out["encode"])
+    torch.testing.assert_close(tok.encode(x, num_valid_frames=torch.tensor([5, 16])), out["encode_padded"])
+    torch.testing.assert_close(tok.decode(out["encode"][:1], num_frames=2), out["decode"])
+    coords = torch.tensor([[[0, 1, 2], [3, 0, 0], [15, 3, 3], [7, 2, 1], [1, 1, 1]]]).expand(2, -1, -1)
+    padding = torch.tensor([[False, False, True, False, True], [False] * 5])  # True = padded query
+    torch.testing.assert_close(tok.decode_patches(out["encode"], coords, key_padding_mask=padding),
+                               out["decode_patches"])
+
+
+@torch.no_grad()
+def test_sweettok_outputs_match_the_old_blocks():
+    tok, out = loaded("sweettok")
+    x = video((2, 3, 5, 16, 16), 2)
+    q = tok.quantize(x)
+    for key, value in q.items():
+        expected = out[f"quantize/{key}"]
+        torch.testing.assert_close(value.reshape(expected.shape), expected, msg=key)
+    torch.testing.assert_close(tok.decode(q["vectors"][:1], num_frames=5), out["decode"])
+    torch.testing.assert_close(tok.decode(q["ids"][1:], num_frames=3), out["decode_ids"])
+    tok.config.reading = "released"
+    torch.testing.assert_close(tok.encode_ids(x), out["released/ids"])
+
+
+@torch.no_grad()
+def test_vtok_outputs_match_the_old_blocks():
+    tok, out = loaded("vtok")
+    x = video((2, 3, 3, 16, 16), 4)
+    torch.testing.assert_close(tok.encode(x), out["encode"])
+    torch.testing.assert_close(tok.decode(out["encode"], num_frames=3), out["decode"])
+
+
+def test_old_coordtok_keys_upgrade_under_any_prefix():
+    tok = build_video_tokenizer("coordtok_tiny")
+    old = with_old_keys(tok.state_dict())
+    assert "blocks.0.norm1.weight" in old and "vit_blocks.0.norm1.weight" in old  # the ViT's keep their names
+    assert upgrade_state_dict(dict(old)).keys() == tok.state_dict().keys()
+    parent = torch.nn.ModuleDict({"video_tokenizer": build_video_tokenizer("coordtok_tiny")})
+    parent.load_state_dict({f"video_tokenizer.{k}": v for k, v in old.items()})  # strict, through the hook
+    for (key, a), b in zip(tok.state_dict().items(), parent["video_tokenizer"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_one_mask_convention_true_is_padding():
+    torch.manual_seed(0)
+    attention, block = Attention(16, 2), Block(16, 2)
+    x, context = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    padding = torch.tensor([[False, False, False, True, True], [False] * 5])
+    masked = attention(x, context, key_padding_mask=padding)
+    torch.testing.assert_close(masked[0], attention(x[:1], context[:1, :3])[0])  # padded keys are ignored
+    torch.testing.assert_close(masked[1], attention(x[1:], context[1:])[0])
+    padded = block(context, key_padding_mask=padding)
+    torch.testing.assert_close(padded[0, :3], block(context[:1, :3])[0])
+
