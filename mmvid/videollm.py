@@ -31,6 +31,7 @@ from mmvid.prompting import IGNORE_INDEX, EncodedSample, PackedSample, VideoToke
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
 from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, video_tokenizer_from
 from mmvid.video_tokenizers.base import config_from_dict
+from mmvid.video_tokenizers.objectives import split_objective
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -612,7 +613,7 @@ class VideoLLM(nn.Module):
         text_tokenizer = AutoTokenizer.from_pretrained(path)
         vt = record["video_tokenizer"]
         arch = ARCHITECTURES[vt["architecture"]]
-        vt_config = dict(vt["config"])
+        vt_config, _ = split_objective(vt["architecture"], vt["config"])  # objectives sat there once
         if "hf_path" in vt_config:
             vt_config["hf_path"] = None  # the checkpoint's weights include the vision model
         video_tokenizer = arch(config_from_dict(arch.config_class, vt_config))

@@ -13,15 +13,17 @@ import torch.nn.functional as F
 
 from mmvid.testing import world_clips
 from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
-from mmvid.video_tokenizers.coordtok import (
-    PLANES,
-    CoordTok,
+from mmvid.video_tokenizers.coordtok import PLANES, CoordTok, sample_plane
+from mmvid.video_tokenizers.objectives import (
+    OBJECTIVES,
+    Objective,
     _warn_once,
     coordtok_training_loss,
+    objective_of,
     patches_of,
     sample_coordinates,
     sample_frames,
-    sample_plane,
+    training_loss,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +88,8 @@ def test_registry_and_paper_layouts():
         big = build_video_tokenizer("coordtok_l_3072")
     c = tok.config
     assert c.plane_shapes == {"xy": (16, 16), "yt": (32, 16), "xt": (32, 16)}
-    assert c.encoder_grid == (16, 8, 8) and c.decoder_grid == (128, 16, 16) and c.num_samples == 1024
+    assert c.encoder_grid == (16, 8, 8) and c.decoder_grid == (128, 16, 16)
+    assert tok.objective.num_samples(c) == 1024
     assert big.config.plane_shapes == {"xy": (32, 32), "yt": (32, 32), "xt": (32, 32)}
     for t in (tok, big):  # 4 query tokens per plane, 12 in all
         patches = t.config.plane_patches
@@ -273,12 +276,12 @@ def test_stage_two_adds_the_perceptual_term_or_warns(caplog):
         seen.append(x.shape)
         return (x - y).abs().mean()
 
-    loss, parts = tok.training_loss(video, perceptual, 0.5)
+    loss, parts = training_loss(tok, video, perceptual, 0.5)
     assert seen == [(2, 3, 3, 32, 32)] and set(parts) == {"mse", "perceptual"}
     assert loss.item() == pytest.approx(parts["mse"] + 0.5 * parts["perceptual"], rel=1e-5)
     _warn_once.cache_clear()
     with caplog.at_level(logging.WARNING):
-        loss, parts = tok.training_loss(video, None, 1.0)
+        loss, parts = training_loss(tok, video, None, 1.0)
     assert set(parts) == {"mse"} and "MSE only" in caplog.text
 
 
@@ -296,8 +299,9 @@ def test_trainer_uses_the_training_loss_hook(world, tmp_path, monkeypatch):
     from mmvid.video_tokenizers.trainer import TokenizerTrainConfig, run
 
     calls = []
-    hook = CoordTok.training_loss
-    monkeypatch.setattr(CoordTok, "training_loss", lambda self, *a: calls.append(self.config.stage) or hook(self, *a))
+    hook = OBJECTIVES["coordtok"]
+    monkeypatch.setitem(OBJECTIVES, "coordtok", Objective(hook.settings, lambda tok, *a, **k: calls.append(
+        objective_of(tok).stage) or hook.loss(tok, *a, **k)))
     base = [f"data.source={world}", "data.num_frames=8", "val_videos=2", "threads=1", "log_every=1", "batch_size=2"]
     first = tmp_path / "stage1"
     cfg = load_config(TokenizerTrainConfig, TINY_CONFIG, base + [f"out={first}", "steps=3", "val_every=3", "checkpoint_every=3"])

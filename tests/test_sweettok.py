@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from mmvid.data.shapes.text import LEXICON
 from mmvid.testing import world_clips
 from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers.objectives import OBJECTIVES, Objective, set_proxy_targets, training_loss
 from mmvid.video_tokenizers.sweettok import MLCQuantizer, SweetTok
 from mmvid.video_tokenizers.vocabulary import (
     PARTS,
@@ -152,7 +153,7 @@ def test_quantizer_picks_nearest_codewords():
 
 def test_straight_through_gradients_reach_the_encoder_and_the_gcn():
     tok = _tiny().train()
-    loss, _ = tok.training_loss(_video())
+    loss, _ = training_loss(tok, _video())
     loss.backward()
     for name in ("spatial_queries", "temporal_queries", "first_frame_embed.1.weight", "tube_embed.1.weight",
                  "spatial_quantizer.gcn.weight1.weight", "temporal_quantizer.gcn.weight2.weight"):
@@ -206,7 +207,7 @@ def test_ids_words_ids_round_trip_and_decoding_from_ids():
     (lambda t: t.ids_to_words(torch.zeros(2, 3, dtype=torch.long)), "1-D"),
     (lambda t: t.ids_to_words([0, 999]), r"\[0, 46\)"),
     (lambda t: t.video_to_text(torch.zeros(2, 3, 5, 32, 32)), "one video"),
-    (lambda t: t.set_proxy_targets(lambda v: v), "proxy_codebook_size"),
+    (lambda t: set_proxy_targets(t, lambda v: v), "proxy_codebook_size"),
 ])
 def test_bad_inputs_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
@@ -312,7 +313,7 @@ def test_one_batch_overfits():
     optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):
-        loss, parts = tok.training_loss(video)
+        loss, parts = training_loss(tok, video)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -323,8 +324,8 @@ def test_one_batch_overfits():
 def test_proxy_targets_hook():
     tok = _tiny(proxy_codebook_size=8, pixel_weight=0.0).train()
     video = _video()
-    tok.set_proxy_targets(lambda v: torch.randint(0, 8, (v.shape[0], 1 + tok.latent_frames(v.shape[2]), 16)))
-    loss, parts = tok.training_loss(video)
+    set_proxy_targets(tok, lambda v: torch.randint(0, 8, (v.shape[0], 1 + tok.latent_frames(v.shape[2]), 16)))
+    loss, parts = training_loss(tok, video)
     assert "proxy_ce" in parts and loss.item() == pytest.approx(parts["proxy_ce"] + parts["vq"], rel=1e-5)
     loss.backward()
     assert tok.proxy_head.weight.grad.abs().sum() > 0
@@ -345,8 +346,9 @@ def test_trainer_uses_the_training_loss_hook(world, tmp_path, monkeypatch):
     from mmvid.video_tokenizers.trainer import TokenizerTrainConfig, run
 
     calls = []
-    hook = SweetTok.training_loss
-    monkeypatch.setattr(SweetTok, "training_loss", lambda self, *a: calls.append(1) or hook(self, *a))
+    hook = OBJECTIVES["sweettok"]
+    spy = Objective(hook.settings, lambda *a, **k: calls.append(1) or hook.loss(*a, **k))
+    monkeypatch.setitem(OBJECTIVES, "sweettok", spy)
     cfg = load_config(TokenizerTrainConfig, TINY_CONFIG, [
         f"data.source={world}", f"out={tmp_path / 'run'}", "steps=2", "val_every=2", "checkpoint_every=2",
         "val_videos=2", "threads=1", "log_every=1", "batch_size=2"])
@@ -397,20 +399,21 @@ def test_usage_off_by_default_and_ids_do_not_depend_on_it():
     off = _tiny()
     on = _tiny(usage_weight=0.5)
     on.load_state_dict(off.state_dict())
-    assert off.config.usage_weight == 0.0 and off.config.usage_temperature == 1.0
-    a, b = off.quantize(video), on.quantize(video)  # grad enabled: the usage path keeps its graph
+    assert off.objective.usage_weight == 0.0 and off.objective.usage_temperature == 1.0
+    # grad enabled: the usage path keeps its graph
+    a, b = off.quantize(video), on.quantize(video, on.objective.usage_temperature)
     assert a["usage_loss"].item() == 0.0 and b["usage_loss"].item() != 0.0
     assert torch.equal(a["ids"], b["ids"])  # the hard assignment is bit-identical
     assert torch.equal(a["vectors"], b["vectors"]) and torch.equal(a["codebook_loss"], b["codebook_loss"])
-    loss_off, parts_off = off.training_loss(video)
-    loss_on, parts_on = on.training_loss(video)
+    loss_off, parts_off = training_loss(off, video)
+    loss_on, parts_on = training_loss(on, video)
     assert "usage" not in parts_off and parts_on["usage"] == pytest.approx(b["usage_loss"].item())
     assert loss_on.item() == pytest.approx(loss_off.item() + 0.5 * parts_on["usage"], rel=1e-6)
 
 
 def test_usage_loss_reaches_the_encoder_and_the_gcn():
     tok = _tiny(usage_weight=1.0).train()
-    tok.quantize(_video())["usage_loss"].backward()
+    tok.quantize(_video(), tok.objective.usage_temperature)["usage_loss"].backward()
     grads = {name: p.grad for name, p in tok.named_parameters()}
     for name in ("spatial_queries", "temporal_queries", "first_frame_embed.1.weight", "tube_embed.1.weight",
                  "spatial_quantizer.gcn.weight1.weight", "temporal_quantizer.gcn.weight2.weight"):
@@ -454,7 +457,7 @@ def test_usage_term_increases_the_entity_words_in_use():
         tok = build_video_tokenizer("sweettok_tiny", usage_weight=weight, usage_temperature=0.01).train()
         optimizer = torch.optim.Adam(tok.parameters(), lr=3e-3)
         for _ in range(60):
-            loss, _ = tok.training_loss(video)
+            loss, _ = training_loss(tok, video)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -470,14 +473,17 @@ def test_usage_config_round_trips_and_validates(tmp_path):
     tok = _tiny(usage_weight=0.25, usage_temperature=0.05)
     tok.save_pretrained(tmp_path / "tok")
     again = load_video_tokenizer(tmp_path / "tok")
-    assert (again.config.usage_weight, again.config.usage_temperature) == (0.25, 0.05) and again.config == tok.config
-    # A config.json from before the option loads with it off.
+    assert (again.objective.usage_weight, again.objective.usage_temperature) == (0.25, 0.05)
+    assert again.config == tok.config and again.objective == tok.objective
+    # A config.json from before the option (and before issue 18: objective fields inside the config) loads
+    # with it off.
     _tiny().save_pretrained(tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    meta["config"].update(meta.pop("objective"))
     del meta["config"]["usage_weight"], meta["config"]["usage_temperature"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
     old = load_video_tokenizer(tmp_path / "old")
-    assert (old.config.usage_weight, old.config.usage_temperature) == (0.0, 1.0)
+    assert (old.objective.usage_weight, old.objective.usage_temperature) == (0.0, 1.0)
     with pytest.raises(ValueError, match="usage_weight must be >= 0"):
         _tiny(usage_weight=-0.1)
     with pytest.raises(ValueError, match="usage_temperature must be > 0"):

@@ -8,7 +8,7 @@ For each frame count T of `--frames` (default 16,32,64,128; each at most the pre
 training step of the preset (untrained, seeded by `--seed`) on `videos` (default 1) random clips of T
 frames at its image size, done two ways:
 
-    sampled   CoordTok's stage-1 step: encode, decode config.num_samples random patches (a fixed N:
+    sampled   CoordTok's stage-1 step: encode, decode num_samples random patches (a fixed N:
               3.125 % of a full clip's patches, whatever T is), MSE on them
     full      the same model decoding every patch of the T frames in one sequence, MSE on the video
 
@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric
 from mmvid.video_tokenizers import build_video_tokenizer
-from mmvid.video_tokenizers.coordtok import CoordTok, coordtok_training_loss
+from mmvid.video_tokenizers.coordtok import CoordTok
+from mmvid.video_tokenizers.objectives import coordtok_training_loss, objective_of
 
 DEFAULT_PRESET = "coordtok_base"
 DEFAULT_FRAMES = "16,32,64,128"
@@ -88,7 +89,7 @@ def _run(ctx: BenchContext, preset: str, frame_counts: list[int], repeats: int, 
         for mode in MODES:
             results[T, mode] = _measure(model, optimizer, video, mode, generator, repeats, param_bytes)
 
-    metrics = [Metric("sampled_patches", float(c.num_samples))]
+    metrics = [Metric("sampled_patches", float(objective_of(model).num_samples(c)))]
     _, rows, cols = c.decoder_grid
     table = ["| frames | patches (full) | sampled MiB | full MiB | sampled ms | full ms |", "|---:|---:|---:|---:|---:|---:|"]
     for T in frame_counts:

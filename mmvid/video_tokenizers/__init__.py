@@ -2,6 +2,7 @@
 
     from mmvid.video_tokenizers import build_video_tokenizer, load_video_tokenizer, VIDEO_TOKENIZERS
     tok = build_video_tokenizer("vtok_base", token_dim=16)   # preset + overrides
+    tok = build_video_tokenizer("coordtok_tiny", stage=2)     # objective settings go to tok.objective
     with torch.device("meta"):                                # counts without memory
         big = build_video_tokenizer("vtok_clip_l336")
 
@@ -22,6 +23,7 @@ from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FIL
 from mmvid.video_tokenizers.coordtok import (CoordTok, CoordTokConfig, coordtok_b, coordtok_base, coordtok_l, coordtok_l_3072,
                                              coordtok_s, coordtok_tiny)
 from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
+from mmvid.video_tokenizers.objectives import build_objective, objective_fields, split_objective
 from mmvid.video_tokenizers.sweettok import SweetTok, SweetTokConfig, sweettok_base, sweettok_compact, sweettok_tiny
 from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
 
@@ -46,11 +48,15 @@ ARCHITECTURES = {"frames": FramesTokenizer, "vtok": VTok, "coordtok": CoordTok, 
 
 
 def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
-    """A preset by name, with config fields overridden. Raises KeyError for an unknown name."""
+    """A preset by name, with config fields overridden; overrides that are objective settings
+    (objectives.py, e.g. CoordTok's `stage`) set `tokenizer.objective`. Raises KeyError for an
+    unknown name."""
     if name not in VIDEO_TOKENIZERS:
         raise KeyError(f"unknown video tokenizer {name!r}; known: {sorted(VIDEO_TOKENIZERS)}")
+    settings = {k: overrides.pop(k) for k in list(overrides) if k in objective_fields()}
     tokenizer = VIDEO_TOKENIZERS[name](**overrides)
     tokenizer.preset = name
+    tokenizer.objective = build_objective(tokenizer.architecture, settings)
     return tokenizer
 
 
@@ -58,8 +64,9 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
     """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict).
 
     `overrides` change config fields that leave the weights as they are (e.g. SweetTok's
-    `output="ids"`); an unknown field raises, and one that changes the weights' shapes fails the
-    strict load."""
+    `output="ids"`) or objective settings; an unknown field raises, and one that changes the weights'
+    shapes fails the strict load. Objective settings saved inside the architecture's config (before
+    issue 18) move to `tokenizer.objective`, and CoordTok renames its old weight keys on load."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -72,16 +79,19 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[architecture]
-    data = dict(record["config"])
+    overrides, objective_overrides = split_objective(architecture, overrides)
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls.config_class)})
     if unknown:
         raise ValueError(f"unknown {architecture} config fields {unknown} in the overrides for {path}")
-    data.update(overrides)
+    data, settings = split_objective(architecture, record["config"])  # format 1 before issue 18 mixed them
+    data = {**data, **overrides}
     if "hf_path" in data:
         data["hf_path"] = None  # the checkpoint's own weights include the vision model
     tokenizer = cls(config_from_dict(cls.config_class, data))
     tokenizer.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(map_location)))
     tokenizer.preset = record.get("preset")
+    settings.update(record.get("objective", {}), **objective_overrides)
+    tokenizer.objective = build_objective(architecture, settings)
     return tokenizer
 
 

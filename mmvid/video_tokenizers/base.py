@@ -86,6 +86,7 @@ class VideoTokenizer(nn.Module):
         super().__init__()
         self.config = config
         self.preset: str | None = None  # the registry name it was built from, if any
+        self.objective = None  # training settings (objectives.py), not architecture; None = the defaults
 
     # -- the contract -----------------------------------------------------------------------------
 
@@ -185,8 +186,11 @@ class VideoTokenizer(nn.Module):
     # -- checkpoints ------------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write `model.safetensors` and `config.json` (architecture, preset, config) into a folder."""
+        """Write `model.safetensors` and `config.json` (architecture, preset, config, and the objective's
+        settings when it has any) into a folder."""
         from safetensors.torch import save_file
+
+        from mmvid.video_tokenizers.objectives import objective_to_dict
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -198,6 +202,8 @@ class VideoTokenizer(nn.Module):
             "preset": self.preset,
             "config": asdict(self.config),
         }
+        if self.objective is not None:
+            record["objective"] = objective_to_dict(self.objective)
         (path / CONFIG_FILE).write_text(json.dumps(record, indent=1))
         return path
 

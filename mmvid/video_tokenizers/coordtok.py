@@ -35,23 +35,19 @@ them). A shorter video is a padded clip: its missing frames are never encoded (t
 them out of every attention with a boolean mask) and never decoded; per-video lengths in one batch go
 through `encode(..., num_valid_frames=)`. Longer videos raise ValueError.
 
-Deviations from the released code (see the brief, §5):
+Training (stage 1: random patches; stage 2: whole random frames) is `objectives.coordtok_training_loss`.
+
+Deviations from the released code (see the brief, §5; the losses' in `objectives`):
 - Padding masks are boolean (True = padding, as everywhere in `layers`). The released code passes a
   float 0/1 `key_padding_mask` to nn.MultiheadAttention, which *adds* 1 to padded keys' logits instead
   of masking them (a bug), and it marks a partially real temporal patch (`n_frames // 8`) as padding;
   here it counts as real.
-- Losses (in `coordtok_training_loss`): MSE is averaged over videos (the code sums per-video means over
-  the local batch; AdamW hardly cares). The perceptual term is mmvid's VGG16 feature distance
-  (`losses.PerceptualLoss`, averaged over frames), not taming's LPIPS summed over the 16 frames: set
-  perceptual_weight=16 to give it the released code's weight relative to MSE.
 - Chunked decoding (`chunk_size`) is a *different model input*: attention then sees only the patches
   of one chunk, not the whole video as in training's random sets and the paper's evaluation.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -64,10 +60,7 @@ from einops import rearrange
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
 from mmvid.video_tokenizers.layers import Block, QueryBlock
 
-log = logging.getLogger(__name__)
-
 PLANES = ("xy", "yt", "xt")  # token order of encode()
-STAGES = (1, 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,39 +90,6 @@ def sample_plane(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return top * (1 - wr) + bottom * wr
 
 
-def sample_coordinates(num_valid: torch.Tensor, grid: tuple[int, int], num_samples: int,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stage 1's random patches: `num_samples` (t, x, y) patch indices per video, drawn independently
-    and with replacement (as the paper's code), t only among the video's real temporal positions.
-
-    Args:
-        num_valid: long (B,), real temporal patch positions per video (frames when the decoder's
-            temporal patch is 1 frame); each >= 1.
-        grid: (rows, columns) of the decoder's patch grid, (H / p, W / p).
-        num_samples: patches per video.
-        generator: a CPU generator (default: the global RNG, which training checkpoints save).
-    Returns:
-        long (B, num_samples, 3) on the CPU.
-    """
-    num_valid = num_valid.detach().to("cpu", torch.long)
-    if num_valid.ndim != 1 or int(num_valid.min()) < 1:
-        raise ValueError(f"num_valid must be (B,) with every entry >= 1, got {num_valid.tolist()}")
-    B = num_valid.shape[0]
-    u = torch.rand(B, num_samples, generator=generator, dtype=torch.float64)
-    t = (u * num_valid[:, None]).long().clamp(max=num_valid[:, None] - 1)  # uniform over 0 .. valid - 1
-    x = torch.randint(0, grid[0], (B, num_samples), generator=generator)
-    y = torch.randint(0, grid[1], (B, num_samples), generator=generator)
-    return torch.stack([t, x, y], dim=-1)
-
-
-def sample_frames(num_valid: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stage 2's random frames: `count` distinct real temporal positions per video, long (B, count)."""
-    num_valid = num_valid.detach().to("cpu", torch.long)
-    if count > int(num_valid.min()):
-        raise ValueError(f"cannot draw {count} distinct frames from videos with {num_valid.tolist()} real ones")
-    return torch.stack([torch.randperm(int(n), generator=generator)[:count] for n in num_valid])
-
-
 # Before issue 18 the cross-self blocks had their own class, with LayerNorms named norm1 / norm2 / norm3.
 _LEGACY_NORMS = {"norm1": "norm_q", "norm2": "norm_self", "norm3": "norm_mlp"}
 _LEGACY_KEY = re.compile(r"blocks\.(\d+)\.(norm[123])\.")
@@ -149,11 +109,6 @@ def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
 
 def _upgrade_on_load(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     upgrade_state_dict(state_dict, prefix)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
-    log.warning(message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,10 +139,6 @@ class CoordTokConfig:
     decoder_patch_size: int = 8  # pixels of each decoded patch's side
     decoder_temporal_patch_size: int = 1  # frames of each decoded patch
     chunk_size: int = 0  # decode: patches per decoder sequence; 0 = all of the video in one (the paper)
-    # The training objective (read by coordtok_training_loss, not by the architecture):
-    stage: int = 1  # 1: random patches, MSE; 2: whole random frames, MSE + perceptual
-    sample_fraction: float = 0.03125  # stage 1: patches per video, a fraction of the clip's (1024 of 32768)
-    stage2_frames: int = 16  # stage 2: whole frames per video
 
     def __post_init__(self):
         def multiple(a: str, b: str) -> None:
@@ -199,12 +150,8 @@ class CoordTokConfig:
                      ("plane_size", "plane_patch_size"), ("plane_frames", "plane_temporal_patch_size"),
                      ("dim", "num_heads"), ("decoder_dim", "decoder_heads")):
             multiple(a, b)
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {list(STAGES)}, got {self.stage}")
-        if not 0 < self.sample_fraction <= 1:
-            raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
-        if self.stage2_frames < 1 or self.chunk_size < 0:
-            raise ValueError(f"stage2_frames must be >= 1 and chunk_size >= 0, got {self.stage2_frames}, {self.chunk_size}")
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0, got {self.chunk_size}")
 
     @property
     def encoder_grid(self) -> tuple[int, int, int]:
@@ -233,11 +180,6 @@ class CoordTokConfig:
     @property
     def num_plane_tokens(self) -> int:
         return sum(r * c for r, c in self.plane_shapes.values())
-
-    @property
-    def num_samples(self) -> int:
-        """Stage 1's patches per video."""
-        return max(1, round(self.sample_fraction * math.prod(self.decoder_grid)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,88 +450,6 @@ class CoordTok(VideoTokenizer):
         _, rows, _ = c.decoder_grid
         return rearrange(patches, "b (t h w) c pt p q -> b c (t pt) (h p) (w q)",
                          t=T // c.decoder_temporal_patch_size, h=rows)
-
-    # -- training ----------------------------------------------------------------------------------
-
-    def training_loss(self, video: torch.Tensor, perceptual: nn.Module | None = None,
-                      perceptual_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-        """The trainer's hook: coordtok_training_loss at the config's stage."""
-        return coordtok_training_loss(self, video, perceptual=perceptual, perceptual_weight=perceptual_weight)
-
-
-# ----------------------------------------------------------------------------------------------
-# The training objective
-# ----------------------------------------------------------------------------------------------
-
-
-def patches_of(video: torch.Tensor, coords: torch.Tensor, temporal_patch: int, patch: int) -> torch.Tensor:
-    """The target pixels of decoder patches: video (B, 3, T, H, W), coords long (B, M, 3) ->
-    (B, M, 3, pt, p, p)."""
-    grid = rearrange(video, "b c (t pt) (h p) (w q) -> b t h w c pt p q", pt=temporal_patch, p=patch, q=patch)
-    b = torch.arange(video.shape[0], device=video.device)[:, None]
-    t, x, y = coords.to(video.device).unbind(-1)
-    return grid[b, t, x, y]
-
-
-def coordtok_training_loss(
-    model: CoordTok,
-    video: torch.Tensor,
-    stage: int | None = None,
-    num_valid_frames: torch.Tensor | None = None,
-    perceptual: nn.Module | None = None,
-    perceptual_weight: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """CoordTok's objective for one batch; returns the loss and its parts for logging.
-
-    Stage 1 (config.stage, or `stage`): `config.num_samples` random patches per video (3.125 % of the
-    clip's, with replacement, real frames only), MSE. Stage 2: `config.stage2_frames` distinct random
-    real frames per video, decoded whole (their patches in one sequence), MSE + perceptual_weight x
-    the perceptual loss; MSE only (with a warning) when no perceptual module is given.
-
-    Args:
-        model: a CoordTok.
-        video: (B, 3, T, H, W) in [-1, 1], T <= config.num_frames.
-        num_valid_frames: optional long (B,), real frames per video of a padded batch (default T).
-        generator: CPU generator for the sampling (default the global RNG).
-    """
-    c = model.config
-    stage = c.stage if stage is None else stage
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {list(STAGES)}, got {stage}")
-    B, T = video.shape[0], video.shape[2]
-    pt, p = c.decoder_temporal_patch_size, c.decoder_patch_size
-    valid = torch.full((B,), T) if num_valid_frames is None else torch.as_tensor(num_valid_frames).cpu().long()
-    tokens = model.encode(video, num_valid_frames=num_valid_frames)
-    valid_patches = valid // pt  # only temporal patches made of real frames
-    if int(valid_patches.min()) < 1:
-        raise ValueError(f"every video needs at least {pt} real frames, got {valid.tolist()}")
-    _, rows, cols = c.decoder_grid
-    if stage == 1:
-        coords = sample_coordinates(valid_patches, (rows, cols), c.num_samples, generator).to(video.device)
-        prediction = model.decode_patches(tokens, coords)  # (B, N, 3, pt, p, p)
-        mse = F.mse_loss(prediction, patches_of(video, coords, pt, p))
-        return mse, {"mse": float(mse.detach())}
-
-    count = min(c.stage2_frames, int(valid_patches.min()))
-    frames = sample_frames(valid_patches, count, generator)  # (B, count)
-    spatial = model.patch_coordinates(pt)[:, 1:]  # (rows cols, 2): every patch of one frame
-    coords = torch.cat([frames[:, :, None, None].expand(-1, -1, spatial.shape[0], 1),
-                        spatial[None, None].expand(B, count, -1, -1)], dim=-1).flatten(1, 2).to(video.device)
-    prediction = rearrange(model.decode_patches(tokens, coords), "b (f h w) c pt p q -> b c (f pt) (h p) (w q)",
-                           f=count, h=rows)  # (B, 3, count pt, H, W): whole frames
-    target = rearrange(patches_of(video, coords, pt, p), "b (f h w) c pt p q -> b c (f pt) (h p) (w q)",
-                       f=count, h=rows)
-    mse = F.mse_loss(prediction, target)
-    parts = {"mse": float(mse.detach())}
-    loss = mse
-    if perceptual is None:
-        _warn_once("CoordTok stage 2 without a perceptual loss (set perceptual_weights to a VGG16 file): MSE only")
-    elif perceptual_weight > 0:
-        term = perceptual(prediction, target)
-        parts["perceptual"] = float(term.detach())
-        loss = loss + perceptual_weight * term
-    return loss, parts
 
 
 # ----------------------------------------------------------------------------------------------

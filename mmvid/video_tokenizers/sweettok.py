@@ -24,7 +24,8 @@ MLC quantizer (one per branch; `vocabulary.py` builds the words): a token of 2C 
 halves; the first half takes the mean of its 2 nearest attribute codewords (adjectives for spatial,
 adverbs for temporal), the second its nearest entity codeword (noun / verb). Codewords are a trainable
 2-layer GCN (normalized adjacency with self loops over caption co-occurrence edges) of frozen word
-vectors. Loss: ||sg(z) - q||^2 + beta ||z - sg(q)||^2 (beta = 0.25), straight-through gradients.
+vectors; straight-through gradients. Training (MSE + VQ, and the options) is
+`objectives.sweettok_training_loss`.
 
 One id layout everywhere: word ids [nouns | adjectives | verbs | adverbs] (`vocabulary.offsets`);
 a token is 3 word ids — spatial (adj, adj, noun), temporal (adv, adv, verb), nearest attribute first;
@@ -36,12 +37,10 @@ quantized token vectors (continuous, for a projector) by default, or the 3 N ids
 (then the tokenizer is discrete, for an embedding projector).
 
 Deviations from the paper and the released code (see the brief, part A):
-- Training is end to end on pixels (MSE + VQ [+ perceptual]). The paper's stage 1 regresses the codes
-  of a frozen pretrained OmniTokenizer (5120 tokens) and its stage 2 decodes through OmniTokenizer's
-  decoder; no such model exists here. The hook stays: `proxy_codebook_size=K` adds a head giving
-  K-way logits over the (1 + L) x G grid, and `set_proxy_targets(fn)` (fn: video -> long codes
-  (B, 1 + L, G)) or `training_loss(..., proxy_targets=)` adds `proxy_weight` x their cross-entropy
-  (`pixel_weight=0` then gives the paper's stage 1).
+- Training is end to end on pixels (`objectives`). The paper's stage 1 regresses the codes of a frozen
+  pretrained OmniTokenizer (5120 tokens) and its stage 2 decodes through OmniTokenizer's decoder; no
+  such model exists here. The hook stays: `proxy_codebook_size=K` adds a head giving K-way logits over
+  the (1 + L) x G grid of decoder features, which the objective trains on given proxy codes.
 - Word vectors: a fixed random vector per word by default (no pretrained text encoder here; the paper
   uses CLIP text or Qwen embeddings); `hf_path` = a local HF model folder uses its input embedding
   table (sub-word pieces averaged). Vectors are L2-normalized rows.
@@ -51,23 +50,23 @@ Deviations from the paper and the released code (see the brief, part A):
   embeddings (OmniTokenizer's window attention, PEG and RoPE are not reproduced); the patch and tube
   embeddings are both LN -> Linear -> LN, so their difference compares like with like; the pre-VQ map
   is LN -> Linear (the code's 1x1 conv + Linear are one linear map); the GCN has self loops and no
-  dropout; the VQ loss has the VQ-VAE weighting (`legacy_vq_loss=True`: the released code's
-  taming-legacy ||sg(q) - z||^2 + beta ||q - sg(z)||^2).
+  dropout.
 - Any T >= 1 works (padded as above; decode cuts back to `num_frames`); the token count is S + G for
   every T.
 - Option, off by default (the paper has no such term): a codebook-usage (entropy) regulariser against
-  codebook collapse. With `usage_weight` > 0 each branch adds, for its attribute words and its entity
-  words separately, mean_m H(p_m) - H(mean_m p_m) with p_m = softmax(-d_m / usage_temperature) over the
-  squared distances d_m of token m (gradients reach the encoder and the GCN); minimising it makes each
-  soft assignment confident and the batch use many words (MAGVIT-v2's entropy penalty). The codewords
-  are a GCN of fixed word vectors, so dead words cannot be re-initialised; this acts through the loss.
-  The hard assignment (the ids) does not depend on it.
+  codebook collapse. Given a temperature, each branch's quantizer also returns, for its attribute words
+  and its entity words separately, mean_m H(p_m) - H(mean_m p_m) with p_m = softmax(-d_m / temperature)
+  over the squared distances d_m of token m (gradients reach the encoder and the GCN); minimising it
+  makes each soft assignment confident and the batch use many words (MAGVIT-v2's entropy penalty). The
+  codewords are a GCN of fixed word vectors, so dead words cannot be re-initialised; this acts through
+  the loss (`usage_weight` in `objectives.SweetTokObjective`). The hard assignment (the ids) does not
+  depend on it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -275,17 +274,7 @@ class SweetTokConfig:
     parts_of_speech_path: str | None = None  # ... with this word<TAB>pos list (default: the world's LEXICON)
     min_word_count: int = 1  # building: keep words seen at least this often
     cooccurrence_window: int = 0  # building: 0 = an edge for any two words in one caption; k = at most k apart
-    # The training objective (read by training_loss, not by the architecture)
-    beta: float = 0.25  # commitment weight
-    legacy_vq_loss: bool = False  # True: beta weighs the codebook term (taming's legacy form, the released code)
-    vq_weight: float = 1.0
-    pixel_weight: float = 1.0  # MSE weight; 0 with proxy targets = the paper's stage 1
     proxy_codebook_size: int = 0  # K > 0: a K-way head over the latent grid for proxy-code training
-    proxy_weight: float = 1.0
-    # Codebook usage (not in the paper; off at 0): usage_weight x, per branch, the entropy term over the
-    # soft assignments of its attribute and its entity words (see the module docstring), against collapse.
-    usage_weight: float = 0.0  # >= 0; 0 = the paper's loss (and the term is not computed)
-    usage_temperature: float = 1.0  # > 0: soft assignment softmax(-squared distance / temperature)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -306,12 +295,8 @@ class SweetTokConfig:
             raise ValueError("give vocabulary_path (a built vocabulary) or captions_path (to build one), not both")
         if self.parts_of_speech_path and not self.captions_path:
             raise ValueError("parts_of_speech_path tags the words of captions_path; give captions_path too")
-        if self.cooccurrence_window < 0 or self.beta < 0 or self.proxy_codebook_size < 0:
-            raise ValueError("cooccurrence_window, beta and proxy_codebook_size must be >= 0")
-        if self.usage_weight < 0:
-            raise ValueError(f"usage_weight must be >= 0, got {self.usage_weight}")
-        if self.usage_temperature <= 0:
-            raise ValueError(f"usage_temperature must be > 0, got {self.usage_temperature}")
+        if self.cooccurrence_window < 0 or self.proxy_codebook_size < 0:
+            raise ValueError("cooccurrence_window and proxy_codebook_size must be >= 0")
 
     @property
     def grid(self) -> int:
@@ -403,7 +388,6 @@ class SweetTok(VideoTokenizer):
                                                for _ in range(c.decoder_temporal_depth)])
         self.tube_head = nn.Sequential(nn.LayerNorm(Dd), nn.Linear(Dd, 3 * pt * p * p))
         self.proxy_head = nn.Linear(Dd, c.proxy_codebook_size) if c.proxy_codebook_size else None
-        self._proxy_targets: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.initialize_weights()
 
     def _word_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -562,15 +546,15 @@ class SweetTok(VideoTokenizer):
         z_t = F.normalize(self.temporal_out(rearrange(q, "(b g) 1 d -> b g d", b=B)), dim=-1)  # (B, G, 2C)
         return z_s, z_t
 
-    def quantize(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    def quantize(self, video: torch.Tensor,
+                 usage_temperature: float | None = None) -> dict[str, torch.Tensor]:
         """Encode and quantize: {"vectors" (B, N, 2C) straight-through, "ids" long (B, 3N) word ids,
         "codebook_loss", "commitment_loss", "usage_loss" (summed over both branches; the usage loss is
-        0 unless usage_weight > 0), "spatial_ids", "temporal_ids" (local, (B, S, 3) / (B, G, 3))}."""
-        c = self.config
+        0 unless a `usage_temperature` is given), "spatial_ids", "temporal_ids" (local, (B, S, 3) /
+        (B, G, 3))}."""
         z_s, z_t = self.encode_latents(video)
-        temperature = c.usage_temperature if c.usage_weight > 0 else None
-        q_s, ids_s, cb_s, cm_s, us_s = self.spatial_quantizer(z_s, temperature)
-        q_t, ids_t, cb_t, cm_t, us_t = self.temporal_quantizer(z_t, temperature)
+        q_s, ids_s, cb_s, cm_s, us_s = self.spatial_quantizer(z_s, usage_temperature)
+        q_t, ids_t, cb_t, cm_t, us_t = self.temporal_quantizer(z_t, usage_temperature)
         offset = self.vocabulary.offsets["verb"]  # the temporal branch's first global id
         ids = torch.cat([ids_s.flatten(1), (ids_t + offset).flatten(1)], dim=1)
         return {"vectors": torch.cat([q_s, q_t], dim=1), "ids": ids, "codebook_loss": cb_s + cb_t,
@@ -703,60 +687,6 @@ class SweetTok(VideoTokenizer):
         """The inverse: 3N words (as video_to_text writes them) -> video (1, 3, T, H, W)."""
         ids = self.words_to_ids(text)[None].to(self.grid_queries.device)
         return self.decode_ids(ids, num_frames)
-
-    # -- training ----------------------------------------------------------------------------------
-
-    def set_proxy_targets(self, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        """Proxy-code training: fn(video) -> long codes (B, 1 + L, G) of a frozen pretrained grid
-        tokenizer (OmniTokenizer in the paper). Kept out of the state dict; needs proxy_codebook_size."""
-        if fn is not None and self.proxy_head is None:
-            raise ValueError("proxy targets need a proxy head: build with proxy_codebook_size=K")
-        object.__setattr__(self, "_proxy_targets", fn)  # not registered, even if fn is an nn.Module
-
-    def training_loss(self, video: torch.Tensor, perceptual: nn.Module | None = None, perceptual_weight: float = 0.0,
-                      proxy_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The trainer's hook: pixel_weight x MSE + vq_weight x (codebook + beta x commitment)
-        [+ usage_weight x usage] [+ perceptual_weight x perceptual] [+ proxy_weight x cross-entropy on
-        proxy codes].
-
-        Args:
-            video: (B, 3, T, H, W) in [-1, 1].
-            proxy_targets: long (B, 1 + L, G); default the `set_proxy_targets` function's, if any.
-        Returns:
-            the loss, and its parts for logging (also the fraction of each branch's words in use).
-        """
-        c = self.config
-        T = video.shape[2]
-        out = self.quantize(video)
-        reconstruction, features = self.decode_with_features(out["vectors"], T)
-        mse = F.mse_loss(reconstruction, video)
-        codebook, commitment = out["codebook_loss"], out["commitment_loss"]
-        vq = c.beta * codebook + commitment if c.legacy_vq_loss else codebook + c.beta * commitment
-        loss = c.pixel_weight * mse + c.vq_weight * vq
-        parts = {"mse": float(mse.detach()), "vq": float(vq.detach()), "codebook": float(codebook.detach()),
-                 "commitment": float(commitment.detach()),
-                 "spatial_words": out["spatial_ids"].unique().numel() / len(self.spatial_quantizer.word_vectors),
-                 "temporal_words": out["temporal_ids"].unique().numel() / len(self.temporal_quantizer.word_vectors)}
-        if c.usage_weight > 0:
-            usage = out["usage_loss"]
-            parts["usage"] = float(usage.detach())
-            loss = loss + c.usage_weight * usage
-        if perceptual is not None and perceptual_weight > 0:
-            term = perceptual(reconstruction, video)
-            parts["perceptual"] = float(term.detach())
-            loss = loss + perceptual_weight * term
-        if proxy_targets is None and self._proxy_targets is not None:
-            with torch.no_grad():
-                proxy_targets = self._proxy_targets(video)
-        if proxy_targets is not None:
-            if self.proxy_head is None:
-                raise ValueError("proxy targets need a proxy head: build with proxy_codebook_size=K")
-            logits = self.proxy_head(features)  # (B, 1 + L, G, K)
-            targets = proxy_targets.to(logits.device).long().reshape(logits.shape[:-1])
-            ce = F.cross_entropy(logits.flatten(0, 2), targets.flatten())
-            parts["proxy_ce"] = float(ce.detach())
-            loss = loss + c.proxy_weight * ce
-        return loss, parts
 
 
 # ----------------------------------------------------------------------------------------------

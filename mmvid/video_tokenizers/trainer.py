@@ -5,9 +5,9 @@
 
 Data: a built synthetic world (default `data/shapes`, built on first use if missing), any folder
 of videos, or a .txt list (`data.source`). Each step: encode -> decode -> loss (from `losses.py`)
--> backward -> clip -> AdamW step. A tokenizer with its own objective (a `training_loss(video,
-perceptual, perceptual_weight)` method returning (loss, parts), e.g. CoordTok's random patches)
-gets that instead of decode(encode(x)) + `reconstruction_loss`. Every `val_every` steps: PSNR and SSIM on validation videos.
+-> backward -> clip -> AdamW step. A tokenizer with its own objective (`objectives.OBJECTIVES`, e.g.
+CoordTok's random patches) gets that instead of decode(encode(x)) + `reconstruction_loss`.
+Every `val_every` steps: PSNR and SSIM on validation videos.
 Every `checkpoint_every` steps: an atomic checkpoint (weights, optimizer, scheduler, sampler
 position, RNG); re-running the same command after a kill resumes from the newest. At the end:
 `save_pretrained` to `<out>/final`, loadable with `load_video_tokenizer`.
@@ -36,6 +36,7 @@ from mmvid.metrics import psnr, ssim
 from mmvid.video_tokenizers import build_video_tokenizer
 from mmvid.video_tokenizers.base import WEIGHTS_FILE, VideoTokenizer
 from mmvid.video_tokenizers.losses import build_perceptual_loss, reconstruction_loss
+from mmvid.video_tokenizers.objectives import OBJECTIVES, training_loss
 
 log = logging.getLogger("mmvid.tokenizer_train")
 DEFAULT_WORLD = "data/shapes"
@@ -130,7 +131,7 @@ class TrainingLoss(torch.nn.Module):
         self.tokenizer = tokenizer
 
     def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float):
-        return self.tokenizer.training_loss(video, perceptual, perceptual_weight)
+        return training_loss(self.tokenizer, video, perceptual, perceptual_weight)
 
 
 @torch.no_grad()
@@ -183,7 +184,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         if not weights.is_file():
             raise FileNotFoundError(f"init_from={cfg.init_from}: no {WEIGHTS_FILE} there (a save_pretrained folder)")
         tokenizer.load_state_dict(load_file(str(weights), device=str(device)))
-    own_loss = hasattr(tokenizer, "training_loss")
+    own_loss = tokenizer.architecture in OBJECTIVES
     model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
