@@ -30,11 +30,12 @@ vectors; straight-through gradients. Training (MSE + VQ, and the options) is
 One id layout everywhere: word ids [nouns | adjectives | verbs | adverbs] (`vocabulary.offsets`);
 a token is 3 word ids — spatial (adj, adj, noun), temporal (adv, adv, verb), nearest attribute first;
 a video is 3 N ids: every spatial token's triple, then every temporal token's (3840 for compact, as the
-released generator's sequence). `encode_ids` / `decode_ids` / `ids_to_words` / `words_to_ids` /
-`video_to_text` / `text_to_video` all use it, and `id_layout` describes it (discrete, codebook_size =
-vocabulary size, words = id -> word, group = the slot's part of speech). `encode` returns the N
-quantized token vectors (continuous, for a projector) by default, or the 3 N ids with `output="ids"`
-(then the tokenizer is discrete, for an embedding projector).
+released generator's sequence). `encode_ids` / `decode_ids` and the words API of `vocabulary.WordIds`
+(`ids_to_words` / `words_to_ids` / `video_to_text` / `text_to_video` / `id_ranges` / `check_ids`) all
+use it, and `id_layout` describes it (discrete, codebook_size = vocabulary size, words = id -> word,
+group = the slot's part of speech). `encode` returns the N quantized token vectors (continuous, for a
+projector) by default, or the 3 N ids with `output="ids"` (then the tokenizer is discrete, for an
+embedding projector).
 
 Deviations from the paper and the released code (see the brief, part A):
 - Training is end to end on pixels (`objectives`). The paper's stage 1 regresses the codes of a frozen
@@ -66,7 +67,6 @@ Deviations from the paper and the released code (see the brief, part A):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -76,20 +76,7 @@ from einops import rearrange, repeat
 
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
 from mmvid.video_tokenizers.layers import MLP, Attention, Block, QueryBlock, grid_positions, init_weights
-from mmvid.video_tokenizers.vocabulary import (
-    PARTS,
-    Vocabulary,
-    build_vocabulary,
-    caption_words,
-    default_captions,
-    default_vocabulary,
-    embed_words,
-    load_embedding_table,
-    load_vocabulary,
-    random_word_vectors,
-    read_captions,
-    read_parts_of_speech,
-)
+from mmvid.video_tokenizers.vocabulary import PARTS, WordIds, branch_word_vectors, resolve_vocabulary
 
 READINGS = ("paper", "released")
 OUTPUTS = ("vectors", "ids")
@@ -313,36 +300,14 @@ class SweetTokConfig:
         return self.num_spatial_queries + self.num_temporal_queries
 
 
-def resolve_vocabulary(config: SweetTokConfig) -> Vocabulary:
-    """The config's vocabulary (stored, a file, built from captions, or the world's default); stores
-    the result in `config.vocabulary` so a checkpoint carries it."""
-    c = config
-    if c.vocabulary is not None:
-        vocab = Vocabulary.from_dict(c.vocabulary)
-    elif c.vocabulary_path:
-        vocab = load_vocabulary(c.vocabulary_path)
-    elif c.captions_path:
-        if c.parts_of_speech_path:
-            tags = read_parts_of_speech(c.parts_of_speech_path)
-        else:
-            from mmvid.data.shapes.text import LEXICON as tags
-        vocab = build_vocabulary(read_captions(c.captions_path), tags, c.min_word_count, c.cooccurrence_window)
-    elif (c.min_word_count, c.cooccurrence_window) == (1, 0):
-        vocab = default_vocabulary()
-    else:
-        from mmvid.data.shapes.text import LEXICON
-
-        vocab = build_vocabulary(default_captions(), LEXICON, c.min_word_count, c.cooccurrence_window)
-    c.vocabulary = vocab.to_dict()
-    return vocab
-
-
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
 
 
-class SweetTok(VideoTokenizer):
+class SweetTok(WordIds, VideoTokenizer):
+    """The words API (ids <-> words, video <-> text, id ranges) comes from `vocabulary.WordIds`."""
+
     architecture = "sweettok"
     config_class = SweetTokConfig
     min_frames = 1
@@ -370,8 +335,9 @@ class SweetTok(VideoTokenizer):
                                                     for _ in range(c.temporal_depth)])
         self.temporal_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * c.codeword_dim))
         # The language codebook.
-        spatial_vectors, temporal_vectors = self._word_vectors()
         vocab = self.vocabulary
+        spatial_vectors, temporal_vectors, c.word_dim = branch_word_vectors(vocab, c.word_dim, c.word_seed,
+                                                                            c.hf_path)
         self.spatial_quantizer = MLCQuantizer(spatial_vectors, len(vocab.noun), vocab.local_edges("spatial"),
                                               c.gcn_hidden_dim, c.codeword_dim)
         self.temporal_quantizer = MLCQuantizer(temporal_vectors, len(vocab.verb), vocab.local_edges("temporal"),
@@ -389,20 +355,6 @@ class SweetTok(VideoTokenizer):
         self.tube_head = nn.Sequential(nn.LayerNorm(Dd), nn.Linear(Dd, 3 * pt * p * p))
         self.proxy_head = nn.Linear(Dd, c.proxy_codebook_size) if c.proxy_codebook_size else None
         self.initialize_weights()
-
-    def _word_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen vectors of the spatial words [nouns, adjectives] and temporal words [verbs, adverbs],
-        L2-normalized rows, on the CPU."""
-        c, v = self.config, self.vocabulary
-        spatial, temporal = [*v.noun, *v.adjective], [*v.verb, *v.adverb]
-        if c.hf_path:
-            table, tokenize = load_embedding_table(c.hf_path)
-            c.word_dim = table.shape[1]
-            vectors = embed_words(spatial, table, tokenize), embed_words(temporal, table, tokenize)
-        else:
-            vectors = (random_word_vectors(spatial, c.word_dim, c.word_seed),
-                       random_word_vectors(temporal, c.word_dim, c.word_seed))
-        return tuple(F.normalize(x, dim=-1) for x in vectors)
 
     def initialize_weights(self) -> None:
         """ViT-style init (truncated normal 0.02, zero biases, unit LayerNorms; learned queries and
@@ -444,6 +396,28 @@ class SweetTok(VideoTokenizer):
         their location's cell centre (y, x), row-major. With output="ids" this is `id_layout`."""
         if self.discrete:
             return self.id_layout(num_frames, height, width)
+        time, position = self._token_places(num_frames, height, width)
+        S = self.config.num_spatial_queries
+        group = torch.tensor([0] * S + [1] * (len(time) - S))
+        return TokenLayout(groups=TOKEN_GROUPS, group=group, time=time, position=position)
+
+    def id_layout(self, num_frames: int, height: int, width: int) -> TokenLayout:
+        """The 3 N word ids of `encode_ids`: each id has its token's time and position and, as group,
+        its slot's part of speech (groups = PARTS: noun, adjective, verb, adverb), so a discrete head
+        can restrict each position to its class's id range (`vocabulary.ranges()`)."""
+        time, position = self._token_places(num_frames, height, width)
+        return TokenLayout(
+            groups=ID_GROUPS,
+            group=torch.tensor([PARTS.index(p) for p in self.slot_parts()]),
+            time=time.repeat_interleave(3),
+            position=position.repeat_interleave(3, dim=0),
+            discrete=True,
+            codebook_size=len(self.vocabulary),
+            words=self.vocabulary.words,
+        )
+
+    def _token_places(self, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of the S + G tokens' time, long (N,), and position (t, y, x), float (N, 3)."""
         self.check_size(height, width)
         self.latent_frames(num_frames)
         c = self.config
@@ -451,44 +425,7 @@ class SweetTok(VideoTokenizer):
         spatial_time = 0 if c.reading == "paper" else -1
         spatial = torch.tensor([[float(spatial_time), -1.0, -1.0]]).expand(S, 3)
         temporal = torch.cat([torch.full((G, 1), -1.0), grid_positions(c.grid)], dim=1)
-        return TokenLayout(
-            groups=TOKEN_GROUPS,
-            group=torch.tensor([0] * S + [1] * G),
-            time=torch.tensor([spatial_time] * S + [-1] * G),
-            position=torch.cat([spatial, temporal]),
-        )
-
-    def id_layout(self, num_frames: int, height: int, width: int) -> TokenLayout:
-        """The 3 N word ids of `encode_ids`: each id has its token's time and position and, as group,
-        its slot's part of speech (groups = PARTS: noun, adjective, verb, adverb), so a discrete head
-        can restrict each position to its class's id range (`vocabulary.ranges()`)."""
-        self.check_size(height, width)
-        self.latent_frames(num_frames)
-        c = self.config
-        S, G = c.num_spatial_queries, c.num_temporal_queries
-        spatial_time = 0 if c.reading == "paper" else -1
-        per_token = torch.cat([torch.tensor([[float(spatial_time), -1.0, -1.0]]).expand(S, 3),
-                               torch.cat([torch.full((G, 1), -1.0), grid_positions(c.grid)], dim=1)])
-        slot = [PARTS.index(p) for p in ("adjective", "adjective", "noun")] * S
-        slot += [PARTS.index(p) for p in ("adverb", "adverb", "verb")] * G
-        return TokenLayout(
-            groups=ID_GROUPS,
-            group=torch.tensor(slot),
-            time=torch.tensor([spatial_time] * S + [-1] * G).repeat_interleave(3),
-            position=per_token.repeat_interleave(3, dim=0),
-            discrete=True,
-            codebook_size=len(self.vocabulary),
-            words=self.vocabulary.words,
-        )
-
-    @property
-    def codebook_size(self) -> int:
-        """Word ids: the vocabulary size (ids index `words`)."""
-        return len(self.vocabulary)
-
-    @property
-    def words(self) -> list[str]:
-        return self.vocabulary.words
+        return torch.tensor([spatial_time] * S + [-1] * G), torch.cat([spatial, temporal])
 
     # -- encode ------------------------------------------------------------------------------------
 
@@ -613,35 +550,6 @@ class SweetTok(VideoTokenizer):
         video = torch.cat([frame0, later], dim=2)[:, :, :T]
         return video, torch.cat([first[:, None], h], dim=1)
 
-    # -- words -------------------------------------------------------------------------------------
-
-    def id_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """[low, high) allowed ids at each id position, for a discrete generation head (constrained sampling)."""
-        return self._slot_ranges(device)
-
-    def _slot_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """[low, high) allowed ids of each of the 3 N slots."""
-        c, r = self.config, self.vocabulary.ranges()
-        slots = [r["adjective"], r["adjective"], r["noun"]] * c.num_spatial_queries
-        slots += [r["adverb"], r["adverb"], r["verb"]] * c.num_temporal_queries
-        bounds = torch.tensor(slots, device=device)
-        return bounds[:, 0], bounds[:, 1]
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        """Raise ValueError unless ids are long (B, 3N) with each slot's id in its part of speech."""
-        n = 3 * self.config.num_query_tokens
-        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool or ids.ndim != 2 \
-                or ids.shape[1] != n:
-            shape = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise ValueError(f"expected word ids long (B, {n}) = 3 x (S + G), got {shape}")
-        low, high = self._slot_ranges(ids.device)
-        bad = (ids < low) | (ids >= high)
-        if bool(bad.any()):
-            b, i = (int(v) for v in bad.nonzero()[0])
-            part = PARTS[[lo for lo, _ in self.vocabulary.ranges().values()].index(int(low[i]))]
-            raise ValueError(f"id {int(ids[b, i])} at position {i} of video {b} is outside its slot's part of speech "
-                             f"({part}: ids {int(low[i])}..{int(high[i]) - 1}; layout: {self.vocabulary.ranges()})")
-
     def ids_to_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """Word ids (B, 3N) -> quantized tokens (B, N, 2C)."""
         self.check_ids(ids)
@@ -650,43 +558,6 @@ class SweetTok(VideoTokenizer):
         spatial = self.spatial_quantizer.lookup(triples[:, :S])
         temporal = self.temporal_quantizer.lookup(triples[:, S:] - self.vocabulary.offsets["verb"])
         return torch.cat([spatial, temporal], dim=1)
-
-    def ids_to_words(self, ids: torch.Tensor | Iterable[int]) -> list[str]:
-        """One sequence of word ids (1-D) -> words."""
-        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
-        if ids.ndim != 1 or ids.is_floating_point():
-            raise ValueError(f"ids_to_words takes one sequence of integer ids (1-D), got {ids.dtype} "
-                             f"{tuple(ids.shape)}; for a batch use [tok.ids_to_words(row) for row in ids]")
-        words = self.vocabulary.words
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(words)):
-            raise ValueError(f"word ids must be in [0, {len(words)}), got ids in [{int(ids.min())}, {int(ids.max())}]")
-        return [words[i] for i in ids.tolist()]
-
-    def words_to_ids(self, words: str | Iterable[str]) -> torch.Tensor:
-        """Words (a list, or one string split on whitespace) -> long (n,) ids."""
-        words = words.split() if isinstance(words, str) else list(words)
-        index = {w: i for i, w in enumerate(self.vocabulary.words)}
-        unknown = sorted({w for w in words if w not in index})
-        if unknown:
-            raise ValueError(f"words not in the vocabulary: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-        return torch.tensor([index[w] for w in words], dtype=torch.long)
-
-    @torch.no_grad()
-    def video_to_text(self, video: torch.Tensor) -> str:
-        """One video (1, 3, T, H, W) or (3, T, H, W) -> its 3N words, space-separated: every spatial
-        token as "adj adj noun", then every temporal token as "adv adv verb"."""
-        if isinstance(video, torch.Tensor) and video.ndim == 4:
-            video = video[None]
-        if isinstance(video, torch.Tensor) and video.ndim == 5 and video.shape[0] != 1:
-            raise ValueError(f"video_to_text takes one video, got a batch of {video.shape[0]}; "
-                             f"use [tok.ids_to_words(row) for row in tok.encode_ids(videos)]")
-        return " ".join(self.ids_to_words(self.encode_ids(video)[0]))
-
-    @torch.no_grad()
-    def text_to_video(self, text: str, num_frames: int | None = None) -> torch.Tensor:
-        """The inverse: 3N words (as video_to_text writes them) -> video (1, 3, T, H, W)."""
-        ids = self.words_to_ids(text)[None].to(self.grid_queries.device)
-        return self.decode_ids(ids, num_frames)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """SweetTok's word vocabulary: caption words split by part of speech, their co-occurrence graph,
-and the frozen word vectors the language codebook starts from.
+the frozen word vectors the language codebook starts from, and the words <-> ids API (`WordIds`).
 
     vocab = build_vocabulary(captions, parts_of_speech)    # captions: list[str]; word -> part of speech
     vocab.words                                            # id -> word, in the one id layout below
@@ -11,7 +11,10 @@ The id layout (the same everywhere: codebook rows, `SweetTok.encode_ids`, `Token
     ids = [ nouns... | adjectives... | verbs... | adverbs... ]     each class sorted alphabetically
 
 Spatial (appearance) tokens read nouns and adjectives, temporal (motion) tokens verbs and adverbs
-(`SPATIAL`, `TEMPORAL`). A word has one part of speech.
+(`SPATIAL`, `TEMPORAL`). A word has one part of speech. A tokenizer's ids come in triples, one per
+token: spatial tokens (adjective, adjective, noun), temporal ones (adverb, adverb, verb), nearest
+attribute first; a video is every spatial token's triple, then every temporal token's
+(`WordIds.slot_parts`).
 
 Where the words come from:
 - Captions: any list of sentences; words are the lower-cased runs of letters (`caption_words`).
@@ -45,10 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 PARTS = ("noun", "adjective", "verb", "adverb")  # the id layout's order
 SPATIAL = ("adjective", "noun")  # (attribute, entity) of a spatial token: "adj adj noun"
 TEMPORAL = ("adverb", "verb")  # (attribute, entity) of a temporal token: "adv adv verb"
+SPATIAL_SLOTS = ("adjective", "adjective", "noun")  # the parts of speech of a spatial token's 3 ids
+TEMPORAL_SLOTS = ("adverb", "adverb", "verb")  # ... and of a temporal token's
 POS_ALIASES = {"noun": "noun", "propn": "noun", "adjective": "adjective", "adj": "adjective", "verb": "verb",
                "adverb": "adverb", "adv": "adverb"}
 FORMAT = "mmvid-sweettok-vocabulary"
@@ -258,6 +264,31 @@ def default_vocabulary() -> Vocabulary:
     return build_vocabulary(default_captions(), LEXICON)
 
 
+def resolve_vocabulary(config) -> Vocabulary:
+    """A SweetTokConfig's vocabulary (stored, a file, built from captions, or the world's default);
+    stores the result in `config.vocabulary` so a checkpoint carries it."""
+    c = config
+    if c.vocabulary is not None:
+        vocab = Vocabulary.from_dict(c.vocabulary)
+    elif c.vocabulary_path:
+        vocab = load_vocabulary(c.vocabulary_path)
+    elif c.captions_path:
+        if c.parts_of_speech_path:
+            tags = read_parts_of_speech(c.parts_of_speech_path)
+        else:
+            from mmvid.data.shapes.text import LEXICON as tags
+        vocab = build_vocabulary(read_captions(c.captions_path), tags, c.min_word_count,
+                                 c.cooccurrence_window)
+    elif (c.min_word_count, c.cooccurrence_window) == (1, 0):
+        vocab = default_vocabulary()
+    else:
+        from mmvid.data.shapes.text import LEXICON
+
+        vocab = build_vocabulary(default_captions(), LEXICON, c.min_word_count, c.cooccurrence_window)
+    c.vocabulary = vocab.to_dict()
+    return vocab
+
+
 # ----------------------------------------------------------------------------------------------
 # Word vectors
 # ----------------------------------------------------------------------------------------------
@@ -320,3 +351,110 @@ def load_embedding_table(folder: str | Path) -> tuple[torch.Tensor, Callable[[st
         return ids
 
     return table, tokenize
+
+
+def branch_word_vectors(vocab: Vocabulary, dim: int, seed: int = 0,
+                        hf_path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The frozen vectors of the spatial words [nouns, adjectives] and of the temporal words [verbs,
+    adverbs], L2-normalized rows on the CPU, and their width: random ones of `dim` (`seed`), or from
+    the input embedding table of the HF model folder `hf_path` (its width)."""
+    spatial, temporal = [*vocab.noun, *vocab.adjective], [*vocab.verb, *vocab.adverb]
+    if hf_path:
+        table, tokenize = load_embedding_table(hf_path)
+        dim = table.shape[1]
+        vectors = embed_words(spatial, table, tokenize), embed_words(temporal, table, tokenize)
+    else:
+        vectors = random_word_vectors(spatial, dim, seed), random_word_vectors(temporal, dim, seed)
+    return F.normalize(vectors[0], dim=-1), F.normalize(vectors[1], dim=-1), dim
+
+
+# ----------------------------------------------------------------------------------------------
+# Words <-> ids
+# ----------------------------------------------------------------------------------------------
+
+
+class WordIds:
+    """The words API of a tokenizer whose ids are words (SweetTok), as a mixin: the id layout's slots
+    and ranges, checks, ids <-> words, video <-> text.
+
+    The host is an nn.Module with `vocabulary` (a Vocabulary), `config.num_spatial_queries` and
+    `config.num_temporal_queries` (S, G), `encode_ids(video)` -> long (B, 3 (S + G)) and
+    `decode_ids(ids, num_frames)` -> video.
+    """
+
+    vocabulary: Vocabulary
+
+    @property
+    def codebook_size(self) -> int:
+        """Word ids: the vocabulary size (ids index `words`)."""
+        return len(self.vocabulary)
+
+    @property
+    def words(self) -> list[str]:
+        return self.vocabulary.words
+
+    def slot_parts(self) -> list[str]:
+        """The part of speech of each of the 3 (S + G) id positions."""
+        c = self.config
+        return [*SPATIAL_SLOTS] * c.num_spatial_queries + [*TEMPORAL_SLOTS] * c.num_temporal_queries
+
+    def id_ranges(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """[low, high) allowed ids at each id position, for a discrete generation head (constrained
+        sampling)."""
+        ranges = self.vocabulary.ranges()
+        bounds = torch.tensor([ranges[part] for part in self.slot_parts()], device=device)
+        return bounds[:, 0], bounds[:, 1]
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise ValueError unless ids are long (B, 3N) with each slot's id in its part of speech."""
+        n = 3 * (self.config.num_spatial_queries + self.config.num_temporal_queries)
+        integer = isinstance(ids, torch.Tensor) and not ids.is_floating_point() and ids.dtype != torch.bool
+        if not integer or ids.ndim != 2 or ids.shape[1] != n:
+            shape = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"expected word ids long (B, {n}) = 3 x (S + G), got {shape}")
+        low, high = self.id_ranges(ids.device)
+        bad = (ids < low) | (ids >= high)
+        if bool(bad.any()):
+            b, i = (int(v) for v in bad.nonzero()[0])
+            part, first, last = self.slot_parts()[i], int(low[i]), int(high[i]) - 1
+            raise ValueError(f"id {int(ids[b, i])} at position {i} of video {b} is outside its slot's "
+                             f"part of speech ({part}: ids {first}..{last}; layout: {self.vocabulary.ranges()})")
+
+    def ids_to_words(self, ids: torch.Tensor | Iterable[int]) -> list[str]:
+        """One sequence of word ids (1-D) -> words."""
+        ids = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(list(ids), dtype=torch.long)
+        if ids.ndim != 1 or ids.is_floating_point():
+            raise ValueError(f"ids_to_words takes one sequence of integer ids (1-D), got {ids.dtype} "
+                             f"{tuple(ids.shape)}; for a batch use [tok.ids_to_words(row) for row in ids]")
+        words = self.vocabulary.words
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(words)):
+            raise ValueError(f"word ids must be in [0, {len(words)}), "
+                             f"got ids in [{int(ids.min())}, {int(ids.max())}]")
+        return [words[i] for i in ids.tolist()]
+
+    def words_to_ids(self, words: str | Iterable[str]) -> torch.Tensor:
+        """Words (a list, or one string split on whitespace) -> long (n,) ids."""
+        words = words.split() if isinstance(words, str) else list(words)
+        index = {w: i for i, w in enumerate(self.vocabulary.words)}
+        unknown = sorted({w for w in words if w not in index})
+        if unknown:
+            more = " ..." if len(unknown) > 10 else ""
+            raise ValueError(f"words not in the vocabulary: {unknown[:10]}{more}")
+        return torch.tensor([index[w] for w in words], dtype=torch.long)
+
+    @torch.no_grad()
+    def video_to_text(self, video: torch.Tensor) -> str:
+        """One video (1, 3, T, H, W) or (3, T, H, W) -> its 3N words, space-separated: every spatial
+        token as "adj adj noun", then every temporal token as "adv adv verb"."""
+        if isinstance(video, torch.Tensor) and video.ndim == 4:
+            video = video[None]
+        if isinstance(video, torch.Tensor) and video.ndim == 5 and video.shape[0] != 1:
+            raise ValueError(f"video_to_text takes one video, got a batch of {video.shape[0]}; "
+                             f"use [tok.ids_to_words(row) for row in tok.encode_ids(videos)]")
+        return " ".join(self.ids_to_words(self.encode_ids(video)[0]))
+
+    @torch.no_grad()
+    def text_to_video(self, text: str, num_frames: int | None = None) -> torch.Tensor:
+        """The inverse: 3N words (as video_to_text writes them) -> video (1, 3, T, H, W)."""
+        device = next(self.parameters()).device
+        return self.decode_ids(self.words_to_ids(text)[None].to(device), num_frames)
