@@ -86,6 +86,8 @@ def test_seed_zero_init_is_unchanged(name):
     tok = build_video_tokenizer(PRESETS[name], **meta["overrides"])
     old = {k.removeprefix("init/"): v for k, v in out.items() if k.startswith("init/")}
     new = {k: v.double().sum().float()[None] for k, v in tok.state_dict().items()}
+    renamed = [next(iter(upgrade_state_dict({key: None}))) for key in meta["keys"]]
+    assert renamed == list(new)  # the same order too: an old run's optimizer state still lines up
     assert upgrade_state_dict(old).keys() == new.keys()
     for key, value in new.items():
         torch.testing.assert_close(value, old[key], msg=key)
@@ -214,3 +216,21 @@ def test_a_videollm_saved_with_an_old_coordtok_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.video_tokenizer.encode(video), model.video_tokenizer.encode(video),
                                    rtol=0, atol=0)
+
+
+def test_objectives_dispatch_by_architecture():
+    """The trainer's one call: an architecture's own objective, else reconstruction; objective fields
+    among a preset's overrides go to tokenizer.objective, and ones its architecture lacks raise."""
+    from mmvid.video_tokenizers.losses import reconstruction_loss
+    from mmvid.video_tokenizers.objectives import OBJECTIVES, objective_of, training_loss
+
+    assert set(OBJECTIVES) == {"coordtok", "sweettok"}
+    tok = build_video_tokenizer("vtok_tiny").eval()
+    x = video((1, 3, 3, 32, 32), 5)
+    assert tok.objective is None and objective_of(tok) is None
+    torch.testing.assert_close(training_loss(tok, x)[0], reconstruction_loss(tok(x), x)[0])
+    coordtok = build_video_tokenizer("coordtok_tiny", stage=2, chunk_size=16)
+    assert coordtok.objective == CoordTokObjective(stage=2) and coordtok.config.chunk_size == 16
+    assert not hasattr(coordtok.config, "stage")
+    with pytest.raises(ValueError, match=r"unknown vtok objective fields \['stage'\]"):
+        build_video_tokenizer("vtok_tiny", stage=2)
