@@ -3,8 +3,9 @@
     python tests/data/format1/make_format1.py /tmp/format1   # then copy what it prints into tests/data/format1
 
 Both runs are tiny (a 32x32, 8-frame world; frames_tiny, and the LLM's vtok_tiny, shrunk to width 8; a one-layer, width-8 Llama) and
-straight: the checkpoint of step 2 is kept, and so are the run's metrics.jsonl, whose losses after step 2 a
-run resumed from that checkpoint must reproduce (tests/test_checkpoint.py).
+straight: the checkpoint of step 2 is kept, with the run's config.yaml (the resolved config, as it was saved)
+and metrics.jsonl, whose losses after step 2 a run resumed from that checkpoint must reproduce
+(tests/test_checkpoint.py).
 """
 
 import os
@@ -65,7 +66,8 @@ def main(root: Path) -> None:
     for run in ("tokenizer", "sft"):
         shutil.rmtree(HERE / run, ignore_errors=True)
         shutil.copytree(root / run / "checkpoints" / "step_000002", HERE / run / "checkpoints" / "step_000002")
-        shutil.copy(root / run / "metrics.jsonl", HERE / run / "metrics.jsonl")
+        for name in ("metrics.jsonl", "config.yaml"):
+            shutil.copy(root / run / name, HERE / run / name)
     print(f"wrote {HERE / 'tokenizer'} and {HERE / 'sft'}")
 
 
