@@ -28,3 +28,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def in_process():
+    """A training loop's `run` in the test's own process, as a one-rank launch would start it (gloo). DeepSpeed
+    keeps its groups for the life of the process, so the process group, once started, is left to it."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29695"}.items():
+            patch.setenv(key, value)
+        yield

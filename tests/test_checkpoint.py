@@ -131,3 +131,24 @@ def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, 
     for step in (3, 4):
         assert after[step] == pytest.approx(before[step], abs=1e-5), (step, before[step], after[step])
 
+
+
+def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path, in_process, one_thread):
+    from mmvid.sft.config import SFTConfig
+    from mmvid.sft.trainer import run
+
+    saved = FORMAT_1 / "sft"
+    out = tmp_path / "run"
+    shutil.copytree(saved / "checkpoints", out / "checkpoints")
+    shutil.copytree(world, tmp_path / "world")  # the attribute curriculum file is written into the world
+    train = tmp_path / "world" / "train"
+    cfg = load_config(SFTConfig, saved / "config.yaml", [
+        f"out={out}", f"data.world={tmp_path / 'world'}", f"data.train=[{train / 'sft.jsonl'}]",
+        f"data.curriculum=[{train / 'sft_attributes.jsonl'}]", f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
+    run(cfg)
+    folder = out / "checkpoints" / "step_000002"
+    assert checkpoint_format(folder) == 2 and read_meta(folder)["kind"] == "deepspeed"
+    before, after = _losses(saved), _losses(out)
+    assert sorted(after) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert after[step] == pytest.approx(before[step], abs=1e-5), (step, before[step], after[step])

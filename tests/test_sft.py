@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mmvid.checkpoint import checkpoint_dirs
 from mmvid.config import load_config
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.sft.config import SFTConfig, SFTData
 from mmvid.sft.deepspeed_config import build_deepspeed_config, resolve_user_config
-from mmvid.sft.trainer import _checkpoint_dirs
 from mmvid.videollm import VideoLLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_partial_checkpoints_are_never_picked(tmp_path):
     (tmp_path / "checkpoints" / "step_000004" / "client_state.json").write_text("{}")
     (tmp_path / "checkpoints" / ".step_000006.partial").mkdir()
     (tmp_path / "checkpoints" / "step_000008").mkdir()  # killed before client_state.json was written
-    assert [p.name for p in _checkpoint_dirs(tmp_path)] == ["step_000004"]
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_000004"]
 
 
 # ---------------------------------------------------------------- real runs
@@ -159,7 +159,7 @@ def test_a_killed_run_resumes_exactly(tiny):
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
     process.wait(timeout=60)
-    resumed_from = max(int(p.name.split("_")[1]) for p in _checkpoint_dirs(killed))
+    resumed_from = max(int(p.name.split("_")[1]) for p in checkpoint_dirs(killed))
     assert resumed_from < 16 and not (killed / "final").exists()
     result = _launch(tiny, f"out={killed}", *settings, port=29673)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -284,3 +284,4 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
     batch.pop("index")
     with torch.no_grad():
         assert abs(model(**batch).loss.item() - model(**repeated).loss.item()) < 1e-5
+

@@ -168,21 +168,26 @@ def _write_metrics(path: Path, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def prepare_run(cfg: TokenizerTrainConfig, distributed: bool) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); rank 0 builds the default world when it is missing and saves the config."""
+    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if rank == 0:
+        ensure_data(cfg.data)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.out) / "config.yaml")
+    if world_size > 1:
+        dist.barrier()
+    return rank, world_size, device
+
+
 def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
     """Train (or resume) and return the final validation metrics. `distributed=False`: one process
     even under a launcher (the SFT pipeline trains its tokenizer on rank 0 this way)."""
-    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
-    main = rank == 0
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    if main:
-        ensure_data(cfg.data)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    if world_size > 1:
-        dist.barrier()
+    rank, world_size, device = prepare_run(cfg, distributed)
+    main, out = rank == 0, Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
