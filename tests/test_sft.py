@@ -285,3 +285,44 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
     with torch.no_grad():
         assert abs(model(**batch).loss.item() - model(**repeated).loss.item()) < 1e-5
 
+
+# ---------------------------------------------------------------- the loop's bookkeeping, in this process
+
+
+@pytest.fixture(scope="module")
+def accumulated(tiny, in_process) -> tuple[list[dict], list[float]]:
+    """Two optimizer steps of two micro-batches of 2 samples, each forward slowed by 1 s: (metrics, micro losses)."""
+    import torch
+
+    from mmvid.sft.trainer import run
+
+    losses, forward = [], VideoLLM.forward
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(1.0)
+        output = forward(self, *args, **kwargs)
+        losses.append(output.loss.item())
+        return output
+
+    out, threads = tiny / "accumulated", torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VideoLLM, "forward", slow_forward)
+        torch.set_num_threads(1)
+        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2", "eval_every=0",
+                                                         "data.val_bench=null", "checkpoint_every=100"]))
+        torch.set_num_threads(threads)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], losses
+
+
+def test_the_logged_loss_is_the_mean_of_the_steps_micro_batches(accumulated):
+    records, losses = accumulated
+    assert len(losses) == 4 and [r["step"] for r in records] == [1, 2]
+    for record, micro in zip(records, (losses[:2], losses[2:])):
+        assert record["loss"] == pytest.approx(sum(micro) / 2, abs=1e-6), (record, micro)
+
+
+def test_samples_per_second_times_the_whole_optimizer_step(accumulated):
+    records, _ = accumulated
+    # 4 samples a step in two forwards of at least 1 s each: never more than 2 samples/s.
+    assert all(r["samples_per_s"] <= 2.0 for r in records), records
+

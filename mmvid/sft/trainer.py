@@ -354,6 +354,7 @@ def run(cfg: SFTConfig) -> dict:
     while state.step < steps:
         name = phase_at(cfg, state.step)
         phase = phases[name]
+        losses, samples, seconds = [], 0, 0.0  # each micro-batch's; the step's samples and time (not loading)
         for batch in islice(phase.batches, cfg.grad_accum):  # accumulate grad_accum micro-batches
             start = time.perf_counter()
             index = batch.pop("index")
@@ -361,14 +362,14 @@ def run(cfg: SFTConfig) -> dict:
             engine.backward(output.loss)
             engine.step()  # the optimizer steps, on grads clipped to grad_clip, at the last micro-batch only
             phase.sampler.advance(len(index))
-            state.samples_seen += len(index) * world_size
             stop_on_bad_samples(phase.dataset, cfg, rank)
-        state.step += 1
+            losses.append({k: output[k].detach() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None})
+            samples, seconds = samples + len(index) * world_size, seconds + time.perf_counter() - start
+        state.step, state.samples_seen, state.seconds = state.step + 1, state.samples_seen + samples, state.seconds + seconds
         bar.update()
         if rank == 0 and state.step % cfg.log_every == 0:
-            rate = len(index) * world_size * cfg.grad_accum / (time.perf_counter() - start)
-            log_step(out, board, bar, {"step": state.step, "phase": name, **_losses(output),
-                                       "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
+            log_step(out, board, bar, {"step": state.step, "phase": name, **_mean(losses),
+                                       "lr": scheduler.get_last_lr()[0], "samples_per_s": samples / seconds,
                                        "samples_seen": state.samples_seen, "bad_samples": len(phase.dataset.bad),
                                        "seconds": time.perf_counter() - start_time})
         if state.step % cfg.checkpoint_every == 0 or state.step == steps:
@@ -392,9 +393,10 @@ def stop_on_bad_samples(dataset: SFTDataset, cfg: SFTConfig, rank: int) -> None:
                            f"{list(dataset.bad.items())[:3]}")
 
 
-def _losses(output) -> dict[str, float]:
-    """The loss, and its text and video-token parts when the model has a generation head."""
-    return {k: output[k].item() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None}
+def _mean(losses: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The step's loss, and its text and video-token parts (with a generation head): means over its micro-batches."""
+    names = dict.fromkeys(name for micro in losses for name in micro)
+    return {name: torch.stack([micro[name] for micro in losses if name in micro]).mean().item() for name in names}
 
 
 def log_step(out: Path, board, bar: tqdm, record: dict) -> None:
