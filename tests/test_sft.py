@@ -326,3 +326,24 @@ def test_samples_per_second_times_the_whole_optimizer_step(accumulated):
     # 4 samples a step in two forwards of at least 1 s each: never more than 2 samples/s.
     assert all(r["samples_per_s"] <= 2.0 for r in records), records
 
+
+def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(tiny, in_process, one_thread):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmvid.sft.trainer import prepare_default_data, run
+
+    cfg = load_config(SFTConfig, tiny / "tiny.yaml")
+    prepare_default_data(cfg)
+    source = VideoLLM.build(cfg.model).save_pretrained(tiny / "init-source")
+    weights = load_file(source / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("projector.")}
+    save_file({**kept, "projector.old_layer.weight": torch.zeros(2)}, str(source / "model.safetensors"))
+    settings = [f"init_from={source}", "steps=1", "eval_every=0", "data.val_bench=null"]
+    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"):
+        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-strict'}", *settings]))
+    assert not (tiny / "init-strict" / "final").exists()
+    summary = run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-partial'}", *settings,
+                                                               "init_from_partial=[projector]"]))
+    assert summary["steps"] == 1
+

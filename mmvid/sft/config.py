@@ -105,6 +105,10 @@ class SFTConfig:
     deepspeed: str | None = None  # a DeepSpeed JSON of your own; "auto" values are filled from this config
     gradient_checkpointing: bool = False
     init_from: str | None = None  # weights of a VideoLLM folder (a previous stage); fresh optimizer
+    # init_from loads strictly: a weight missing from the folder, or one there the model lacks, is an error listing
+    # them, except under the modules named here, which keep what the model has: e.g. [generation_head] when this
+    # stage adds a text-to-video head the previous one did not have (it starts from its fresh initialisation).
+    init_from_partial: list[str] = field(default_factory=list)
     resume: bool = True  # continue from the newest checkpoint in `out` when there is one
     checkpoint_every: int = 200
     keep_checkpoints: int = 2

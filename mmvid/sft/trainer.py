@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmvid.checkpoint import Checkpointer, TrainState
+from mmvid.checkpoint import Checkpointer, TrainState, load_weights
 from mmvid.config import config_to_dict, save_config
 from mmvid.data.video_dataset import ResumableSampler
 from mmvid.sft.config import SFTConfig, module_learning_rates
@@ -239,17 +239,16 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def build_model(cfg: SFTConfig, device: torch.device, rank: int):
-    """The VideoLLM, with the weights of `init_from` (a previous stage's export) when set."""
-    from mmvid.videollm import VideoLLM
+    """The VideoLLM, with the weights of `init_from` (a previous stage's export) when set: all of them, strictly,
+    but for the modules in `init_from_partial`."""
+    from mmvid.videollm import WEIGHTS_FILE, VideoLLM
 
     model = VideoLLM.build(cfg.model, device=device)
     if cfg.init_from:
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(cfg.init_from) / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial)
         if rank == 0:
-            log.info("init_from %s (missing %d, unexpected %d keys)", cfg.init_from, len(missing), len(unexpected))
+            partial = f"; {', '.join(cfg.init_from_partial)}: only what the folder has" if cfg.init_from_partial else ""
+            log.info("init_from %s: weights loaded%s", cfg.init_from, partial)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
     return model
