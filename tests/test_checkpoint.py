@@ -24,8 +24,9 @@ from mmvid.checkpoint import (
     read_meta,
     rng_state,
     set_rng_state,
+    upgrade_checkpoint,
 )
-from mmvid.config import load_config
+from mmvid.config import config_from_dict, load_config
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.data.video_dataset import ResumableSampler
 
@@ -133,6 +134,24 @@ def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, 
 
 
 
+def test_a_format_1_sft_checkpoint_is_upgraded_with_its_phases_and_old_config(tmp_path):
+    from mmvid.sft.config import SFTConfig
+
+    folder = tmp_path / "step_000002"
+    shutil.copytree(FORMAT_1 / "sft" / "checkpoints" / "step_000002", folder)
+    assert checkpoint_format(folder) == 1 and (folder / "client_state.json").is_file()
+    upgrade_checkpoint(folder)
+    assert checkpoint_format(folder) == 2 and not (folder / "client_state.json").exists()
+    assert (folder / "state" / "mp_rank_00_model_states.pt").is_file()  # DeepSpeed's checkpoint stays as it was
+    meta = read_meta(folder)
+    state = meta["train_state"]
+    assert (meta["kind"], state["step"], state["samples_seen"]) == ("deepspeed", 2, 4)
+    assert state["samplers"]["curriculum"]["position"] == 4 and state["samplers"]["train"]["position"] == 0
+    with pytest.warns(FutureWarning, match="chat_prompt"):  # the saved config still has the removed key
+        cfg = config_from_dict(SFTConfig, meta["config"])
+    assert cfg.data.curriculum_steps == 3 and cfg.steps == 5
+
+
 def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path, in_process, one_thread):
     from mmvid.sft.config import SFTConfig
     from mmvid.sft.trainer import run
@@ -142,9 +161,10 @@ def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_pa
     shutil.copytree(saved / "checkpoints", out / "checkpoints")
     shutil.copytree(world, tmp_path / "world")  # the attribute curriculum file is written into the world
     train = tmp_path / "world" / "train"
-    cfg = load_config(SFTConfig, saved / "config.yaml", [
-        f"out={out}", f"data.world={tmp_path / 'world'}", f"data.train=[{train / 'sft.jsonl'}]",
-        f"data.curriculum=[{train / 'sft_attributes.jsonl'}]", f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
+    with pytest.warns(FutureWarning, match="chat_prompt"):  # the run's own saved config, with this machine's paths
+        cfg = load_config(SFTConfig, saved / "config.yaml", [
+            f"out={out}", f"data.world={tmp_path / 'world'}", f"data.train=[{train / 'sft.jsonl'}]",
+            f"data.curriculum=[{train / 'sft_attributes.jsonl'}]", f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
     run(cfg)
     folder = out / "checkpoints" / "step_000002"
     assert checkpoint_format(folder) == 2 and read_meta(folder)["kind"] == "deepspeed"

@@ -347,3 +347,10 @@ def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_
                                                                "init_from_partial=[projector]"]))
     assert summary["steps"] == 1
 
+
+def test_a_saved_config_with_the_removed_chat_prompt_still_loads(tiny, tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text((tiny / "tiny.yaml").read_text() + "chat_prompt: Describe the video.\n")
+    with pytest.warns(FutureWarning, match="chat_prompt"):
+        cfg = load_config(SFTConfig, old)
+    assert not hasattr(cfg, "chat_prompt") and cfg.batch_size == 2

@@ -11,6 +11,7 @@ questions only (`align_steps` adds LLaVA's projector-only stage 1; off).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mmvid.videollm import VideoLLMConfig
 
@@ -117,7 +118,7 @@ class SFTConfig:
     eval_limit: int | None = 200  # questions per evaluation
     log_every: int = 10
     seed: int = 0
-    chat_prompt: str | None = "Describe the video."  # answered once at the end, about the first test video
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"chat_prompt": "nothing ever read it (removed in issue 18)"}
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
