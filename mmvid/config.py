@@ -243,24 +243,7 @@ def _check(value, tp, key: str, base):
                 pass
         raise bad
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        prefix, fields, checked = (key + "." if key else ""), _fields(tp), {}
-        for name, item in value.items():
-            if name not in fields:
-                if _removed(tp, name, prefix):
-                    continue
-                raise _unknown(name, list(fields), prefix)
-            f, field_tp = fields[name]
-            sub_base = _default(f) if base is None else getattr(base, name)
-            sub_base = sub_base if dataclasses.is_dataclass(sub_base) else None
-            checked[name] = _check(item, field_tp, prefix + name, sub_base)
-        for name, (f, _) in fields.items():
-            if name not in checked and base is None and _default(f) is dataclasses.MISSING:
-                raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(fields[name][1])})")
-        return _Section(tp, key, checked, base)
+        return value if isinstance(value, tp) else _check_section(value, tp, key, base)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -310,6 +293,26 @@ def _check(value, tp, key: str, base):
             _check(k, key_tp, f"{key} (a key)", None): _check(v, value_tp, f"{key}.{k}", None) for k, v in value.items()
         }
     raise TypeError(f"{key}: unsupported config field type {_type_name(tp)}")
+
+
+def _check_section(value, tp, key: str, base) -> _Section:
+    """A mapping of dataclass ``tp``'s keys, each checked against its field (``_check``)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+    prefix, fields, checked = (key + "." if key else ""), _fields(tp), {}
+    for name, item in value.items():
+        if name not in fields:
+            if _removed(tp, name, prefix):
+                continue
+            raise _unknown(name, list(fields), prefix)
+        f, field_tp = fields[name]
+        sub_base = _default(f) if base is None else getattr(base, name)
+        sub_base = sub_base if dataclasses.is_dataclass(sub_base) else None
+        checked[name] = _check(item, field_tp, prefix + name, sub_base)
+    for name, (f, _) in fields.items():
+        if name not in checked and base is None and _default(f) is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(fields[name][1])})")
+    return _Section(tp, key, checked, base)
 
 
 def _flow_yaml(text: str, key: str):

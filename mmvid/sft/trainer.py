@@ -4,10 +4,11 @@
     deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml steps=400 data.curriculum_steps=150
 
 Steps: prepare the default data and text tokenizer (rank 0, once) -> build the VideoLLM -> per-module
-learning rates -> deepspeed.initialize -> loop (forward, backward, step; progress, metrics.jsonl,
-periodic eval and checkpoints) -> export `out/final` with `VideoLLM.save_pretrained` -> tv_align on
-the validation bench, printed per category. Re-running the same command resumes from the newest
-complete checkpoint: weights, optimizer, scheduler, RNG and data position.
+learning rates -> deepspeed.initialize -> the loop (`run`: accumulate micro-batches, step, log to
+metrics.jsonl, checkpoint; periodic evaluation and export are functions it calls) -> export `out/final`
+with `VideoLLM.save_pretrained` -> tv_align on the validation bench, printed per category. Re-running the
+same command resumes from the newest complete checkpoint (`mmvid.checkpoint`): weights, optimizer,
+scheduler, RNG and data position.
 """
 
 from __future__ import annotations
