@@ -122,9 +122,10 @@ def ensure_data(cfg: DataConfig) -> None:
     build_world(cfg.source, WorldSettings(), workers=min(4, os.cpu_count() or 1))
 
 
-def build_data(d: DataConfig, cfg: TokenizerTrainConfig, rank: int, world_size: int):
+def build_data(cfg: TokenizerTrainConfig, rank: int, world_size: int):
     """(training sampler, training loader, validation loader): this rank's shard of the training videos, in
     full batches; the first `val_videos` validation videos."""
+    d = cfg.data
     train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True)
@@ -197,7 +198,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler, loader, val_loader = build_data(cfg.data, cfg, rank, world_size)
+    sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
