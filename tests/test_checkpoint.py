@@ -152,7 +152,7 @@ def test_a_format_1_sft_checkpoint_is_upgraded_with_its_phases_and_old_config(tm
     assert cfg.data.curriculum_steps == 3 and cfg.steps == 5
 
 
-def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path, in_process, one_thread):
+def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path, one_rank, one_thread):
     from mmvid.sft.config import SFTConfig
     from mmvid.sft.trainer import run
 
@@ -165,7 +165,8 @@ def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_pa
         cfg = load_config(SFTConfig, saved / "config.yaml", [
             f"out={out}", f"data.world={tmp_path / 'world'}", f"data.train=[{train / 'sft.jsonl'}]",
             f"data.curriculum=[{train / 'sft_attributes.jsonl'}]", f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
-    run(cfg)
+    with one_rank():
+        run(cfg)
     folder = out / "checkpoints" / "step_000002"
     assert checkpoint_format(folder) == 2 and read_meta(folder)["kind"] == "deepspeed"
     before, after = _losses(saved), _losses(out)

@@ -290,7 +290,7 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
 
 
 @pytest.fixture(scope="module")
-def accumulated(tiny, in_process) -> tuple[list[dict], list[float]]:
+def accumulated(tiny, one_rank) -> tuple[list[dict], list[float]]:
     """Two optimizer steps of two micro-batches of 2 samples, each forward slowed by 1 s: (metrics, micro losses)."""
     import torch
 
@@ -305,7 +305,7 @@ def accumulated(tiny, in_process) -> tuple[list[dict], list[float]]:
         return output
 
     out, threads = tiny / "accumulated", torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, one_rank():
         patch.setattr(VideoLLM, "forward", slow_forward)
         torch.set_num_threads(1)
         run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2", "eval_every=0",
@@ -327,7 +327,7 @@ def test_samples_per_second_times_the_whole_optimizer_step(accumulated):
     assert all(r["samples_per_s"] <= 2.0 for r in records), records
 
 
-def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(tiny, in_process, one_thread):
+def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(tiny, one_rank, one_thread):
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -340,11 +340,12 @@ def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_
     kept = {k: v for k, v in weights.items() if not k.startswith("projector.")}
     save_file({**kept, "projector.old_layer.weight": torch.zeros(2)}, str(source / "model.safetensors"))
     settings = [f"init_from={source}", "steps=1", "eval_every=0", "data.val_bench=null"]
-    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"):
+    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"), one_rank():
         run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-strict'}", *settings]))
     assert not (tiny / "init-strict" / "final").exists()
-    summary = run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-partial'}", *settings,
-                                                               "init_from_partial=[projector]"]))
+    with one_rank():
+        summary = run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-partial'}", *settings,
+                                                                   "init_from_partial=[projector]"]))
     assert summary["steps"] == 1
 
 
