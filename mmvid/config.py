@@ -19,6 +19,9 @@ before the dataclass (and its ``__post_init__``) is built; unknown keys fail at 
     save_config(cfg, run_dir / "config.yaml")  # the resolved config, kept in the run folder
     cfg = parse_config(TrainConfig)  # in a script: python train/sft.py --config sft.yaml steps=20
 
+A key the config no longer has but old saved configs hold is listed, with the reason, in the class's
+``REMOVED_KEYS: ClassVar[dict[str, str]]``: it is ignored with a FutureWarning instead of failing.
+
 Override values are strings parsed by the field's type: ints, floats (``1e-4``), bools
 (``true/false/yes/no/1/0``), ``null``/``none``/``~`` where the type allows None, lists and tuples
 as ``a,b,c`` or ``[1, 2]``, dicts as ``{a: 1}``. A dict or list is always replaced whole.
@@ -32,6 +35,7 @@ import difflib
 import os
 import sys
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -154,6 +158,14 @@ def _unknown(name, valid: Sequence[str], prefix: str) -> ConfigError:
     return ConfigError(f"unknown key '{prefix}{name}'{hint}; valid keys {level}: {', '.join(valid)}")
 
 
+def _removed(cls, name, prefix: str) -> bool:
+    """True, with a FutureWarning, for a key in ``cls.REMOVED_KEYS``."""
+    reason = getattr(cls, "REMOVED_KEYS", {}).get(name)
+    if reason is not None:
+        warnings.warn(f"config key '{prefix}{name}' is ignored: {reason}", FutureWarning, stacklevel=2)
+    return reason is not None
+
+
 def _section_class(tp) -> type | None:
     """The dataclass of a field typed ``Sub`` or ``Sub | None``, else None."""
     if get_origin(tp) in (Union, types.UnionType):
@@ -169,6 +181,8 @@ def _set_dotted(cls, data: dict, key: str, value: str) -> None:
         prefix = "".join(p + "." for p in parts[:depth])
         fields = _fields(cls)
         if name not in fields:
+            if depth == len(parts) - 1 and _removed(cls, name, prefix):
+                return
             raise _unknown(name, list(fields), prefix)
         if depth == len(parts) - 1:
             data[name] = value
@@ -229,22 +243,7 @@ def _check(value, tp, key: str, base):
                 pass
         raise bad
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        prefix, fields, checked = (key + "." if key else ""), _fields(tp), {}
-        for name, item in value.items():
-            if name not in fields:
-                raise _unknown(name, list(fields), prefix)
-            f, field_tp = fields[name]
-            sub_base = _default(f) if base is None else getattr(base, name)
-            sub_base = sub_base if dataclasses.is_dataclass(sub_base) else None
-            checked[name] = _check(item, field_tp, prefix + name, sub_base)
-        for name, (f, _) in fields.items():
-            if name not in checked and base is None and _default(f) is dataclasses.MISSING:
-                raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(fields[name][1])})")
-        return _Section(tp, key, checked, base)
+        return value if isinstance(value, tp) else _check_section(value, tp, key, base)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -294,6 +293,26 @@ def _check(value, tp, key: str, base):
             _check(k, key_tp, f"{key} (a key)", None): _check(v, value_tp, f"{key}.{k}", None) for k, v in value.items()
         }
     raise TypeError(f"{key}: unsupported config field type {_type_name(tp)}")
+
+
+def _check_section(value, tp, key: str, base) -> _Section:
+    """A mapping of dataclass ``tp``'s keys, each checked against its field (``_check``)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+    prefix, fields, checked = (key + "." if key else ""), _fields(tp), {}
+    for name, item in value.items():
+        if name not in fields:
+            if _removed(tp, name, prefix):
+                continue
+            raise _unknown(name, list(fields), prefix)
+        f, field_tp = fields[name]
+        sub_base = _default(f) if base is None else getattr(base, name)
+        sub_base = sub_base if dataclasses.is_dataclass(sub_base) else None
+        checked[name] = _check(item, field_tp, prefix + name, sub_base)
+    for name, (f, _) in fields.items():
+        if name not in checked and base is None and _default(f) is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{prefix}{name}' ({_type_name(fields[name][1])})")
+    return _Section(tp, key, checked, base)
 
 
 def _flow_yaml(text: str, key: str):

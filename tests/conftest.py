@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+@pytest.fixture(scope="session")
+def one_rank():
+    """`with one_rank(): run(cfg)` runs a training loop in the test's own process, as on one rank of a launch
+    (gloo). The process group it starts stays to the end: DeepSpeed keeps its groups for the process's life."""
+
+    @contextlib.contextmanager
+    def context():
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29695"}.items():
+                patch.setenv(key, value)
+            yield
+
+    return context

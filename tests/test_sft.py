@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mmvid.checkpoint import checkpoint_dirs
 from mmvid.config import load_config
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.sft.config import SFTConfig, SFTData
 from mmvid.sft.deepspeed_config import build_deepspeed_config, resolve_user_config
-from mmvid.sft.trainer import _checkpoint_dirs
 from mmvid.videollm import VideoLLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_partial_checkpoints_are_never_picked(tmp_path):
     (tmp_path / "checkpoints" / "step_000004" / "client_state.json").write_text("{}")
     (tmp_path / "checkpoints" / ".step_000006.partial").mkdir()
     (tmp_path / "checkpoints" / "step_000008").mkdir()  # killed before client_state.json was written
-    assert [p.name for p in _checkpoint_dirs(tmp_path)] == ["step_000004"]
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_000004"]
 
 
 # ---------------------------------------------------------------- real runs
@@ -159,7 +159,7 @@ def test_a_killed_run_resumes_exactly(tiny):
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
     process.wait(timeout=60)
-    resumed_from = max(int(p.name.split("_")[1]) for p in _checkpoint_dirs(killed))
+    resumed_from = max(int(p.name.split("_")[1]) for p in checkpoint_dirs(killed))
     assert resumed_from < 16 and not (killed / "final").exists()
     result = _launch(tiny, f"out={killed}", *settings, port=29673)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -284,3 +284,74 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
     batch.pop("index")
     with torch.no_grad():
         assert abs(model(**batch).loss.item() - model(**repeated).loss.item()) < 1e-5
+
+
+# ---------------------------------------------------------------- the loop's bookkeeping, in this process
+
+
+@pytest.fixture(scope="module")
+def accumulated(tiny, one_rank) -> tuple[list[dict], list[float]]:
+    """Two optimizer steps of two micro-batches of 2 samples, each forward slowed by 1 s: (metrics, micro losses)."""
+    import torch
+
+    from mmvid.sft.trainer import run
+
+    losses, forward = [], VideoLLM.forward
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(1.0)
+        output = forward(self, *args, **kwargs)
+        losses.append(output.loss.item())
+        return output
+
+    out, threads = tiny / "accumulated", torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, one_rank():
+        patch.setattr(VideoLLM, "forward", slow_forward)
+        torch.set_num_threads(1)
+        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2", "eval_every=0",
+                                                         "data.val_bench=null", "checkpoint_every=100"]))
+        torch.set_num_threads(threads)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], losses
+
+
+def test_the_logged_loss_is_the_mean_of_the_steps_micro_batches(accumulated):
+    records, losses = accumulated
+    assert len(losses) == 4 and [r["step"] for r in records] == [1, 2]
+    for record, micro in zip(records, (losses[:2], losses[2:])):
+        assert record["loss"] == pytest.approx(sum(micro) / 2, abs=1e-6), (record, micro)
+
+
+def test_samples_per_second_times_the_whole_optimizer_step(accumulated):
+    records, _ = accumulated
+    # 4 samples a step in two forwards of at least 1 s each: never more than 2 samples/s.
+    assert all(r["samples_per_s"] <= 2.0 for r in records), records
+
+
+def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(tiny, one_rank, one_thread):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmvid.sft.trainer import prepare_default_data, run
+
+    cfg = load_config(SFTConfig, tiny / "tiny.yaml")
+    prepare_default_data(cfg)
+    source = VideoLLM.build(cfg.model).save_pretrained(tiny / "init-source")
+    weights = load_file(source / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("projector.")}
+    save_file({**kept, "projector.old_layer.weight": torch.zeros(2)}, str(source / "model.safetensors"))
+    settings = [f"init_from={source}", "steps=1", "eval_every=0", "data.val_bench=null"]
+    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"), one_rank():
+        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-strict'}", *settings]))
+    assert not (tiny / "init-strict" / "final").exists()
+    with one_rank():
+        summary = run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-partial'}", *settings,
+                                                                   "init_from_partial=[projector]"]))
+    assert summary["steps"] == 1
+
+
+def test_a_saved_config_with_the_removed_chat_prompt_still_loads(tiny, tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text((tiny / "tiny.yaml").read_text() + "chat_prompt: Describe the video.\n")
+    with pytest.warns(FutureWarning, match="chat_prompt"):
+        cfg = load_config(SFTConfig, old)
+    assert not hasattr(cfg, "chat_prompt") and cfg.batch_size == 2

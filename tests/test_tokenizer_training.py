@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmvid.checkpoint import checkpoint_dirs, latest_checkpoint
+from mmvid.checkpoint import checkpoint_dirs, latest_checkpoint, read_meta
 from mmvid.config import load_config
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.video_tokenizers import load_video_tokenizer
@@ -89,8 +89,8 @@ def test_two_processes_with_torchrun_on_cpu(world, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(latest_checkpoint(out) / "state.pt", weights_only=True)
+    sampler = read_meta(latest_checkpoint(out))["train_state"]["samplers"]["train"]
     # 8 videos over 2 ranks at batch 2: two steps per epoch, so step 3 is the first batch of epoch 1.
-    assert state["sampler"]["world_size"] == 2
-    assert (state["sampler"]["epoch"], state["sampler"]["position"]) == (1, 2)
+    assert sampler["world_size"] == 2
+    assert (sampler["epoch"], sampler["position"]) == (1, 2)
     assert load_video_tokenizer(out / "final").preset == "vtok_tiny"

@@ -11,6 +11,7 @@ questions only (`align_steps` adds LLaVA's projector-only stage 1; off).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mmvid.videollm import VideoLLMConfig
 
@@ -105,6 +106,10 @@ class SFTConfig:
     deepspeed: str | None = None  # a DeepSpeed JSON of your own; "auto" values are filled from this config
     gradient_checkpointing: bool = False
     init_from: str | None = None  # weights of a VideoLLM folder (a previous stage); fresh optimizer
+    # init_from loads strictly: a weight missing from the folder, or one there the model lacks, is an error listing
+    # them, except under the modules named here, which keep what the model has: e.g. [generation_head] when this
+    # stage adds a text-to-video head the previous one did not have (it starts from its fresh initialisation).
+    init_from_partial: list[str] = field(default_factory=list)
     resume: bool = True  # continue from the newest checkpoint in `out` when there is one
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -113,7 +118,7 @@ class SFTConfig:
     eval_limit: int | None = 200  # questions per evaluation
     log_every: int = 10
     seed: int = 0
-    chat_prompt: str | None = "Describe the video."  # answered once at the end, about the first test video
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"chat_prompt": "nothing ever read it (removed in issue 18)"}
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:

@@ -4,10 +4,11 @@
     deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml steps=400 data.curriculum_steps=150
 
 Steps: prepare the default data and text tokenizer (rank 0, once) -> build the VideoLLM -> per-module
-learning rates -> deepspeed.initialize -> loop (forward, backward, step; progress, metrics.jsonl,
-periodic eval and checkpoints) -> export `out/final` with `VideoLLM.save_pretrained` -> tv_align on
-the validation bench, printed per category. Re-running the same command resumes from the newest
-complete checkpoint: weights, optimizer, scheduler, RNG and data position.
+learning rates -> deepspeed.initialize -> the loop (`run`: accumulate micro-batches, step, log to
+metrics.jsonl, checkpoint; periodic evaluation and export are functions it calls) -> export `out/final`
+with `VideoLLM.save_pretrained` -> tv_align on the validation bench, printed per category. Re-running the
+same command resumes from the newest complete checkpoint (`mmvid.checkpoint`): weights, optimizer,
+scheduler, RNG and data position.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -25,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmvid.checkpoint import checkpoint_dirs, rng_state, set_rng_state
+from mmvid.checkpoint import Checkpointer, TrainState, load_weights
 from mmvid.config import config_to_dict, save_config
 from mmvid.data.video_dataset import ResumableSampler
 from mmvid.sft.config import SFTConfig, module_learning_rates
@@ -218,93 +223,84 @@ def lr_lambda(cfg: SFTConfig, total: int, delay: int = 0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: DeepSpeed's own format, made atomic by writing to a temporary folder first
+# Building the run: process group, model, data phases, DeepSpeed engine
 # ----------------------------------------------------------------------------------------------
 
 
-def _checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first: the shared scan, plus the marker written last."""
-    return [p for p in checkpoint_dirs(out) if (p / "client_state.json").is_file()]
-
-
-def save_checkpoint(engine, out: Path, step: int, client: dict, keep: int, rank: int) -> None:
-    folder = out / "checkpoints"
-    tmp = folder / f".step_{step:06d}.partial"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    if dist.is_initialized():
-        dist.barrier()
-    engine.save_checkpoint(str(tmp), tag="state", client_state={"mmvid": client})
-    if dist.is_initialized():
-        dist.barrier()
-    if rank == 0:
-        (tmp / "client_state.json").write_text(json.dumps({"step": step}))  # written last: marks it complete
-        final = folder / f"step_{step:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoint_dirs(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------
-
-
-def run(cfg: SFTConfig) -> dict:
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) under the deepspeed launcher: gloo on CPU, NCCL on CUDA."""
     import deepspeed
-
-    from mmvid.evaluation import evaluate
-    from mmvid.videollm import VideoLLM
 
     on_cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if on_cuda else "gloo", verbose=False)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    main = rank == 0
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
+    rank = dist.get_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_cuda else torch.device("cpu")
-    out = Path(cfg.out)
-    if main:
-        prepare_default_data(cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    dist.barrier()
-    cfg = use_pretrained_llm(cfg)
-    torch.manual_seed(cfg.seed)
+    return rank, dist.get_world_size(), device
+
+
+def build_model(cfg: SFTConfig, device: torch.device, rank: int):
+    """The VideoLLM, with the weights of `init_from` (a previous stage's export) when set: all of them, strictly,
+    but for the modules in `init_from_partial`."""
+    from mmvid.videollm import WEIGHTS_FILE, VideoLLM
 
     model = VideoLLM.build(cfg.model, device=device)
     if cfg.init_from:
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(cfg.init_from) / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if main:
-            log.info("init_from %s (missing %d, unexpected %d keys)", cfg.init_from, len(missing), len(unexpected))
+        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial)
+        if rank == 0:
+            partial = f"; {', '.join(cfg.init_from_partial)}: only what the folder has" if cfg.init_from_partial else ""
+            log.info("init_from %s: weights loaded%s", cfg.init_from, partial)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
-    def phase_data(files: list[str]):
-        dataset = SFTDataset(files, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
+    return model
+
+
+@dataclass
+class Phase:
+    """One data phase: its data set, its resumable sampler (the data position), and its micro-batches."""
+
+    dataset: SFTDataset
+    sampler: ResumableSampler
+    batches: Iterator[dict]  # the loader pass after pass, each pass the sampler's next epoch
+
+
+def build_phases(cfg: SFTConfig, model, rank: int, world_size: int) -> dict[str, Phase]:
+    """"train" (data.train), and with data.curriculum_steps > 0 "curriculum" (data.curriculum), which the
+    first data.curriculum_steps optimizer steps draw from (`phase_at`)."""
+    files = {"train": cfg.data.train, **({"curriculum": cfg.data.curriculum} if cfg.data.curriculum_steps else {})}
+    phases = {}
+    for name, paths in files.items():
+        dataset = SFTDataset(paths, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
                              prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
                              t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
         sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                            collate_fn=lambda items: collate(model, items), drop_last=True)
-        return dataset, sampler, loader
+                            collate_fn=partial(collate, model), drop_last=True)
+        phases[name] = Phase(dataset, sampler, _passes(loader, sampler))
+    return phases
 
-    # The curriculum (data.curriculum_steps > 0): its own files first, then data.train; each phase its own sampler.
-    phases = {"train": phase_data(cfg.data.train)}
-    if cfg.data.curriculum_steps:
-        phases["curriculum"] = phase_data(cfg.data.curriculum)
-    sampler = phases["train"][1]
-    steps = cfg.steps
-    if cfg.epochs is not None:
-        steps = cfg.data.curriculum_steps + max(1, int(cfg.epochs * len(sampler) / (cfg.batch_size * cfg.grad_accum)))
 
-    def phase_at(step: int) -> str:
-        return "curriculum" if step < cfg.data.curriculum_steps else "train"
+def _passes(loader: DataLoader, sampler: ResumableSampler) -> Iterator[dict]:
+    while True:
+        yield from loader
+        sampler.set_epoch(sampler.epoch + 1)
+
+
+def phase_at(cfg: SFTConfig, step: int) -> str:
+    return "curriculum" if step < cfg.data.curriculum_steps else "train"
+
+
+def total_steps(cfg: SFTConfig, train: ResumableSampler) -> int:
+    """`steps`, or with `epochs` the curriculum's steps + that many passes over data.train."""
+    if cfg.epochs is None:
+        return cfg.steps
+    return cfg.data.curriculum_steps + max(1, int(cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
+
+
+def build_engine(cfg: SFTConfig, model, steps: int, rank: int, world_size: int, out: Path):
+    """(engine, scheduler): AdamW (DeepSpeedCPUAdam with offload_optimizer) over the per-module groups, their
+    schedule, and DeepSpeed on the config generated from `cfg` (or the user's, "auto" filled), saved beside."""
+    import deepspeed
 
     groups = parameter_groups(model, cfg)
     if cfg.offload_optimizer:
@@ -318,115 +314,152 @@ def run(cfg: SFTConfig) -> dict:
     # Align (LLaVA's stage 1) then SFT in one run: the LLM's group waits align_steps at lr 0.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(cfg, steps, cfg.align_steps if g["name"] == "llm" else 0)
                                                               for g in groups])
+    on_cuda = torch.cuda.is_available()
     ds_config = (resolve_user_config(cfg.deepspeed, cfg, world_size, on_cuda) if cfg.deepspeed
                  else build_deepspeed_config(cfg, world_size, on_cuda))
-    if main:
+    if rank == 0:
         (out / "deepspeed.json").write_text(json.dumps(ds_config, indent=1))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine, scheduler
 
-    step, samples_seen = 0, 0
-    existing = _checkpoint_dirs(out)
-    if cfg.resume and existing:
-        _, client = engine.load_checkpoint(str(existing[-1]), tag="state")
-        client = client["mmvid"]
-        samplers = client.get("samplers") or {"train": client["sampler"]}  # "sampler": a checkpoint from before curricula
-        for name, (_, phase_sampler, _) in phases.items():
-            if name in samplers:
-                phase_sampler.load_state_dict(samplers[name])
-        set_rng_state(client["rng"])
-        step, samples_seen = client["step"], client["samples_seen"]
-        if main:
-            log.info("resumed from %s (step %d)", existing[-1], step)
 
-    metrics_path = out / "metrics.jsonl"
-    board = _tensorboard(out) if main else None
-    bar = tqdm(total=steps, initial=step, desc="sft", unit="step", disable=not main)
-    start_time, done = time.perf_counter(), step >= steps
-    eval_seconds = 0.0  # periodic evaluation time, left out of the learning curve's training minutes
-    micro = 0
-    while not done:
-        phase = phase_at(step)
-        dataset, sampler, loader = phases[phase]
-        for batch in loader:
-            t0 = time.perf_counter()
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def run(cfg: SFTConfig) -> dict:
+    """Train (or resume from the newest checkpoint in `out`), export `out/final` and evaluate it; the summary."""
+    rank, world_size, device = init_distributed()
+    out = Path(cfg.out)
+    if rank == 0:
+        prepare_default_data(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    dist.barrier()
+    cfg = use_pretrained_llm(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, device, rank)
+    phases = build_phases(cfg, model, rank, world_size)
+    steps = total_steps(cfg, phases["train"].sampler)
+    engine, scheduler = build_engine(cfg, model, steps, rank, world_size, out)
+    state = TrainState(samplers={name: phase.sampler for name, phase in phases.items()})
+    checkpointer = Checkpointer(out, cfg.keep_checkpoints, rank, world_size)
+    if cfg.resume and (folder := checkpointer.load(state, engine=engine)) is not None and rank == 0:
+        log.info("resumed from %s (step %d)", folder, state.step)
+
+    board = _tensorboard(out) if rank == 0 else None
+    bar = tqdm(total=steps, initial=state.step, desc="sft", unit="step", disable=rank != 0)
+    start_time, eval_seconds = time.perf_counter(), 0.0  # periodic evaluations are left out of the curve's time
+    while state.step < steps:
+        name = phase_at(cfg, state.step)
+        phase = phases[name]
+        losses, samples, seconds = [], 0, 0.0  # each micro-batch's; the step's samples and time (not loading)
+        for batch in islice(phase.batches, cfg.grad_accum):  # accumulate grad_accum micro-batches
+            start = time.perf_counter()
             index = batch.pop("index")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            output = engine(**batch, text_loss=cfg.text_loss)
-            loss = output.loss
-            engine.backward(loss)
-            engine.step()
-            sampler.advance(len(index))
-            samples_seen += len(index) * world_size
-            micro += 1
-            # Every rank stops together when too many samples were bad (no rank waits on another).
-            stop = torch.tensor([float(dataset.bad_fraction() > cfg.data.max_bad_fraction and len(dataset.bad) > 1)])
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            if stop.item():
-                raise RuntimeError(f"rank {rank}: {len(dataset.bad)} of {dataset.seen} samples failed to load "
-                                   f"(more than data.max_bad_fraction={cfg.data.max_bad_fraction}); first: "
-                                   f"{list(dataset.bad.items())[:3]}")
-            if micro % cfg.grad_accum:
-                continue
-            step += 1
-            bar.update()
-            if main and step % cfg.log_every == 0:
-                rate = len(index) * world_size * cfg.grad_accum / (time.perf_counter() - t0)
-                lr = scheduler.get_last_lr()[0]
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-                parts = {k: float(output[k]) for k in ("lm_loss", "gen_loss") if output.get(k) is not None}
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "phase": phase, "loss": loss.item(), **parts, "lr": lr, "samples_per_s": rate,
-                                        "samples_seen": samples_seen, "bad_samples": len(dataset.bad),
-                                        "seconds": time.perf_counter() - start_time}) + "\n")
-                if board is not None:
-                    for name, value in (("loss", loss.item()), ("lr", lr), ("samples_per_s", rate)):
-                        board.add_scalar(f"train/{name}", value, step)
-            done = step >= steps
-            if step % cfg.checkpoint_every == 0 or done:
-                save_checkpoint(engine, out, step, {"samplers": {k: v[1].state_dict() for k, v in phases.items()},
-                                                    "rng": rng_state(), "step": step,
-                                                    "samples_seen": samples_seen, "config": config_to_dict(cfg)},
-                                cfg.keep_checkpoints, rank)
-            if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.val_bench and not done:
-                target = model if cfg.zero_stage < 3 else export(model, out / "export-eval", cfg, rank, reload=main)
-                if main:
-                    eval_start = time.perf_counter()
-                    record = evaluate(target, ["tv_align"], output=out / f"eval-step_{step:06d}.json",
-                                      data=cfg.data.val_bench, limit=cfg.eval_limit)
-                    model.train()
-                    eval_seconds += time.perf_counter() - eval_start
-                    _curve_point(out, cfg, step, time.perf_counter() - start_time - eval_seconds, record)
-                    bar.write(f"step {step}: val tv_align acc {record['results']['tv_align']['metrics']['acc']['value']:.3f}")
-                dist.barrier()
-            if cfg.export_every and step % cfg.export_every == 0 and not done:
-                export(model, out / f"export-step_{step:06d}", cfg, rank)
-            if done or phase_at(step) != phase:
-                break  # the end, or the curriculum is over: the next phase's loader
-        else:
-            sampler.set_epoch(sampler.epoch + 1)
+            output = engine(**{k: v.to(device) for k, v in batch.items()}, text_loss=cfg.text_loss)
+            engine.backward(output.loss)
+            engine.step()  # the optimizer steps, on grads clipped to grad_clip, at the last micro-batch only
+            phase.sampler.advance(len(index))
+            stop_on_bad_samples(phase.dataset, cfg, rank)
+            losses.append({k: output[k].detach() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None})
+            samples, seconds = samples + len(index) * world_size, seconds + time.perf_counter() - start
+        state.step, state.samples_seen, state.seconds = state.step + 1, state.samples_seen + samples, state.seconds + seconds
+        bar.update()
+        if rank == 0 and state.step % cfg.log_every == 0:
+            log_step(out, board, bar, {"step": state.step, "phase": name, **_mean(losses),
+                                       "lr": scheduler.get_last_lr()[0], "samples_per_s": samples / seconds,
+                                       "samples_seen": state.samples_seen, "bad_samples": len(phase.dataset.bad),
+                                       "seconds": time.perf_counter() - start_time})
+        if state.step % cfg.checkpoint_every == 0 or state.step == steps:
+            checkpointer.save(state, config_to_dict(cfg), engine=engine)
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and cfg.data.val_bench and state.step < steps:
+            eval_seconds += evaluate_during_training(model, cfg, out, state.step, rank,
+                                                     time.perf_counter() - start_time - eval_seconds)
+        if cfg.export_every and state.step % cfg.export_every == 0 and state.step < steps:
+            export(model, out / f"export-step_{state.step:06d}", cfg, rank)
     bar.close()
-    final = export(model, out / "final", cfg, rank, reload=main and cfg.zero_stage == 3)
-    summary = {"steps": step, "seconds": round(time.perf_counter() - start_time, 1), "samples_seen": samples_seen,
-               "bad_samples": sum(len(d.bad) for d, _, _ in phases.values()), "peak_rss_gib": _peak_rss_gib()}
-    if main and cfg.data.val_bench:
+    return finish(model, cfg, out, state, rank, phases, start_time, eval_seconds)
+
+
+def stop_on_bad_samples(dataset: SFTDataset, cfg: SFTConfig, rank: int) -> None:
+    """Every rank stops together when too many samples failed to load (no rank waits on another)."""
+    stop = torch.tensor([float(dataset.bad_fraction() > cfg.data.max_bad_fraction and len(dataset.bad) > 1)])
+    dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    if stop.item():
+        raise RuntimeError(f"rank {rank}: {len(dataset.bad)} of {dataset.seen} samples failed to load "
+                           f"(more than data.max_bad_fraction={cfg.data.max_bad_fraction}); first: "
+                           f"{list(dataset.bad.items())[:3]}")
+
+
+def _mean(losses: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The step's loss, and its text and video-token parts (with a generation head): means over its micro-batches."""
+    names = dict.fromkeys(name for micro in losses for name in micro)
+    return {name: torch.stack([micro[name] for micro in losses if name in micro]).mean().item() for name in names}
+
+
+def log_step(out: Path, board, bar: tqdm, record: dict) -> None:
+    """A line of out/metrics.jsonl, the progress bar's numbers, and TensorBoard's scalars."""
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{record['samples_per_s']:.1f}")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    if board is not None:
+        for name in ("loss", "lr", "samples_per_s"):
+            board.add_scalar(f"train/{name}", record[name], record["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and export, called by the loop
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: int, train_seconds: float) -> float:
+    """tv_align on data.val_bench (eval_limit questions) to out/eval-step_N.json and a point of the learning curve;
+    under ZeRO-3 rank 0 evaluates a whole export. Returns the seconds the evaluation took."""
+    from mmvid.evaluation import evaluate
+
+    target = model if cfg.zero_stage < 3 else export(model, out / "export-eval", cfg, rank, reload=rank == 0)
+    start = time.perf_counter()
+    if rank == 0:
+        record = evaluate(target, ["tv_align"], output=out / f"eval-step_{step:06d}.json", data=cfg.data.val_bench,
+                          limit=cfg.eval_limit)
+        model.train()
+        _curve_point(out, cfg, step, train_seconds, record)
+        tqdm.write(f"step {step}: val tv_align acc {record['results']['tv_align']['metrics']['acc']['value']:.3f}")
+    seconds = time.perf_counter() - start
+    dist.barrier()
+    return seconds
+
+
+def finish(model, cfg: SFTConfig, out: Path, state: TrainState, rank: int, phases: dict[str, Phase], start_time: float,
+           eval_seconds: float) -> dict:
+    """Export out/final, evaluate it on the validation bench (printed per category), and write the summary."""
+    from mmvid.evaluation import evaluate
+
+    final = export(model, out / "final", cfg, rank, reload=rank == 0 and cfg.zero_stage == 3)
+    summary = {"steps": state.step, "seconds": round(time.perf_counter() - start_time, 1), "samples_seen": state.samples_seen,
+               "bad_samples": sum(len(p.dataset.bad) for p in phases.values()), "peak_rss_gib": _peak_rss_gib()}
+    if rank == 0 and cfg.data.val_bench:
         # Under ZeRO-3 the live parameters are partitioned across ranks, so rank 0 evaluates the export.
         record = evaluate(final if final is not None else model, ["tv_align"], output=out / "final" / "eval-val.json",
                           data=cfg.data.val_bench, limit=cfg.eval_limit)
-        metrics = record["results"]["tv_align"]["metrics"]
-        summary["val"] = {k: v["value"] for k, v in metrics.items()}
-        _curve_point(out, cfg, step, summary["seconds"] - eval_seconds, record)
-        settings = record["results"]["tv_align"]["settings"]
-        also = settings.get("also_reported", {})
-        print(f"validation tv_align accuracy per category ({settings['headline']}"
-              + "".join(f"; {k} = {v}" for k, v in also.items()) + "):")
-        for name, m in metrics.items():
-            if name.split("/")[-1] in ("acc", *also):
-                print(f"  {name:<20} {m['value']:.3f} (n={m['n']})")
-    if main:
+        summary["val"] = {k: v["value"] for k, v in record["results"]["tv_align"]["metrics"].items()}
+        _curve_point(out, cfg, state.step, summary["seconds"] - eval_seconds, record)
+        _print_per_category(record["results"]["tv_align"])
+    if rank == 0:
         (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
     dist.barrier()
     return summary
+
+
+def _print_per_category(result: dict) -> None:
+    settings, also = result["settings"], result["settings"].get("also_reported", {})
+    print(f"validation tv_align accuracy per category ({settings['headline']}"
+          + "".join(f"; {k} = {v}" for k, v in also.items()) + "):")
+    for name, m in result["metrics"].items():
+        if name.split("/")[-1] in ("acc", *also):
+            print(f"  {name:<20} {m['value']:.3f} (n={m['n']})")
 
 
 def _curve_point(out: Path, cfg: SFTConfig, step: int, train_seconds: float, record: dict) -> None:

@@ -8,8 +8,8 @@ of videos, or a .txt list (`data.source`). Each step: encode -> decode -> loss (
 -> backward -> clip -> AdamW step. A tokenizer with its own objective (`objectives.OBJECTIVES`, e.g.
 CoordTok's random patches) gets that instead of decode(encode(x)) + `reconstruction_loss`.
 Every `val_every` steps: PSNR and SSIM on validation videos.
-Every `checkpoint_every` steps: an atomic checkpoint (weights, optimizer, scheduler, sampler
-position, RNG); re-running the same command after a kill resumes from the newest. At the end:
+Every `checkpoint_every` steps: an atomic checkpoint (`mmvid.checkpoint`: weights, optimizer, scheduler,
+sampler position, RNG); re-running the same command after a kill resumes from the newest. At the end:
 `save_pretrained` to `<out>/final`, loadable with `load_video_tokenizer`.
 """
 
@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmvid.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from mmvid.checkpoint import Checkpointer, TrainState, load_weights
 from mmvid.config import config_to_dict, save_config
 from mmvid.data.video_dataset import ResumableSampler, VideoClipDataset, list_videos
 from mmvid.metrics import psnr, ssim
@@ -123,6 +123,17 @@ def ensure_data(cfg: DataConfig) -> None:
     build_world(cfg.source, WorldSettings(), workers=min(4, os.cpu_count() or 1))
 
 
+def build_data(cfg: TokenizerTrainConfig, rank: int, world_size: int):
+    """(training sampler, training loader, validation loader): this rank's shard of the training videos, in
+    full batches; the first `val_videos` validation videos."""
+    d = cfg.data
+    train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True)
+    val_videos = list_videos(d.val_source or d.source, d.val_split)[: cfg.val_videos]
+    return sampler, loader, DataLoader(VideoClipDataset(val_videos, d.num_frames, d.size), batch_size=cfg.batch_size)
+
+
 class TrainingLoss(torch.nn.Module):
     """The tokenizer's own objective as a forward pass, so DDP wraps it like any model."""
 
@@ -159,42 +170,36 @@ def _write_metrics(path: Path, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def prepare_run(cfg: TokenizerTrainConfig, distributed: bool) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); rank 0 builds the default world when it is missing and saves the config."""
+    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if rank == 0:
+        ensure_data(cfg.data)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.out) / "config.yaml")
+    if world_size > 1:
+        dist.barrier()
+    return rank, world_size, device
+
+
 def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
     """Train (or resume) and return the final validation metrics. `distributed=False`: one process
     even under a launcher (the SFT pipeline trains its tokenizer on rank 0 this way)."""
-    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
-    main = rank == 0
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    if main:
-        ensure_data(cfg.data)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    if world_size > 1:
-        dist.barrier()
+    rank, world_size, device = prepare_run(cfg, distributed)
+    main, out = rank == 0, Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
-        from safetensors.torch import load_file
-
-        weights = Path(cfg.init_from) / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"init_from={cfg.init_from}: no {WEIGHTS_FILE} there (a save_pretrained folder)")
-        tokenizer.load_state_dict(load_file(str(weights), device=str(device)))
+        load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, device=str(device))
     own_loss = tokenizer.architecture in OBJECTIVES
     model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    d = cfg.data
-    train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True)
-    val_videos = list_videos(d.val_source or d.source, d.val_split)[: cfg.val_videos]
-    val_loader = DataLoader(VideoClipDataset(val_videos, d.num_frames, d.size), batch_size=cfg.batch_size)
-
+    sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
@@ -202,23 +207,17 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     if perceptual is not None:
         perceptual.to(device)
 
-    step, trained_seconds = 0, 0.0
-    last = latest_checkpoint(out)
-    if last is not None:  # resume exactly where the newest complete checkpoint stopped
-        state = load_checkpoint(last, tokenizer)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        step, trained_seconds = state["step"], state["trained_seconds"]
-        if main:
-            log.info("resumed from %s (step %d)", last, step)
+    state = TrainState(samplers={"train": sampler})
+    checkpointer = Checkpointer(out, cfg.keep_checkpoints, rank, world_size)
+    resumable = {"model": tokenizer, "optimizer": optimizer, "scheduler": scheduler}
+    if (last := checkpointer.load(state, **resumable)) is not None and main:  # exactly where it stopped
+        log.info("resumed from %s (step %d)", last, state.step)
 
     metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"training {cfg.model}", unit="step", disable=not main)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"training {cfg.model}", unit="step", disable=not main)
     budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
     val: dict[str, float] = {}
-    done = step >= cfg.steps or trained_seconds >= budget
+    done = state.step >= cfg.steps or state.seconds >= budget
     while not done:
         for batch in loader:
             start = time.perf_counter()
@@ -233,41 +232,40 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
             optimizer.step()
             scheduler.step()
             sampler.advance(len(batch["index"]))
-            step += 1
+            state.step, state.samples_seen = state.step + 1, state.samples_seen + len(batch["index"]) * world_size
             seconds = time.perf_counter() - start
-            trained_seconds += seconds
+            state.seconds += seconds
             bar.update()
-            if main and step % cfg.log_every == 0:
-                rate = cfg.batch_size * world_size / seconds
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", videos_s=f"{rate:.1f}")
-                _write_metrics(metrics_path, {"step": step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm),
-                                              "lr": scheduler.get_last_lr()[0], "videos_per_s": rate, "seconds": trained_seconds})
-            done = step >= cfg.steps or trained_seconds >= budget
-            if main and (step % cfg.val_every == 0 or done):
+            if main and state.step % cfg.log_every == 0:
+                rate, lr = cfg.batch_size * world_size / seconds, scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", videos_s=f"{rate:.1f}")
+                _write_metrics(metrics_path, {"step": state.step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm),
+                                              "lr": lr, "videos_per_s": rate, "seconds": state.seconds})
+            done = state.step >= cfg.steps or state.seconds >= budget
+            if main and (state.step % cfg.val_every == 0 or done):
                 val = evaluate(tokenizer, val_loader, device)
-                bar.write(f"step {step}: val psnr {val['psnr']:.2f} dB, ssim {val['ssim']:.4f}")
-                _write_metrics(metrics_path, {"step": step, "val_psnr": val["psnr"], "val_ssim": val["ssim"], "seconds": trained_seconds})
-            if step % cfg.checkpoint_every == 0 or done:
-                if main:
-                    save_checkpoint(out, step, tokenizer, {
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "sampler": sampler.state_dict(), "trained_seconds": trained_seconds,
-                        "config": config_to_dict(cfg)}, keep=cfg.keep_checkpoints)
-                if world_size > 1:
-                    dist.barrier()
+                bar.write(f"step {state.step}: val psnr {val['psnr']:.2f} dB, ssim {val['ssim']:.4f}")
+                _write_metrics(metrics_path, {"step": state.step, "val_psnr": val["psnr"], "val_ssim": val["ssim"],
+                                              "seconds": state.seconds})
+            if state.step % cfg.checkpoint_every == 0 or done:
+                checkpointer.save(state, config_to_dict(cfg), **resumable)
             if done:
                 break
         else:
             sampler.set_epoch(sampler.epoch + 1)
     bar.close()
     if main:
-        tokenizer.save_pretrained(out / "final")
-        if not val:
-            val = evaluate(tokenizer, val_loader, device)
-        summary = {"step": step, "trained_seconds": round(trained_seconds, 1), "val_psnr": val["psnr"], "val_ssim": val["ssim"]}
-        (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        log.info("saved %s: %s", out / "final", summary)
+        val = save_final(tokenizer, out, state, val or evaluate(tokenizer, val_loader, device))
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
+    return val
+
+
+def save_final(tokenizer: VideoTokenizer, out: Path, state: TrainState, val: dict[str, float]) -> dict[str, float]:
+    """`save_pretrained` to `out/final`, with the run's summary beside it; returns `val`."""
+    tokenizer.save_pretrained(out / "final")
+    summary = {"step": state.step, "trained_seconds": round(state.seconds, 1), "val_psnr": val["psnr"], "val_ssim": val["ssim"]}
+    (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("saved %s: %s", out / "final", summary)
     return val
