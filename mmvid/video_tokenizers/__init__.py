@@ -75,20 +75,32 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
     record = json.loads((path / CONFIG_FILE).read_text())
     if record.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+    try:
+        tokenizer = video_tokenizer_from_record(record, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    tokenizer.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(map_location)))
+    return tokenizer
+
+
+def video_tokenizer_from_record(record: dict, **overrides) -> VideoTokenizer:
+    """The untrained tokenizer a saved record (`{"architecture", "preset", "config"}`, as config.json
+    holds it) describes, with `overrides`; objective settings (overridden, saved, or inside a config from
+    before issue 18) set `tokenizer.objective`. The caller loads the weights (which include an HF vision
+    model's, so `hf_path` is not read again)."""
     architecture = record.get("architecture")
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[architecture]
     overrides, objective_overrides = split_objective(architecture, overrides)
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls.config_class)})
     if unknown:
-        raise ValueError(f"unknown {architecture} config fields {unknown} in the overrides for {path}")
+        raise ValueError(f"unknown {architecture} config fields {unknown} in the overrides")
     data, settings = split_objective(architecture, record["config"])  # format 1 before issue 18 mixed them
     data = {**data, **overrides}
     if "hf_path" in data:
         data["hf_path"] = None  # the checkpoint's own weights include the vision model
     tokenizer = cls(config_from_dict(cls.config_class, data))
-    tokenizer.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(map_location)))
     tokenizer.preset = record.get("preset")
     settings.update(record.get("objective", {}), **objective_overrides)
     tokenizer.objective = build_objective(architecture, settings)
@@ -123,4 +135,5 @@ __all__ = [
     "build_video_tokenizer",
     "load_video_tokenizer",
     "video_tokenizer_from",
+    "video_tokenizer_from_record",
 ]

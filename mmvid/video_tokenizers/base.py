@@ -66,6 +66,7 @@ class VideoTokenizer(nn.Module):
         min_frames       the shortest clip it encodes
         clip_frames      the clip length it is built for (CoordTok: the longest it takes; SweetTok: what
                          decode assumes when not told); None when any length works
+        max_frames       the longest clip it encodes (CoordTok: clip_frames); None when any length works
         discrete         encode gives long ids (B, N), not vectors (B, N, token_dim)
         codebook_size    ids index a codebook of this size (encode_ids, ids_to_vectors); None: no codebook
         words, has_words id -> word when the ids are words (video_to_text); None / False otherwise
@@ -117,6 +118,10 @@ class VideoTokenizer(nn.Module):
 
     @property
     def clip_frames(self) -> int | None:
+        return None
+
+    @property
+    def max_frames(self) -> int | None:
         return None
 
     @property

@@ -248,6 +248,10 @@ class CoordTok(VideoTokenizer):
     def clip_frames(self) -> int:
         return self.config.num_frames
 
+    @property
+    def max_frames(self) -> int:
+        return self.config.num_frames  # shorter clips are padded to it; longer ones do not fit the planes
+
     # -- checks and layout -------------------------------------------------------------------------
 
     def check_frames(self, num_frames: int) -> None:
