@@ -46,7 +46,7 @@ class EncodedSample:
 @dataclass
 class PackedSample:
     """Several sequences that open with the same tokens (the rounds of one video's conversation), stored
-    once: the shared prefix, then each round's own tokens. `VideoLLM.collate` gives it a block mask and
+    once: the shared prefix, then each round's own tokens. `VideoProcessor.collate` gives it a block mask and
     positions under which every segment sees the prefix and its own earlier tokens only, at the positions
     it would have alone, so the LLM computes the prefix (the video) once instead of once per round."""
 

@@ -1,7 +1,8 @@
 """VideoLLM: a video tokenizer + a projector + any Hugging Face decoder-only LLM.
 
     model = VideoLLM.build(VideoLLMConfig(llm="path/to/llm", video_tokenizer="vtok_base"))
-    batch = model.collate([model.encode_sample(sample, video) for sample, video in items])
+    processor = model.processor  # frames, prompts and batches (mmvid.processor)
+    batch = processor.collate([processor.encode_sample(turns) for turns in conversations], videos)
     loss = model(**batch).loss
     text = model.generate(video, "What moves?", max_new_tokens=32)
     model.save_pretrained("runs/x/final");  VideoLLM.from_pretrained("runs/x/final")
@@ -9,7 +10,8 @@
 Each `<video>` in the text becomes `<|video_start|>` + N positions + `<|video_end|>`, where N is
 the projector's output count for the tokenizer's tokens; the projected features are scattered into
 those positions after a count check. The checkpoint carries a versioned manifest (special token
-ids, the rule for N) that is validated when loading.
+ids, the rule for N) that is validated when loading. The model's VideoProcessor is saved and loaded
+with it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import torch.nn as nn
 from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
 from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
-from mmvid.prompting import IGNORE_INDEX, EncodedSample, PackedSample, VideoTokenIds, encode_conversation, encode_prompt
+from mmvid.processor import PROCESSOR_FILE, VideoProcessor, VideoProcessorConfig
+from mmvid.prompting import IGNORE_INDEX, encode_conversation, encode_prompt
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
-from mmvid.video_tokenizers import ARCHITECTURES, VideoTokenizer, video_tokenizer_from
-from mmvid.video_tokenizers.base import config_from_dict
-from mmvid.video_tokenizers.objectives import split_objective
+from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from, video_tokenizer_from_record
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -50,8 +51,8 @@ class VideoLLMConfig:
     video_tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
     projector: str = "mlp2x_gelu"  # a key of mmvid.projectors.PROJECTORS or mlp{N}x_gelu
     projector_kwargs: dict[str, Any] = field(default_factory=dict)  # other ProjectorConfig fields
-    num_frames: int = 16  # frames fed to the video tokenizer
-    max_length: int = 2048  # longest sample in tokens; longer ones are rejected, never truncated
+    num_frames: int = 16  # frames fed to the video tokenizer (the default of the processor's num_frames)
+    max_length: int = 2048  # longest sample in tokens (the processor's default); longer ones are rejected, never cut
     attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA in half precision when installed, else sdpa, else eager
     dtype: str = "float32"  # float32 | bfloat16 | float16
     train_llm: bool = True
@@ -135,7 +136,8 @@ def _flash_attn_available() -> bool:
 
 class VideoLLM(nn.Module):
     def __init__(self, config: VideoLLMConfig, llm: nn.Module, text_tokenizer, video_tokenizer: VideoTokenizer,
-                 projector: nn.Module, generation_head: nn.Module | None = None):
+                 projector: nn.Module, generation_head: nn.Module | None = None,
+                 processor: VideoProcessor | None = None):
         super().__init__()
         self.config = config
         self.llm = llm
@@ -143,12 +145,30 @@ class VideoLLM(nn.Module):
         self.video_tokenizer = video_tokenizer
         self.projector = projector
         self.generation_head = generation_head
-        ids = {t: text_tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)}
-        self.video_ids = VideoTokenIds(ids[VIDEO_TOKEN], ids[VIDEO_START], ids[VIDEO_END])
-        size = video_tokenizer.config.image_size
+        size = video_tokenizer.image_size
         self.image_size = size
         self.tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(config.num_frames, size, size))
         self.layout = video_tokenizer.token_layout(config.num_frames, size, size)
+        if processor is None:  # the default: the model's frames, tokens per video and max_length
+            settings = VideoProcessorConfig.for_video_tokenizer(video_tokenizer, config.num_frames,
+                                                                tokens_per_video=self.tokens_per_video,
+                                                                max_length=config.max_length)
+            processor = VideoProcessor(text_tokenizer, settings)
+        self.processor = processor
+        self.video_ids = processor.video_ids
+        self._check_processor()
+
+    def _check_processor(self) -> None:
+        """The processor must read frames this model takes and expand <video> to as many positions as the
+        projector gives for its frame count."""
+        c, size = self.processor.config, self.image_size
+        if c.image_size != size:
+            raise ValueError(f"the processor reads {c.image_size}x{c.image_size} frames but the video tokenizer takes "
+                             f"{size}x{size}; set the processor's image_size to {size}")
+        expected = self.projector.num_outputs(self.video_tokenizer.num_tokens(c.num_frames, size, size))
+        if c.tokens_per_video != expected:
+            raise ValueError(f"the processor expands each <video> to {c.tokens_per_video} positions, but "
+                             f"{c.num_frames} frames give {expected} features (projector {self.projector.config.type})")
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -215,65 +235,7 @@ class VideoLLM(nn.Module):
         log.info("trainable parameters: %s of %d", ", ".join(f"{k} {v:,}" for k, v in counts.items()), total)
         return counts
 
-    # -- text ------------------------------------------------------------------------------------------
-
-    def encode_sample(self, conversations: list[dict], sample_id: str | None = None, num_videos: int | None = None) -> EncodedSample:
-        """Token ids and labels of one LLaVA conversation (see mmvid.prompting)."""
-        encoded = encode_conversation(self.text_tokenizer, conversations, self.video_ids, self.tokens_per_video,
-                                      self.config.max_length, sample_id)
-        if num_videos is not None and encoded.num_videos != num_videos:
-            raise ValueError(f"sample {sample_id!r}: {encoded.num_videos} <video> placeholder(s) but {num_videos} video(s)")
-        return encoded
-
-    def count_tokens(self, sample: dict) -> int:
-        """Pre-flight: the token count of a LLaVA sample after video expansion (no truncation, no check
-        against max_length), to vet a data set before training."""
-        encoded = encode_conversation(self.text_tokenizer, sample["conversations"], self.video_ids,
-                                      self.tokens_per_video, None, sample.get("id"))
-        return len(encoded)
-
-    def collate(self, samples: list[EncodedSample | PackedSample], videos: list[torch.Tensor] | None = None,
-                video_index: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """Right-pad a batch; `videos` is the list of every video of the batch, each (C, T, H, W).
-
-        Without `video_index` the videos fill the <video> spans in order (one video per span). With it,
-        span k (counted across the batch in order) shows `videos[video_index[k]]`: several sequences
-        can share one video, which is then encoded once (see SFTData.split_turns).
-
-        With a PackedSample in the batch, `attention_mask` is a 4D block mask (bool (B, 1, L, L)) and
-        `position_ids` (B, L) restart every segment after the prefix (see `block_attention`); without one
-        the batch is the plain 2D-mask batch.
-        """
-        width = max(len(s) for s in samples)
-        pad = self.text_tokenizer.pad_token_id
-        batch = {
-            "input_ids": torch.full((len(samples), width), pad, dtype=torch.long),
-            "attention_mask": torch.zeros((len(samples), width), dtype=torch.long),
-            "labels": torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long),
-        }
-        for i, s in enumerate(samples):
-            n = len(s)
-            batch["input_ids"][i, :n] = torch.tensor(s.input_ids)
-            batch["attention_mask"][i, :n] = 1
-            batch["labels"][i, :n] = torch.tensor(s.labels)
-        if videos:
-            batch["videos"] = torch.stack(videos)
-        if video_index is not None:
-            spans = sum(s.num_videos for s in samples)
-            if len(video_index) != spans or (spans and not (videos and 0 <= min(video_index) and max(video_index) < len(videos))):
-                raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the number of "
-                                 f"videos ({len(videos or [])}); got {list(video_index)}")
-            batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
-        targets = [bool(t) for s in samples for t in (s.targets or [False] * s.num_videos)]
-        if any(targets):
-            if self.generation_head is None:
-                raise ValueError("the batch has text-to-video samples (<video> in an assistant turn) but the model has "
-                                 "no generation head; build it with generation_head='auto'")
-            batch["video_targets"] = torch.tensor(targets, dtype=torch.bool)
-        if any(isinstance(s, PackedSample) for s in samples):
-            self.check_block_mask()
-            batch["attention_mask"], batch["position_ids"] = block_attention(samples, width)
-        return batch
+    # -- attention masks -----------------------------------------------------------------------------
 
     def check_block_mask(self) -> None:
         """Packed samples need an attention that takes a 4D mask: raise if the LLM's does not."""
@@ -283,7 +245,7 @@ class VideoLLM(nn.Module):
                              f"a 4D block mask; the LLM uses {attn!r}, which cannot express one")
 
     def _llm_attention_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """A 2D mask unchanged; collate's 4D bool block mask in the form the LLM's attention takes.
+        """A 2D mask unchanged; the processor's 4D bool block mask in the form the LLM's attention takes.
 
         transformers (create_causal_mask) passes a 4D mask through as it is, straight to the attention:
         SDPA takes it as bool (True: attend), as its own masks are; eager adds it to the scores, so it gets
@@ -344,7 +306,7 @@ class VideoLLM(nn.Module):
         """The LLM's output. With `video_targets` (bool, one per <video> span; True for a span in an
         assistant turn) the generation head also learns those spans' tokens: `loss` is then the text
         loss + generation_loss_weight x the video-token loss, also returned as `lm_loss` and `gen_loss`.
-        `attention_mask` may be collate's 4D block mask of packed samples, with their `position_ids`.
+        `attention_mask` may be the processor's 4D block mask of packed samples, with their `position_ids`.
         `text_loss` (see TEXT_LOSSES): "token", the mean over supervised tokens (Hugging Face's), or
         "span", the mean over answer spans of each span's mean (`answer_span_loss`)."""
         if text_loss not in TEXT_LOSSES:
@@ -360,7 +322,8 @@ class VideoLLM(nn.Module):
                 out["loss"] = answer_span_loss(out.logits, labels)
             return out
         if self.generation_head is None:
-            raise ValueError("video_targets given but the model has no generation head (generation_head=None)")
+            raise ValueError("the batch has text-to-video targets (video_targets: <video> in an assistant turn) "
+                             "but the model has no generation head; build it with generation_head='auto'")
         if videos is None:
             raise ValueError("text-to-video targets need `videos`: their tokens are what the head learns")
         tokens = self.video_tokens(videos)
@@ -568,7 +531,8 @@ class VideoLLM(nn.Module):
         return record
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + tokenizer files."""
+        """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + the processor
+        (processor_config.json and the text tokenizer's files)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -587,12 +551,13 @@ class VideoLLM(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(_untie(state), str(path / WEIGHTS_FILE), metadata={"format": "pt"})
         (path / CONFIG_FILE).write_text(json.dumps(record, indent=1, default=str))
-        self.text_tokenizer.save_pretrained(path)
+        self.processor.save_pretrained(path)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoLLM":
-        """Load a folder written by `save_pretrained`, offline; validates the manifest."""
+        """Load a folder written by `save_pretrained`, offline; validates the manifest. A folder without
+        processor_config.json (saved before the processor existed) gets the model's default processor."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -610,17 +575,12 @@ class VideoLLM(nn.Module):
         data = dict(config.llm_config)
         llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data), dtype=dtype,
                                                attn_implementation=attn)
-        text_tokenizer = AutoTokenizer.from_pretrained(path)
-        vt = record["video_tokenizer"]
-        arch = ARCHITECTURES[vt["architecture"]]
-        vt_config, _ = split_objective(vt["architecture"], vt["config"])  # objectives sat there once
-        if "hf_path" in vt_config:
-            vt_config["hf_path"] = None  # the checkpoint's weights include the vision model
-        video_tokenizer = arch(config_from_dict(arch.config_class, vt_config))
-        video_tokenizer.preset = vt["preset"]
+        processor = VideoProcessor.from_pretrained(path) if (path / PROCESSOR_FILE).is_file() else None
+        text_tokenizer = processor.text_tokenizer if processor is not None else AutoTokenizer.from_pretrained(path)
+        video_tokenizer = video_tokenizer_from_record(record["video_tokenizer"])  # its weights are in the checkpoint's
         projector = build_projector(ProjectorConfig(**record["projector"]))
         head = _build_generation_head(config, llm, video_tokenizer, projector)
-        model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head)
+        model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head, processor)
         if config.lora:
             model.apply_trainable()  # wraps the LLM with the same adapters before the weights load
         _check_manifest(record["manifest"], model.manifest(), path)
@@ -632,36 +592,6 @@ class VideoLLM(nn.Module):
         model.to(device)
         model.apply_trainable()
         return model
-
-
-def block_attention(samples: list[EncodedSample | PackedSample], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The attention mask and positions of a right-padded batch with packed rows.
-
-    A token of a packed row's segment k attends to the prefix and causally to segment k's own earlier
-    tokens, never to another segment, and its positions continue from the prefix (P, P + 1, ...): it
-    computes what it would alone. A plain row is causal over its tokens at positions 0..n-1. Padding
-    attends to itself only, so no softmax row is empty (which would give NaN); its labels are ignored.
-
-    Returns:
-        mask: bool (B, 1, L, L), True where query i may attend to key j.
-        position_ids: long (B, L).
-    """
-    # Per token: -1 padding, 0 prefix (all of a plain row), k + 1 segment k.
-    group = torch.full((len(samples), width), -1, dtype=torch.long)  # (B, L)
-    position_ids = torch.arange(width).repeat(len(samples), 1)  # (B, L)
-    for row, s in enumerate(samples):
-        if isinstance(s, PackedSample):
-            group[row, : s.prefix_length] = 0
-            for k, (start, end) in enumerate(s.segments):
-                group[row, start:end] = k + 1
-                position_ids[row, start:end] = torch.arange(s.prefix_length, s.prefix_length + end - start)
-        else:
-            group[row, : len(s)] = 0
-    query, key = group[:, :, None], group[:, None, :]  # (B, L, 1), (B, 1, L)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (L, L)
-    mask = causal & (query >= 0) & ((key == 0) | (key == query))  # (B, L, L)
-    mask |= torch.eye(width, dtype=torch.bool)  # padding: itself
-    return mask[:, None], position_ids  # (B, 1, L, L), (B, L)
 
 
 def _attn_implementation(llm: nn.Module) -> str | None:

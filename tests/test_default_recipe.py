@@ -221,8 +221,8 @@ def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequ
     samples = cloze_conversations(world, "train")
     (world / "train" / "cloze-test.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     files = [str(world / "train" / "cloze-test.jsonl"), str(world / "train" / "t2v.jsonl")]
-    full = SFTDataset(files, model, split_turns=True, t2v_fraction=1.0)
-    capped = SFTDataset(files, model, split_turns=True, max_rounds=3, t2v_fraction=0.0)
+    full = SFTDataset(files, model.processor, split_turns=True, t2v_fraction=1.0)
+    capped = SFTDataset(files, model.processor, split_turns=True, max_rounds=3, t2v_fraction=0.0)
     rounds = len(samples[0]["conversations"]) // 2
     assert rounds > 3
     a, b = full[0], capped[0]
@@ -233,9 +233,9 @@ def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequ
     draws = {tuple(tuple(e.input_ids) for e in capped[0]["encoded"]) for _ in range(6)}
     assert len(draws) > 1  # a fresh draw each read
     with pytest.raises(ValueError, match="max_rounds"):
-        SFTDataset(files, model, split_turns=True, max_rounds=0)
+        SFTDataset(files, model.processor, split_turns=True, max_rounds=0)
     with pytest.raises(ValueError, match="t2v_fraction"):
-        SFTDataset(files, model, split_turns=True, t2v_fraction=1.5)
+        SFTDataset(files, model.processor, split_turns=True, t2v_fraction=1.5)
 
 
 # ---------------------------------------------------------------- the text tokenizer

@@ -36,8 +36,8 @@ def sweet_model(workdir, **config):
 
 def t2v_batch(model, n=2, seed=0):
     videos = list(world_clips(n, model.config.num_frames, model.image_size, seed=seed))
-    encoded = [model.encode_sample(t2v_turns(f"{PROMPT} {k}")) for k in range(n)]
-    return model.collate(encoded, videos)
+    encoded = [model.processor.encode_sample(t2v_turns(f"{PROMPT} {k}")) for k in range(n)]
+    return model.processor.collate(encoded, videos)
 
 
 def test_auto_picks_the_head_for_the_tokenizer(workdir, one_thread):
@@ -63,11 +63,12 @@ def test_flow_kwargs_with_auto_on_ids_warn_and_with_discrete_raise(workdir, one_
 
 def test_video_in_an_assistant_turn_is_a_target(workdir, one_thread):
     model = flow_model(workdir)
-    understanding = model.encode_sample([{"from": "human", "value": "<video>\nWhat moves?"}, {"from": "gpt", "value": "a circle"}])
-    generation = model.encode_sample(t2v_turns())
+    understanding = model.processor.encode_sample([{"from": "human", "value": "<video>\nWhat moves?"},
+                                                   {"from": "gpt", "value": "a circle"}])
+    generation = model.processor.encode_sample(t2v_turns())
     assert understanding.targets == [False] and generation.targets == [True]
     videos = list(world_clips(2, model.config.num_frames, model.image_size))
-    batch = model.collate([understanding, generation], videos)
+    batch = model.processor.collate([understanding, generation], videos)
     assert batch["video_targets"].tolist() == [False, True]
     out = model(**batch)
     assert torch.isfinite(out.gen_loss) and torch.isfinite(out.lm_loss)
@@ -151,7 +152,7 @@ def test_clear_errors(workdir, one_thread):
     with pytest.raises(ValueError, match="no generation head"):
         plain.generate_video(PROMPT)
     with pytest.raises(ValueError, match="generation head"):
-        plain.collate([plain.encode_sample(t2v_turns())], list(world_clips(1, 8, 32)))
+        plain(**plain.processor.collate([plain.processor.encode_sample(t2v_turns())], list(world_clips(1, 8, 32))))
     with pytest.raises(ValueError, match="discrete video tokenizer"):
         tiny_videollm(workdir, generation_head="discrete")
     with pytest.raises(ValueError, match="token-by-token projector"):
@@ -180,18 +181,18 @@ def test_sft_data_reads_world_t2v_lines_with_prompt_dropout(workdir, one_thread,
     assert t2v_conversation({"conversations": []}) == {"conversations": []}  # other samples pass through
 
     torch.manual_seed(0)
-    dropped = SFTDataset([str(tmp_path / "t2v.jsonl")], model, prompt_dropout=0.5)
+    dropped = SFTDataset([str(tmp_path / "t2v.jsonl")], model.processor, prompt_dropout=0.5)
     empties = 0
     for _ in range(10):
         for i in range(4):
             ids = dropped[i]["encoded"][0].input_ids
             empties += model.text_tokenizer.decode(ids).count("red circle") == 0
     assert 5 < empties < 35  # about half of 40
-    batch = collate(model, [dropped[0], dropped[1]])
+    batch = collate(model.processor, [dropped[0], dropped[1]])
     assert batch["video_targets"].tolist() == [True, True]
     assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "index"}).gen_loss)
     with pytest.raises(ValueError, match="prompt_dropout"):
-        SFTDataset([str(tmp_path / "t2v.jsonl")], model, prompt_dropout=1.0)
+        SFTDataset([str(tmp_path / "t2v.jsonl")], model.processor, prompt_dropout=1.0)
 
 
 def test_t2v_samples_join_the_understanding_sample_of_their_video(workdir, one_thread, tmp_path):
@@ -210,14 +211,14 @@ def test_t2v_samples_join_the_understanding_sample_of_their_video(workdir, one_t
     t2v.append({"id": "alone", "video": "videos/0.mp4", "prompt": "no match", "extra": 1})  # same video: joins q0 too
     (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(x) for x in qa[:2]))  # video 2 has no QA sample
     (tmp_path / "t2v.jsonl").write_text("\n".join(json.dumps(x) for x in t2v))
-    data = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model, split_turns=True)
+    data = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor, split_turns=True)
     assert len(data) == 3  # q0 (+ t0, alone), q1 (+ t1), t2 on its own
     first = data[0]
     assert [e.targets for e in first["encoded"]] == [[False], [False], [True], [True]] and first["spans"] == [0, 0, 0, 0]
     assert [e.targets for e in data[2]["encoded"]] == [[True]]
-    batch = collate(model, [data[0], data[2]])
+    batch = collate(model.processor, [data[0], data[2]])
     assert batch["videos"].shape[0] == 2 and batch["video_index"].tolist() == [0, 0, 0, 0, 1]
     out = model(**{k: v for k, v in batch.items() if k != "index"})
     assert torch.isfinite(out.gen_loss) and torch.isfinite(out.lm_loss)
-    unmerged = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model, merge_t2v=False)
+    unmerged = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor, merge_t2v=False)
     assert len(unmerged) == 6

@@ -269,17 +269,17 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
     prepare_default_data(cfg)
     model = VideoLLM.build(cfg.model).eval()
     files = cfg.data.train
-    split = SFTDataset(files, model, split_turns=True)
-    whole = SFTDataset(files, model, split_turns=False)
+    split = SFTDataset(files, model.processor, split_turns=True)
+    whole = SFTDataset(files, model.processor, split_turns=False)
     items = [split[0], split[1]]
     rounds = [len(split.items[i][0]["conversations"]) // 2 for i in (0, 1)]
     assert [len(item["encoded"]) for item in items] == rounds and all(len(item["videos"]) == 1 for item in items)
-    batch = collate(model, items)
+    batch = collate(model.processor, items)
     assert batch["video_index"].tolist() == [0] * rounds[0] + [1] * rounds[1]
     assert batch["videos"].shape[0] == 2 and batch["input_ids"].shape[0] == sum(rounds)
     # Every sequence but the first of a sample is shorter than the whole conversation was.
     assert max(len(e) for e in items[0]["encoded"]) < len(whole[0]["encoded"][0])
-    repeated = model.collate([e for item in items for e in item["encoded"]],
+    repeated = model.processor.collate([e for item in items for e in item["encoded"]],
                              videos=[item["videos"][0] for item in items for _ in item["encoded"]])
     batch.pop("index")
     with torch.no_grad():

@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
 
 
 def rounds_and_packed(model, conv):
-    rounds = [model.encode_sample(turns, num_videos=1) for turns in split_rounds(conv)]
+    rounds = [model.processor.encode_sample(turns, num_videos=1) for turns in split_rounds(conv)]
     return rounds, pack_rounds(rounds, model.video_ids)
 
 
@@ -63,8 +63,8 @@ def test_packed_row_holds_the_prefix_once_then_each_round(workdir, one_thread):
     K = len(rounds)
     assert sum(len(r) for r in rounds) - len(packed) == (K - 1) * P > (K - 1) * model.tokens_per_video
     # Rounds that differ before their video cannot share it.
-    apart = [model.encode_sample([{"from": "human", "value": f"{word} <video>"}, {"from": "gpt", "value": "ok"}])
-             for word in ("Look:", "Watch this:")]
+    apart = [model.processor.encode_sample([{"from": "human", "value": f"{word} <video>"},
+                                            {"from": "gpt", "value": "ok"}]) for word in ("Look:", "Watch this:")]
     with pytest.raises(ValueError, match="does not hold the whole video"):
         pack_rounds(apart, model.video_ids)
 
@@ -76,8 +76,8 @@ def test_packed_answers_score_exactly_as_split_ones(workdir, one_thread, attn, t
     assert model.llm.config._attn_implementation == attn
     rounds, packed = rounds_and_packed(model, turns())
     video = world_clips(1, model.config.num_frames, model.image_size)[0]
-    split = model.collate(rounds, videos=[video], video_index=[0] * len(rounds))
-    together = model.collate([packed], videos=[video])
+    split = model.processor.collate(rounds, videos=[video], video_index=[0] * len(rounds))
+    together = model.processor.collate([packed], videos=[video])
     assert together["attention_mask"].shape == (1, 1, len(packed), len(packed))
     with torch.no_grad():
         split_out, packed_out = model(**split), model(**together)
@@ -97,12 +97,12 @@ def test_a_round_never_sees_another_rounds_text(workdir, one_thread):
     _, b = rounds_and_packed(model, changed)
     assert a.segments[0][1] - a.segments[0][0] != b.segments[0][1] - b.segments[0][0]  # round 1 changed, length too
     with torch.no_grad():
-        logits_a = model(**model.collate([a], videos=[video])).logits[0]
-        logits_b = model(**model.collate([b], videos=[video])).logits[0]
+        logits_a = model(**model.processor.collate([a], videos=[video])).logits[0]
+        logits_b = model(**model.processor.collate([b], videos=[video])).logits[0]
     for (sa, ea), (sb, eb) in zip(a.segments[1:], b.segments[1:]):
         torch.testing.assert_close(logits_a[sa:ea], logits_b[sb:eb], atol=1e-5, rtol=1e-5)
     # The check has teeth: under a plain causal mask the later rounds read round 1 and change with it.
-    batch = model.collate([a], videos=[video])
+    batch = model.processor.collate([a], videos=[video])
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     with torch.no_grad():
         causal = model(**batch).logits[0]
@@ -113,12 +113,12 @@ def test_a_round_never_sees_another_rounds_text(workdir, one_thread):
 def test_a_batch_mixing_packed_plain_and_text_to_video_rows_trains(workdir, one_thread):
     model = tiny_videollm(workdir, generation_head="auto", generation_head_kwargs={"width": 32, "depth": 2})
     _, packed = rounds_and_packed(model, conversation())
-    plain = model.encode_sample(conversation() + [{"from": "human", "value": "And then?"},  # unsplit, 4 rounds
-                                                  {"from": "gpt", "value": "The circle stops."}])
-    t2v = model.encode_sample([{"from": "human", "value": "A red circle moves left."},
-                               {"from": "gpt", "value": "<video>"}])
+    plain = model.processor.encode_sample(conversation() + [{"from": "human", "value": "And then?"},  # unsplit, 4 rounds
+                                                            {"from": "gpt", "value": "The circle stops."}])
+    t2v = model.processor.encode_sample([{"from": "human", "value": "A red circle moves left."},
+                                         {"from": "gpt", "value": "<video>"}])
     videos = list(world_clips(3, model.config.num_frames, model.image_size))
-    batch = model.collate([packed, plain, t2v], videos=videos)
+    batch = model.processor.collate([packed, plain, t2v], videos=videos)
     assert batch["video_targets"].tolist() == [False, False, True]
     assert batch["position_ids"].shape == batch["input_ids"].shape
     assert len(packed) < batch["input_ids"].shape[1]  # the packed row is padded too
@@ -126,8 +126,8 @@ def test_a_batch_mixing_packed_plain_and_text_to_video_rows_trains(workdir, one_
     # In eval, every row's logits are those it has in a batch of its own kind (plain rows: the 2D-mask batch).
     with torch.no_grad():
         mixed = model(**batch).logits
-        alone = model(**model.collate([packed], videos=videos[:1])).logits[0]
-        unpacked = model(**model.collate([plain, t2v], videos=videos[1:])).logits
+        alone = model(**model.processor.collate([packed], videos=videos[:1])).logits[0]
+        unpacked = model(**model.processor.collate([plain, t2v], videos=videos[1:])).logits
     assert torch.isfinite(mixed).all()
     torch.testing.assert_close(mixed[0, : len(packed)], alone, atol=1e-5, rtol=1e-5)
     for row, s in ((1, plain), (2, t2v)):
@@ -156,14 +156,14 @@ def test_dataset_packs_a_videos_rounds_and_keeps_the_rest_apart(workdir, one_thr
     (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(x) for x in qa))
     (tmp_path / "t2v.jsonl").write_text("\n".join(json.dumps(x) for x in t2v))
     files = [str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")]
-    data = SFTDataset(files, model, split_turns=True, pack_questions=True)
-    split = SFTDataset(files, model, split_turns=True)
+    data = SFTDataset(files, model.processor, split_turns=True, pack_questions=True)
+    split = SFTDataset(files, model.processor, split_turns=True)
     items = [data[i] for i in range(3)]
     assert [[type(e).__name__ for e in item["encoded"]] for item in items] == [
         ["PackedSample", "EncodedSample"], ["EncodedSample"], ["EncodedSample"]]
     assert items[0]["spans"] == [0, 0] and len(items[0]["videos"]) == 1
     assert len(items[0]["encoded"][0]) < sum(len(e) for e in split[0]["encoded"][:3])
-    batch = collate(model, items)
+    batch = collate(model.processor, items)
     assert batch["video_index"].tolist() == [0, 0, 1, 2] and batch["attention_mask"].ndim == 4
     batch.pop("index")
     model.train()
@@ -171,23 +171,20 @@ def test_dataset_packs_a_videos_rounds_and_keeps_the_rest_apart(workdir, one_thr
     assert torch.isfinite(out.loss)
     out.loss.backward()
     with pytest.raises(ValueError, match="needs split_turns"):
-        SFTDataset(files, model, pack_questions=True)
+        SFTDataset(files, model.processor, pack_questions=True)
 
 
-def test_flash_attention_cannot_take_packed_rows(workdir, one_thread, monkeypatch, tmp_path):
+def test_flash_attention_cannot_take_packed_rows(workdir, one_thread, monkeypatch):
     model = tiny_videollm(workdir)
     rounds, packed = rounds_and_packed(model, conversation())
     video = world_clips(1, model.config.num_frames, model.image_size)[0]
-    block = model.collate([packed], videos=[video])
-    (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q", "video": "v.mp4", "conversations": conversation()}))
+    block = model.processor.collate([packed], videos=[video])
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(ValueError, match="need attn_implementation 'sdpa' or 'eager'"):
-        SFTDataset([str(tmp_path / "sft.jsonl")], model, split_turns=True, pack_questions=True)
-    with pytest.raises(ValueError, match="'flash_attention_2'"):
-        model.collate([packed], videos=[video])
+        model.check_block_mask()  # what the trainer checks before it reads packed data
     with pytest.raises(ValueError, match="'flash_attention_2'"):
         model(**block)
     # Without packed rows the batch is the plain one, which flash attention takes.
-    plain = model.collate(rounds, videos=[video], video_index=[0] * len(rounds))
+    plain = model.processor.collate(rounds, videos=[video], video_index=[0] * len(rounds))
     assert set(plain) == {"input_ids", "attention_mask", "labels", "videos", "video_index"}
     assert plain["attention_mask"].shape == plain["input_ids"].shape

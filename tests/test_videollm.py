@@ -54,7 +54,7 @@ def _sample(answer="A small red star bounces.", question="<video>\nDescribe the 
 def test_video_span_expansion_and_label_mask_cover_exactly_the_answers(tokenizer_dir):
     model = _model(tokenizer_dir)
     tok = model.text_tokenizer
-    encoded = model.encode_sample(_sample())
+    encoded = model.processor.encode_sample(_sample())
     ids, labels = encoded.input_ids, encoded.labels
     n = model.tokens_per_video
     start = ids.index(model.video_ids.start)
@@ -85,36 +85,36 @@ def test_masks_are_non_empty_and_exact_for_every_template(tokenizer_dir, templat
 def test_samples_longer_than_max_length_are_rejected_whole_with_their_id(tokenizer_dir):
     model = _model(tokenizer_dir, max_length=40)
     sample = {"id": "long-1", "conversations": _sample()}
-    needed = model.count_tokens(sample)
+    needed = model.processor.count_tokens(sample)
     assert needed > 40
     with pytest.raises(SampleTooLongError, match=rf"'long-1' needs {needed} tokens"):
-        model.encode_sample(sample["conversations"], sample_id="long-1")
+        model.processor.encode_sample(sample["conversations"], sample_id="long-1")
 
 
 def test_several_videos_in_one_sample(tokenizer_dir):
     model = _model(tokenizer_dir)
     conv = [{"from": "human", "value": "<video>\n<video>\nSame objects?"}, {"from": "gpt", "value": "no"}]
-    encoded = model.encode_sample(conv, num_videos=2)
-    batch = model.collate([encoded], videos=[_video(0), _video(1)])
+    encoded = model.processor.encode_sample(conv, num_videos=2)
+    batch = model.processor.collate([encoded], videos=[_video(0), _video(1)])
     assert torch.isfinite(model(**batch).loss)
     with pytest.raises(ValueError, match="2 <video> placeholder"):
-        model.encode_sample(conv, num_videos=1)
+        model.processor.encode_sample(conv, num_videos=1)
 
 
 def test_sequences_sharing_a_video_equal_the_video_repeated(tokenizer_dir):
     """video_index: three sequences over two videos encode each video once and give the same loss
     as passing the videos repeated, one per span."""
     model = _model(tokenizer_dir).eval()
-    encoded = [model.encode_sample(_sample()), model.encode_sample(_sample("A blue circle stays still.")),
-               model.encode_sample(_sample("A red star bounces."))]
-    shared = model.collate(encoded, videos=[_video(0), _video(1)], video_index=[1, 0, 1])
-    repeated = model.collate(encoded, videos=[_video(1), _video(0), _video(1)])
+    encode = model.processor.encode_sample
+    encoded = [encode(_sample()), encode(_sample("A blue circle stays still.")), encode(_sample("A red star bounces."))]
+    shared = model.processor.collate(encoded, videos=[_video(0), _video(1)], video_index=[1, 0, 1])
+    repeated = model.processor.collate(encoded, videos=[_video(1), _video(0), _video(1)])
     with torch.no_grad():
         torch.testing.assert_close(model(**shared).logits, model(**repeated).logits)
     with pytest.raises(ValueError, match="one entry per <video> span"):
-        model.collate(encoded, videos=[_video(0)], video_index=[0, 1, 0])
+        model.processor.collate(encoded, videos=[_video(0)], video_index=[0, 1, 0])
     with pytest.raises(ValueError, match="one entry per <video> span"):
-        model.collate(encoded, videos=[_video(0)], video_index=[0, 0])
+        model.processor.collate(encoded, videos=[_video(0)], video_index=[0, 0])
 
 
 def test_span_loss_weighs_each_answer_once(tokenizer_dir):
@@ -139,7 +139,7 @@ def test_span_loss_weighs_each_answer_once(tokenizer_dir):
     assert answer_span_loss(logits, torch.full((2, 6), IGNORE_INDEX)).item() == 0.0
 
     model = _model(tokenizer_dir).eval()
-    batch = model.collate([model.encode_sample(_sample())], videos=[_video(0)])
+    batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video(0)])
     with torch.no_grad():
         out = model(**batch, text_loss="span")
         torch.testing.assert_close(out.loss, answer_span_loss(out.logits, batch["labels"]))
@@ -165,7 +165,7 @@ def test_projector_output_norm_puts_video_at_the_text_scale(tokenizer_dir, tmp_p
 
 def test_merge_refuses_a_count_mismatch(tokenizer_dir):
     model = _model(tokenizer_dir)
-    batch = model.collate([model.encode_sample(_sample())])
+    batch = model.processor.collate([model.processor.encode_sample(_sample())])
     features = model.encode_video(torch.stack([_video(0), _video(1)]))  # two videos for one span
     with pytest.raises(ValueError, match=rf"tokens: {model.tokens_per_video}, features: {2 * model.tokens_per_video}"):
         model(input_ids=batch["input_ids"], video_features=features)
@@ -174,8 +174,9 @@ def test_merge_refuses_a_count_mismatch(tokenizer_dir):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_llm_family_trains(tokenizer_dir, family):
     model = _model(tokenizer_dir, family)
-    batch = model.collate([model.encode_sample(_sample()), model.encode_sample(_sample("A blue circle stays still."))],
-                          videos=[_video(0), _video(1)])
+    encode = model.processor.encode_sample
+    batch = model.processor.collate([encode(_sample()), encode(_sample("A blue circle stays still."))],
+                                    videos=[_video(0), _video(1)])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(10):
@@ -195,7 +196,7 @@ def test_each_projector_feeds_the_llm(tokenizer_dir, projector, kwargs):
         assert model.tokens_per_video == next(iter(kwargs.values()))
     else:
         assert model.tokens_per_video == model.video_tokenizer.num_tokens(8, 32, 32)
-    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video()])
     loss = model(**batch).loss
     loss.backward()
     assert all(p.grad is not None for p in model.projector.parameters() if p.requires_grad)
@@ -231,7 +232,7 @@ def test_save_load_round_trip_gives_identical_logits(tokenizer_dir, tmp_path, ov
             for n, p in model.llm.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.02)
-    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video()])
     model.save_pretrained(tmp_path)
     again = VideoLLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -293,5 +294,5 @@ def test_llm_from_a_local_pretrained_folder(tokenizer_dir, tmp_path):
     tokenizer.save_pretrained(tmp_path / "llm")
     model = VideoLLM.build(VideoLLMConfig(llm=str(tmp_path / "llm"), video_tokenizer="vtok_tiny", num_frames=8))
     torch.testing.assert_close(model.llm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
-    batch = model.collate([model.encode_sample(_sample())], videos=[_video()])
+    batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video()])
     assert torch.isfinite(model(**batch).loss)

@@ -63,7 +63,7 @@ def load(i):  # the project's packing, with cached tokens instead of decoded fra
         rounds = [[{**t, "value": t["value"].replace("<video>\n", "") + "\n<video>"} if "<video>" in t["value"] else t for t in r] for r in rounds]
     if len(rounds) > MAXR:
         rest = (torch.randperm(len(rounds) - 1)[: MAXR - 1] + 1).sort().values.tolist(); rounds = [rounds[0]] + [rounds[j] for j in rest]
-    enc = [ENC.setdefault((i, json.dumps(r)), model.encode_sample(r, num_videos=1)) if (i, json.dumps(r)) not in ENC else ENC[(i, json.dumps(r))] for r in rounds]
+    enc = [ENC.setdefault((i, json.dumps(r)), model.processor.encode_sample(r, num_videos=1)) if (i, json.dumps(r)) not in ENC else ENC[(i, json.dumps(r))] for r in rounds]
     if E.get("PACK", "1") == "0":
         return enc, toks[sample["video"]]
     return [pack_rounds(enc, model.video_ids)], toks[sample["video"]]
@@ -110,7 +110,7 @@ while time.time() - t0 < SECS and not (E.get("STOP") == "1" and step >= total_es
     items = []
     for _ in range(BS):
         items.append(load(order[pos % len(order)])); pos += 1
-    batch = model.collate([x for e, _ in items for x in e])
+    batch = model.processor.collate([x for e, _ in items for x in e])
     feats = model.project(torch.stack([t for e, t in items for _ in e]))
     out = model(**batch, video_features=feats)
     loss = out.loss if LOSS == "token" else span_loss(out.logits, batch["labels"])

@@ -17,7 +17,7 @@ with open(FILE) as f:
     for _, line in zip(range(N), f):
         rounds = split_rounds(json.loads(line)["conversations"])
         rounds = [rounds[0]] + random.sample(rounds[1:], min(7, len(rounds) - 1))
-        enc = [model.encode_sample(r, num_videos=1) for r in rounds]
+        enc = [model.processor.encode_sample(r, num_videos=1) for r in rounds]
         rows += len(pack_rounds(enc, model.video_ids)); split_len += sum(len(e) for e in enc); answered += len(enc)
 print(f"{tok}: {answered} answered rounds; tokens per answered question packed {rows / answered:.1f}, "
       f"split {split_len / answered:.1f}; video positions {model.tokens_per_video}")

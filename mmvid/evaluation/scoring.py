@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmvid.prompting import encode_prompt
-
 if TYPE_CHECKING:
     from mmvid.videollm import VideoLLM
 
@@ -42,7 +40,7 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
     tok = model.text_tokenizer
     count = 0 if video_features is None else video_features.shape[0]
     per_video = 0 if video_features is None else video_features.shape[1]
-    context = encode_prompt(tok, messages, model.video_ids, [per_video] * count)
+    context = model.processor.encode_prompt(messages, [per_video] * count)
     pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
     if any(len(p) == 0 for p in pieces):
         raise ValueError(f"a continuation encodes to no tokens: {continuations!r}")

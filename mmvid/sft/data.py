@@ -1,4 +1,4 @@
-"""SFT samples: LLaVA conversations + their videos, ready for `VideoLLM.collate`.
+"""SFT samples: LLaVA conversations + their videos, read and encoded by the model's VideoProcessor.
 
 A sample that cannot be used (a video that is missing or does not decode, too many tokens, a
 malformed conversation) is skipped with a warning naming the file and the reason, and replaced by
@@ -16,12 +16,12 @@ Split, though, the LLM recomputes the video (and the system turn and user header
 of the K sequences: about half of every step's tokens. `pack_questions=True` (with `split_turns`)
 stores the K rounds as one `PackedSample` (mmvid.prompting.pack_rounds): their common prefix of P
 tokens, the video included, once, then each round's own question and answer as a segment: P + S
-tokens instead of K x P + S (S: the segments together). `VideoLLM.collate` gives such a row a block
+tokens instead of K x P + S (S: the segments together). `VideoProcessor.collate` gives such a row a block
 mask (a segment attends to the prefix and causally to itself, never to another segment) and positions
 that restart at P in every segment, so each answer gets exactly the logits and loss of its split
 sequence, and still cannot copy from another round. It needs attn_implementation sdpa or eager
-(flash_attention_2 cannot take a block mask; asking for it raises). A packed row longer than the
-model's max_length stays split; a one-round sample has nothing to pack.
+(flash_attention_2 cannot take a block mask: the model raises, and the trainer checks before reading data).
+A packed row longer than the processor's max_length stays split; a one-round sample has nothing to pack.
 
 Text-to-video samples are conversations with the `<video>` in the assistant turn (the prompt in the
 user turn); the model's generation head learns that span's video tokens. A line of a synthetic
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmvid.data import VideoDecodeError, VideoTooShortError, frames_to_tensor, read_video
+from mmvid.data import VideoDecodeError, VideoTooShortError
 from mmvid.data.conversations import GPT, HUMAN, SYSTEM, VIDEO_PLACEHOLDER, load_conversations, sample_videos
 from mmvid.prompting import pack_rounds
 
@@ -49,16 +49,14 @@ log = logging.getLogger(__name__)
 
 
 class SFTDataset(Dataset):
-    def __init__(self, files: list[str], model, video_root: str | None = None, split_turns: bool = False,
+    def __init__(self, files: list[str], processor, video_root: str | None = None, split_turns: bool = False,
                  prompt_dropout: float = 0.0, merge_t2v: bool = True, pack_questions: bool = False,
                  t2v_fraction: float = 1.0, max_rounds: int | None = None):
         if not 0.0 <= prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
-        if pack_questions:
-            if not split_turns:
-                raise ValueError("pack_questions packs the rounds that split_turns makes: it needs split_turns=True")
-            model.check_block_mask()
-        self.model = model
+        if pack_questions and not split_turns:
+            raise ValueError("pack_questions packs the rounds that split_turns makes: it needs split_turns=True")
+        self.processor = processor  # a VideoProcessor: frames, ids, max_length
         self.split_turns = split_turns
         self.pack_questions = pack_questions
         self.prompt_dropout = prompt_dropout
@@ -117,7 +115,8 @@ class SFTDataset(Dataset):
         name = str(sample.get("id", index))
         videos = [root / v for v in sample_videos(sample)]
         if is_text_to_video(sample["conversations"]):
-            encoded = [self.model.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name, num_videos=len(videos))]
+            encoded = [self.processor.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name,
+                                                    num_videos=len(videos))]
         elif self.split_turns and len(videos) == 1:
             rounds = split_rounds(sample["conversations"])
             chosen = list(range(len(rounds)))
@@ -129,14 +128,13 @@ class SFTDataset(Dataset):
             # costs as much as a third of a CPU step when a sample has many rounds.
             encoded = [self._encode_round(index, k, rounds[k], name) for k in chosen]
             if self.pack_questions and len(encoded) > 1:
-                packed = pack_rounds(encoded, self.model.video_ids, name)
-                encoded = [packed] if len(packed) <= self.model.config.max_length else encoded
+                packed = pack_rounds(encoded, self.processor.video_ids, name)
+                encoded = [packed] if len(packed) <= self.processor.config.max_length else encoded
         else:
-            encoded = [self.model.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
-        encoded += [self.model.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v", num_videos=1)
+            encoded = [self.processor.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
+        encoded += [self.processor.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v", num_videos=1)
                     for turns in self.extras.get(index, [])]
-        frames = [frames_to_tensor(read_video(v, num_frames=self.model.config.num_frames, size=self.model.image_size).frames)
-                  for v in videos]
+        frames = [self.processor.load_video(v) for v in videos]
         # One entry per <video> span of the sample's sequences, indexing `frames`.
         spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(e.num_videos for e in encoded)
         return {"encoded": encoded, "videos": frames, "spans": spans, "id": name, "index": index}
@@ -144,7 +142,7 @@ class SFTDataset(Dataset):
     def _encode_round(self, index: int, k: int, turns: list[dict], name: str):
         """Round k of item `index`, encoded once and kept (its text never changes between reads)."""
         if (index, k) not in self._round_cache:
-            self._round_cache[(index, k)] = self.model.encode_sample(turns, sample_id=name, num_videos=1)
+            self._round_cache[(index, k)] = self.processor.encode_sample(turns, sample_id=name, num_videos=1)
         return self._round_cache[(index, k)]
 
     def _drop_prompt(self, turns: list[dict]) -> list[dict]:
@@ -202,13 +200,14 @@ def split_rounds(conversations: list[dict]) -> list[list[dict]]:
     return rounds
 
 
-def collate(model, items: list[dict]) -> dict:
+def collate(processor, items: list[dict]) -> dict:
     """Batch for `VideoLLM.forward` plus the sample indices (for the data position). A packed item is one
-    row; with one in the batch, `attention_mask` is 4D and `position_ids` are set (see VideoLLM.collate)."""
+    row; with one in the batch, `attention_mask` is 4D and `position_ids` are set (see VideoProcessor.collate)."""
     videos, index = [], []
     for item in items:
         index += [len(videos) + k for k in item["spans"]]
         videos += item["videos"]
-    batch = model.collate([e for item in items for e in item["encoded"]], videos=videos or None, video_index=index if videos else None)
+    batch = processor.collate([e for item in items for e in item["encoded"]], videos=videos or None,
+                              video_index=index if videos else None)
     batch["index"] = torch.tensor([item["index"] for item in items])
     return batch

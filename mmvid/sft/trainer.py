@@ -268,14 +268,16 @@ def build_phases(cfg: SFTConfig, model, rank: int, world_size: int) -> dict[str,
     """"train" (data.train), and with data.curriculum_steps > 0 "curriculum" (data.curriculum), which the
     first data.curriculum_steps optimizer steps draw from (`phase_at`)."""
     files = {"train": cfg.data.train, **({"curriculum": cfg.data.curriculum} if cfg.data.curriculum_steps else {})}
+    if cfg.data.pack_questions:
+        model.check_block_mask()  # packed rows need an attention that takes a block mask
     phases = {}
     for name, paths in files.items():
-        dataset = SFTDataset(paths, model, cfg.data.video_root, split_turns=cfg.data.split_turns,
+        dataset = SFTDataset(paths, model.processor, cfg.data.video_root, split_turns=cfg.data.split_turns,
                              prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
                              t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
         sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                            collate_fn=partial(collate, model), drop_last=True)
+                            collate_fn=partial(collate, model.processor), drop_last=True)
         phases[name] = Phase(dataset, sampler, _passes(loader, sampler))
     return phases
 
