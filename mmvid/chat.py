@@ -64,7 +64,7 @@ class ChatSession:
     reused_tokens: int = 0  # tokens of the last prompt served from the KV cache instead of recomputed
 
     def __post_init__(self):
-        self.num_frames = self.num_frames or self.model.config.num_frames
+        self.num_frames = self.num_frames or self.model.processor.config.num_frames
         self._features: torch.Tensor | None = None
         self._cache = PromptCache()  # the KV cache of the conversation so far
         self._generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(self.seed)
@@ -76,12 +76,9 @@ class ChatSession:
         if path is None:
             self._features, self.video_path = None, None
         else:
-            from mmvid.data import frames_to_tensor, read_video
-
-            sampling = dict(sampling="fps", fps=self.fps) if self.fps else {}
-            video = read_video(path, num_frames=self.num_frames, size=self.model.image_size, **sampling)
+            video = self.model.processor.load_video(path, num_frames=self.num_frames, fps=self.fps or None)
             with torch.no_grad():
-                self._features = self.model.encode_video(frames_to_tensor(video.frames)[None])
+                self._features = self.model.encode_video(video[None])
             self.encode_calls += 1
             self.video_path = str(path)
         self.reset()

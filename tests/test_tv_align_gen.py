@@ -16,6 +16,7 @@ from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.evaluation import BenchContext, run_benches
 from mmvid.evaluation.tv_align import BenchmarkFormatError
 from mmvid.evaluation.tv_align_gen import CATEGORIES, GenerationUnavailableError, frechet_distance, score_objects
+from mmvid.processor import VideoProcessor, VideoProcessorConfig
 
 FRAMES, SIZE, PROMPTS = 8, 48, 6  # 48 px: the analyzer still finds every object of the tiny world
 
@@ -31,9 +32,8 @@ class FakeGenerator:
     """What the bench (and the runner's record) reads of a VideoLLM, with `generate_video` from a function."""
 
     def __init__(self, make=None):
-        self.config = SimpleNamespace(num_frames=FRAMES)
-        self.image_size = SIZE
-        self.video_tokenizer, self.tokens_per_video, self.text_tokenizer = SimpleNamespace(preset="fake"), 0, None
+        self.processor = VideoProcessor(None, VideoProcessorConfig(num_frames=FRAMES, image_size=SIZE))
+        self.video_tokenizer = SimpleNamespace(preset="fake")
         self.calls = []
         if make is not None:
             self.make = make
@@ -133,7 +133,7 @@ def test_frechet_distance_golden_values():
 def test_missing_prompts_or_generator_are_clear_errors(world, tmp_path):
     with pytest.raises(FileNotFoundError, match="build the world"):
         run_benches(["tv_align_gen"], BenchContext(model=FakeGenerator(), data=str(tmp_path / "no-world")))
-    understanding_only = SimpleNamespace(config=SimpleNamespace(num_frames=FRAMES), image_size=SIZE)
+    understanding_only = SimpleNamespace(processor=FakeGenerator().processor)
     with pytest.raises(GenerationUnavailableError, match="generation head"):
         run_benches(["tv_align_gen"], BenchContext(model=understanding_only, data=str(world), limit=1))
 

@@ -39,11 +39,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmvid.data import frames_to_tensor, read_video
-from mmvid.video_tokenizers import video_tokenizer_from
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.scoring import continuation_logprobs, pick
+from mmvid.processor import VideoProcessor, VideoProcessorConfig
 from mmvid.text_tokenizer import VIDEO_TOKEN
+from mmvid.video_tokenizers import video_tokenizer_from
 
 QUESTION = "What does the object do?"
 VIDEO_AS = ("video", "words")  # "text" is an alias of "words"
@@ -94,22 +94,23 @@ def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) ->
     return out
 
 
-def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, int, int, str]:
-    """The words mode's tokenizer: (tokenizer, frames, size, name) — the model's when it has
-    words (`has_words`), else `words_tokenizer=` (a saved folder or a preset)."""
+def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, VideoProcessor, str]:
+    """The words mode's tokenizer: (tokenizer, the processor that reads its videos, name) — the model's
+    when it has words (`has_words`), else `words_tokenizer=` (a saved folder or a preset) at its clip_frames."""
     spec = ctx.option("words_tokenizer")
     if spec is None:
         tokenizer = model.video_tokenizer
         if not tokenizer.has_words:
             raise ValueError(f"--video-as words needs a video tokenizer with video_to_text() (SweetTok); the model's "
                              f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved SweetTok folder)")
-        return tokenizer, model.config.num_frames, model.image_size, str(tokenizer.preset)
+        return tokenizer, model.processor, str(tokenizer.preset)
     tokenizer = video_tokenizer_from(spec)  # a preset is untrained: its words say nothing, but the plumbing runs
     if not tokenizer.has_words:
         raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without video_to_text() "
                          f"(use a SweetTok)")
     tokenizer.eval().to(model._device())
-    return tokenizer, tokenizer.clip_frames or model.config.num_frames, tokenizer.image_size, spec
+    frames = tokenizer.clip_frames or model.processor.config.num_frames
+    return tokenizer, VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames)), spec
 
 
 def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
@@ -132,12 +133,11 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
     spec = ctx.option("tokenizer") or ctx.option("words_tokenizer")
     if spec is None:
         model = ctx.load_model()
-        tokenizer, frames, size, name = model.video_tokenizer, model.config.num_frames, model.image_size, \
-            str(model.video_tokenizer.preset)
+        tokenizer, processor, name = model.video_tokenizer, model.processor, str(model.video_tokenizer.preset)
     else:
         tokenizer, name = video_tokenizer_from(spec).eval(), spec
         frames = tokenizer.clip_frames or int(ctx.option("frames", "16"))
-        size = tokenizer.image_size
+        processor = VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames))  # videos only
     if video_as == "words" and not tokenizer.has_words:
         raise ValueError(f"the prototype scorer's words mode needs a tokenizer with word ids (SweetTok); "
                          f"{name!r} is a {tokenizer.architecture} tokenizer")
@@ -147,7 +147,7 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
     def vector(item) -> torch.Tensor:
         key = str(path.parent / item["video"])
         if key not in vectors:
-            video = frames_to_tensor(read_video(key, num_frames=frames, size=size).frames)[None].to(device)
+            video = processor.load_video(key)[None].to(device)
             with torch.no_grad():
                 if video_as == "words":
                     ids = tokenizer.encode_ids(video)[0]
@@ -172,7 +172,8 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
         value, stderr = mean_stderr(hits)
         metrics.append(Metric(f"{ways}way_{shots}shot/acc", value, stderr, len(hits)))
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
-                "scorer": "prototype", "chance": 1 / ways, "tokenizer": name, "frames": frames, "size": size}
+                "scorer": "prototype", "chance": 1 / ways, "tokenizer": name, "frames": processor.config.num_frames,
+                "size": processor.config.image_size}
     return BenchResult("fewshot", metrics, settings, samples)
 
 
@@ -202,17 +203,16 @@ def run(ctx: BenchContext) -> BenchResult:
     if scorer == "prototype":
         return run_prototype(ctx, path, items, ways, shot_list, count, video_as)
     model = ctx.load_model()
-    frames, size, tokenizer_name = model.config.num_frames, model.image_size, None
+    processor, tokenizer_name = model.processor, None
     if video_as == "words":
-        to_words, frames, size, tokenizer_name = words_tokenizer(ctx, model)
+        to_words, processor, tokenizer_name = words_tokenizer(ctx, model)
     cache: dict[str, torch.Tensor] = {}
     texts: dict[str, str] = {}
 
     def video(item) -> torch.Tensor:
         key = str(path.parent / item["video"])
         if key not in cache:
-            decoded = read_video(key, num_frames=frames, size=size)
-            cache[key] = frames_to_tensor(decoded.frames)
+            cache[key] = processor.load_video(key)
         return cache[key]
 
     def words(item) -> str:
@@ -251,6 +251,7 @@ def run(ctx: BenchContext) -> BenchResult:
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
                 "chance": 1 / ways, "question": QUESTION}
     if video_as == "words":
-        settings.update(words_tokenizer=tokenizer_name, words_frames=frames, words_size=size, words_top=top,
+        settings.update(words_tokenizer=tokenizer_name, words_frames=processor.config.num_frames,
+                        words_size=processor.config.image_size, words_top=top,
                         words_per_video=sum(len(t.split()) for t in texts.values()) / max(1, len(texts)))
     return BenchResult("fewshot", metrics, settings, samples)

@@ -46,7 +46,7 @@ NO_VALUE = ("", "none", "null")
 def run(ctx: BenchContext) -> BenchResult:
     """Reconstruct `ctx.limit` videos of `ctx.data` (split `--split`) through a tokenizer; score them."""
     tokenizer, source = _tokenizer(ctx)
-    model_frames = ctx.model.config.num_frames if ctx.model is not None else DEFAULT_FRAMES
+    model_frames = ctx.model.processor.config.num_frames if ctx.model is not None else DEFAULT_FRAMES
     frames = int(ctx.option("frames") or model_frames)
     size = tokenizer.image_size
     split = ctx.option("split", "test")

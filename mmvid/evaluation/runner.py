@@ -97,16 +97,17 @@ def model_settings(ctx: BenchContext) -> dict:
     """The settings of the evaluated model that decide its numbers (only when one was loaded)."""
     if ctx.model is None:
         return {"model": ctx.model_path}
-    m = ctx.model
+    processor = ctx.model.processor
+    c = processor.config
     return {
         "model": ctx.model_path,
-        "frames": m.config.num_frames,
-        "image_size": m.image_size,
-        "sampling": "uniform",
-        "fps": None,
-        "video_tokenizer": m.video_tokenizer.preset,
-        "tokens_per_video": m.tokens_per_video,
-        "prompt_template": getattr(m.text_tokenizer, "chat_template", None),
+        "frames": c.num_frames,
+        "image_size": c.image_size,
+        "sampling": c.sampling,
+        "fps": c.fps,
+        "video_tokenizer": ctx.model.video_tokenizer.preset,
+        "tokens_per_video": c.tokens_per_video,
+        "prompt_template": getattr(processor.text_tokenizer, "chat_template", None),
     }
 
 

@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmvid.data import frames_to_tensor, read_video
 from mmvid.data.shapes.text import multiple_choice_prompt
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.scoring import continuation_logprobs, parse_choice, pick
@@ -123,8 +122,7 @@ def run(ctx: BenchContext) -> BenchResult:
         video_path = str(root / q["video"])
         if video_path not in cache:
             cache.clear()  # questions of one video are adjacent; keep one video's features
-            video = read_video(video_path, num_frames=model.config.num_frames, size=model.image_size)
-            cache[video_path] = model.encode_video(frames_to_tensor(video.frames)[None])
+            cache[video_path] = model.encode_video(model.processor.load_video(video_path)[None])
         features = cache[video_path]
         messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
         letters = list(string.ascii_uppercase[: len(q["options"])])

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mmvid.data import read_video, write_video
+from mmvid.data import write_video
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.tv_align import BenchmarkFormatError, read_records
 from mmvid.metrics import frechet_distance
@@ -254,8 +254,7 @@ def run(ctx: BenchContext) -> BenchResult:
     root = path.parent
     model = ctx.load_model()
     generate = _generator(model)
-    num_frames = getattr(getattr(model, "config", None), "num_frames", None)
-    image_size = getattr(model, "image_size", None)
+    processor = model.processor  # reads the real videos as the model reads videos
 
     hits = {"generated": [], "real": []}
     real_analyses: list[Analysis] = []
@@ -271,7 +270,7 @@ def run(ctx: BenchContext) -> BenchResult:
         except NotImplementedError as e:
             raise GenerationUnavailableError(f"{type(model).__name__}.generate_video is not implemented ({e}); {FIX}") from e
         seconds.append(time.perf_counter() - start)
-        real = read_video(root / item["video"], num_frames=num_frames, size=image_size).frames
+        real = processor.read_frames(root / item["video"])
         generated_analysis, real_analysis = analyze(frames.numpy()), analyze(real.numpy())
         hits["generated"].append(score_objects(item["objects"], generated_analysis))
         hits["real"].append(score_objects(item["objects"], real_analysis))
@@ -300,7 +299,8 @@ def run(ctx: BenchContext) -> BenchResult:
     metrics.append(Metric("seconds_per_video", *mean_stderr(seconds), n))
     settings = {
         "file": str(path), "prompts": n, "guidance": guidance, "temperature": temperature, "top_k": top_k,
-        "top_p": top_p, "steps": steps, "seed": seed, "frames": num_frames, "image_size": image_size,
+        "top_p": top_p, "steps": steps, "seed": seed, "frames": processor.config.num_frames,
+        "image_size": processor.config.image_size,
         "chance": "shuffled/*: real videos scored against another prompt's objects; real/*: the analyzer's ceiling",
         "features": "per frame: 4x4 average-pooled RGB + 8-cell colour histogram; frechet halves A/B, ridge 1e-6",
         "saved": str(save) if saved else None,
