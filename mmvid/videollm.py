@@ -30,7 +30,7 @@ from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
 from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.processor import PROCESSOR_FILE, VideoProcessor, VideoProcessorConfig
-from mmvid.prompting import IGNORE_INDEX, encode_conversation, encode_prompt
+from mmvid.prompting import IGNORE_INDEX, encode_conversation
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from, video_tokenizer_from_record
 
@@ -466,10 +466,10 @@ class VideoLLM(nn.Module):
 
     def prompt_ids(self, messages: list[dict], video_features: torch.Tensor | None = None) -> list[int]:
         """Token ids of chat `messages` ending in the generation prompt, each <video> expanded to a span
-        of `video_features` (V, N, hidden) positions (see mmvid.prompting.encode_prompt)."""
+        of `video_features` (V, N, hidden) positions (the processor's encode_prompt)."""
         count = 0 if video_features is None else video_features.shape[0]
         per_video = 0 if video_features is None else video_features.shape[1]
-        return encode_prompt(self.text_tokenizer, messages, self.video_ids, [per_video] * count)
+        return self.processor.encode_prompt(messages, [per_video] * count)
 
     @torch.no_grad()
     def next_token_logits(self, input_ids: torch.Tensor, video_features: torch.Tensor | None = None,

@@ -38,9 +38,7 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
         batch_size: continuations per forward pass (None: all at once); the scores do not depend on it.
     """
     tok = model.text_tokenizer
-    count = 0 if video_features is None else video_features.shape[0]
-    per_video = 0 if video_features is None else video_features.shape[1]
-    context = model.processor.encode_prompt(messages, [per_video] * count)
+    context = model.prompt_ids(messages, video_features)
     pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
     if any(len(p) == 0 for p in pieces):
         raise ValueError(f"a continuation encodes to no tokens: {continuations!r}")
