@@ -13,8 +13,9 @@ turns a conversation into ids goes through it. It is saved beside the model (`pr
 and the tokenizer files) and loaded with it; a checkpoint without the file, written before the
 processor existed, gets the processor its config.json implies.
 
-A frame count the video tokenizer cannot take (`min_frames`..`max_frames`) and a frame size that is
-not the tokenizer's raise ValueError here, before any video is decoded.
+A frame count the video tokenizer cannot take (`min_frames`..`max_frames`) raises ValueError here,
+before any video is decoded; a VideoLLM refuses a processor whose frame size or tokens per video do not
+fit it.
 """
 
 from __future__ import annotations
@@ -196,9 +197,10 @@ class VideoProcessor:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> VideoProcessor:
-        """The processor saved in a folder. A VideoLLM checkpoint without processor_config.json (written
-        before the processor existed) gets the one its config.json implies (`config_from_checkpoint`)."""
+    def from_pretrained(cls, path: str | os.PathLike, text_tokenizer=None) -> VideoProcessor:
+        """The processor saved in a folder, holding `text_tokenizer` (default: the folder's tokenizer files,
+        when it has them). A VideoLLM checkpoint without processor_config.json (written before the processor
+        existed) gets the one its config.json implies (`config_from_checkpoint`)."""
         path = Path(path)
         if (path / PROCESSOR_FILE).is_file():
             record = json.loads((path / PROCESSOR_FILE).read_text())
@@ -210,8 +212,7 @@ class VideoProcessor:
             config = config_from_checkpoint(json.loads((path / "config.json").read_text()))
         else:
             raise FileNotFoundError(f"{path} has no {PROCESSOR_FILE} and no VideoLLM config.json")
-        text_tokenizer = None
-        if (path / "tokenizer_config.json").is_file():
+        if text_tokenizer is None and (path / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
             text_tokenizer = AutoTokenizer.from_pretrained(path)

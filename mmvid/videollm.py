@@ -159,9 +159,11 @@ class VideoLLM(nn.Module):
         self._check_processor()
 
     def _check_processor(self) -> None:
-        """The processor must read frames this model takes and expand <video> to as many positions as the
-        projector gives for its frame count."""
+        """The processor must hold this model's text tokenizer, read frames its video tokenizer takes, and
+        expand <video> to as many positions as the projector gives for its frame count."""
         c, size = self.processor.config, self.image_size
+        if self.processor.text_tokenizer is not self.text_tokenizer:
+            raise ValueError("the processor must hold the model's text tokenizer")
         if c.image_size != size:
             raise ValueError(f"the processor reads {c.image_size}x{c.image_size} frames but the video tokenizer takes "
                              f"{size}x{size}; set the processor's image_size to {size}")
@@ -575,8 +577,8 @@ class VideoLLM(nn.Module):
         data = dict(config.llm_config)
         llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data), dtype=dtype,
                                                attn_implementation=attn)
-        processor = VideoProcessor.from_pretrained(path) if (path / PROCESSOR_FILE).is_file() else None
-        text_tokenizer = processor.text_tokenizer if processor is not None else AutoTokenizer.from_pretrained(path)
+        text_tokenizer = AutoTokenizer.from_pretrained(path)
+        processor = VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file() else None
         video_tokenizer = video_tokenizer_from_record(record["video_tokenizer"])  # its weights are in the checkpoint's
         projector = build_projector(ProjectorConfig(**record["projector"]))
         head = _build_generation_head(config, llm, video_tokenizer, projector)

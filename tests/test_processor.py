@@ -157,6 +157,8 @@ def test_a_processor_that_does_not_fit_the_model_is_refused(model, tmp_path):
     wrong_count = VideoProcessor(model.text_tokenizer, dataclasses.replace(model.processor.config, tokens_per_video=3))
     with pytest.raises(ValueError, match=rf"expands each <video> to 3 positions, but 8 frames give {model.tokens_per_video}"):
         VideoLLM(*parts, processor=wrong_count)
+    with pytest.raises(ValueError, match="the model's text tokenizer"):
+        VideoLLM(*parts, processor=VideoProcessor(None, model.processor.config))
     model.save_pretrained(tmp_path)
     record = json.loads((tmp_path / PROCESSOR_FILE).read_text())
     record["config"]["image_size"] = 48
