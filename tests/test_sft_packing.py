@@ -174,14 +174,20 @@ def test_dataset_packs_a_videos_rounds_and_keeps_the_rest_apart(workdir, one_thr
         SFTDataset(files, model.processor, pack_questions=True)
 
 
-def test_flash_attention_cannot_take_packed_rows(workdir, one_thread, monkeypatch):
+def test_flash_attention_cannot_take_packed_rows(workdir, one_thread, monkeypatch, tmp_path):
+    from mmvid.sft.config import SFTConfig, SFTData
+    from mmvid.sft.trainer import build_phases
+
     model = tiny_videollm(workdir)
     rounds, packed = rounds_and_packed(model, conversation())
     video = world_clips(1, model.config.num_frames, model.image_size)[0]
     block = model.processor.collate([packed], videos=[video])
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q", "video": "v.mp4", "conversations": conversation()}))
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2")
+    cfg = SFTConfig(data=SFTData(train=[str(tmp_path / "sft.jsonl")], split_turns=True, pack_questions=True,
+                                 curriculum_steps=0))
     with pytest.raises(ValueError, match="need attn_implementation 'sdpa' or 'eager'"):
-        model.check_block_mask()  # what the trainer checks before it reads packed data
+        build_phases(cfg, model, rank=0, world_size=1)  # the SFT data refuse before reading any
     with pytest.raises(ValueError, match="'flash_attention_2'"):
         model(**block)
     # Without packed rows the batch is the plain one, which flash attention takes.
