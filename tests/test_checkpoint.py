@@ -35,7 +35,8 @@ FORMAT_1 = Path(__file__).resolve().parent / "data" / "format1"  # see make_form
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """The world the format-1 runs trained on (the same settings rebuild it exactly)."""
+    """The world the format-1 runs trained on (the same settings rebuild it exactly: write_video caps libx264 at
+    AVX2, whose encodes repeat; x264's AVX-512 code did not, and the resumed losses moved by ~1e-4 with it)."""
     out = tmp_path_factory.mktemp("format1") / "world"
     build_world(out, WorldSettings(train=8, val=4, test=2, fewshot=0, frames=8, size=32), progress=False)
     return out

@@ -29,6 +29,7 @@ Bad files raise `VideoDecodeError` (a `ValueError`) naming the path and what eac
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -488,7 +489,7 @@ def write_video(
             else:
                 stream = container.add_stream("libx264", rate=rate)
                 stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-                stream.options = {"crf": str(crf), "preset": preset}
+                stream.options = {"crf": str(crf), "preset": preset, **_x264_reproducible()}
                 for frame in array:
                     container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
                 container.mux(stream.encode())
@@ -500,6 +501,28 @@ def write_video(
 
 
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".gif": "gif"}
+
+
+@functools.cache
+def _x264_reproducible() -> dict[str, str]:
+    """libx264 options that make `write_video` give the same file every time for the same frames.
+
+    On a CPU with AVX-512, libx264's AVX-512 code (x264 core 165, as bundled with PyAV 18) does not: the
+    same frames and options (one thread) give one of several bitstreams, depending on the process's
+    earlier allocations (a fresh process's first encode came out the same 8 times in 8; of 100 encodes in
+    one process of the tiny test world's train video 2, 64 differed from it). Decoded, the variants differ
+    by up to 23 levels (of 255), so a synthetic world rebuilt from the same settings was not the same world,
+    and a run trained on it not the same run (tests/test_checkpoint.py's format-1 resume, ~1e-4 off).
+    Capped at AVX2 (x264's own `asm` flag set) the encode repeats exactly (the test world's 14 clips x 20
+    encodes; 18 clips of 32-128 px x 30), and 13 of those 14 clips are byte-identical to the clean
+    AVX-512 encode (all 8 training clips). Other CPUs keep x264's detection: naming AVX2 where it is
+    missing would crash.
+    """
+    if hasattr(torch.cpu, "get_capabilities"):  # recent torch: the CPU's own flags
+        avx512 = bool(torch.cpu.get_capabilities().get("avx512_f", False))
+    else:  # older torch: the level ATen dispatches to
+        avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return {"x264-params": "asm=avx2"} if avx512 else {}
 
 
 def _encode_gif(container, array: np.ndarray, rate: Fraction) -> None:
