@@ -28,10 +28,16 @@ import torch.nn as nn
 
 from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
-from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.processor import PROCESSOR_FILE, VideoProcessor, VideoProcessorConfig
+from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.prompting import IGNORE_INDEX, encode_conversation
-from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
+from mmvid.text_tokenizer import (
+    VIDEO_END,
+    VIDEO_START,
+    VIDEO_TOKEN,
+    add_video_special_tokens,
+    ensure_chat_template,
+)
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from, video_tokenizer_from_record
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmvid.chat import ChatSession
 from mmvid.data import write_video

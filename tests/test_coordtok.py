@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.testing import world_clips
-from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import (
+    ARCHITECTURES,
+    VIDEO_TOKENIZERS,
+    build_video_tokenizer,
+    load_video_tokenizer,
+)
 from mmvid.video_tokenizers.coordtok import PLANES, CoordTok, sample_plane
 from mmvid.video_tokenizers.objectives import (
     OBJECTIVES,

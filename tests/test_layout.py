@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FOLDERS = ("tokenizers", "train", "eval")
@@ -27,8 +27,9 @@ def _is_hf_tokenizers(path: str) -> bool:
 
 
 def test_tokenizers_is_hugging_faces_in_this_process():
-    import tokenizers
     from transformers import AutoTokenizer  # noqa: F401
+
+    import tokenizers
 
     assert _is_hf_tokenizers(tokenizers.__file__), tokenizers.__file__
     assert hasattr(tokenizers, "Tokenizer")  # Hugging Face's API, not a namespace package

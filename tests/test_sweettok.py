@@ -13,12 +13,16 @@ import torch.nn.functional as F
 
 from mmvid.data.shapes.text import LEXICON
 from mmvid.testing import world_clips
-from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import (
+    ARCHITECTURES,
+    VIDEO_TOKENIZERS,
+    build_video_tokenizer,
+    load_video_tokenizer,
+)
 from mmvid.video_tokenizers.objectives import OBJECTIVES, Objective, set_proxy_targets, training_loss
 from mmvid.video_tokenizers.sweettok import MLCQuantizer, SweetTok
 from mmvid.video_tokenizers.vocabulary import (
     PARTS,
-    Vocabulary,
     build_vocabulary,
     default_vocabulary,
     load_vocabulary,

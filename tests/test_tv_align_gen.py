@@ -15,7 +15,12 @@ from mmvid.data.shapes.analyzer import Analysis, TrackedObject
 from mmvid.data.shapes.build import WorldSettings, build_world
 from mmvid.evaluation import BenchContext, run_benches
 from mmvid.evaluation.tv_align import BenchmarkFormatError
-from mmvid.evaluation.tv_align_gen import CATEGORIES, GenerationUnavailableError, frechet_distance, score_objects
+from mmvid.evaluation.tv_align_gen import (
+    CATEGORIES,
+    GenerationUnavailableError,
+    frechet_distance,
+    score_objects,
+)
 from mmvid.processor import VideoProcessor, VideoProcessorConfig
 
 FRAMES, SIZE, PROMPTS = 8, 48, 6  # 48 px: the analyzer still finds every object of the tiny world

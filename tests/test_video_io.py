@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-
 import mmvid.data.video_io as video_io
-from mmvid.testing import frame_index_of, indexed_frames, write_offset_video
 from mmvid.data import (
     VideoDecodeError,
     VideoTooShortError,
@@ -19,6 +17,7 @@ from mmvid.data import (
     tensor_to_frames,
     write_video,
 )
+from mmvid.testing import frame_index_of, indexed_frames, write_offset_video
 
 BACKENDS = available_backends()
 backend_params = pytest.mark.parametrize(

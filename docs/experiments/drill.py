@@ -1,11 +1,16 @@
 # Text binding drill: short contexts ("a small red star and a large blue circle.") + colour/shape questions, 150 s,
 # then the text-alone check with real captions.
-import json, random, logging, sys
+import logging
+import random
+import sys
+
 logging.basicConfig(level=logging.INFO)
 from pathlib import Path
-from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
-from mmvid.sft.world_data import object_questions, _scene, reading_comprehension
+
 from mmvid.sft.config import TINY_LLAMA
+from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
+from mmvid.sft.world_data import _scene, object_questions, reading_comprehension
+
 random.seed(0)
 W = Path("data/shapes"); convs = []
 for i in range(5000):

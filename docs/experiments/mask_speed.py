@@ -1,6 +1,10 @@
-import time, torch
+import time
+
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+
 from mmvid.sft.config import TINY_LLAMA
+
 torch.manual_seed(0)
 d = dict(TINY_LLAMA); d["vocab_size"] = 403
 llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(d.pop("model_type"), **d))

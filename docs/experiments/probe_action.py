@@ -1,7 +1,12 @@
 # Can the frozen video tokens tell an object's action? Logistic-regression probes on cached VTok tokens of train videos
 # (fast.py's cache) for scenes with one object: the action from the residual tokens alone, and from all tokens.
-import json, sys, torch, numpy as np
+import json
+import sys
+
+import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
+
 toks = torch.load(sys.argv[1], weights_only=True)
 X, Xr, y = [], [], []
 for v, t in toks.items():

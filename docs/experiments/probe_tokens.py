@@ -1,14 +1,21 @@
 # Probe: does a frozen tokenizer's key-frame token keep the per-cell labels (colour/shape)? linear probe per token.
-import sys, json, time, numpy as np, torch, torch.nn.functional as F
+import json
+import sys
 from pathlib import Path
-from mmvid.vision_tower import TowerConfig, load_split, cell_labels
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from mmvid.video_tokenizers import video_tokenizer_from
+from mmvid.vision_tower import TowerConfig, cell_labels
+
 torch.set_num_threads(2)
 tok = video_tokenizer_from(sys.argv[1]).eval()
 cfg = TowerConfig()
 W = Path("data/shapes")
 def data(split, n):
-    from mmvid.data import read_video, frames_to_tensor
+    from mmvid.data import frames_to_tensor, read_video
     X, Y = [], []
     for i in range(n):
         p = W / split / "videos" / f"{i:06d}.mp4"

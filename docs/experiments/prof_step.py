@@ -1,9 +1,12 @@
-import time, torch, sys
-from mmvid.config import load_config
+import time
+
+import torch
+
 from mmvid.sft.config import SFTConfig
-from mmvid.sft.trainer import use_pretrained_llm
 from mmvid.sft.data import SFTDataset, collate
+from mmvid.sft.trainer import use_pretrained_llm
 from mmvid.videollm import VideoLLM
+
 torch.manual_seed(0)
 cfg = use_pretrained_llm(SFTConfig())
 model = VideoLLM.build(cfg.model)

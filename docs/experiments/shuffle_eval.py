@@ -1,8 +1,14 @@
 # Does the trained default use the video? Val cloze with the right video, another video's tokens, and zeros.
-import json, sys, torch, random
-from mmvid.videollm import VideoLLM
-from mmvid.data import read_video, frames_to_tensor
+import json
+import random
+import sys
+
+import torch
+
+from mmvid.data import frames_to_tensor, read_video
 from mmvid.evaluation.scoring import continuation_logprobs
+from mmvid.videollm import VideoLLM
+
 torch.set_num_threads(2); random.seed(0)
 model = VideoLLM.from_pretrained(sys.argv[1]).eval()
 val = [json.loads(l) for l in open("data/shapes/val/tv_align.jsonl")][:int(sys.argv[2]) if len(sys.argv) > 2 else 300]

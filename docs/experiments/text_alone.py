@@ -1,7 +1,12 @@
 # Text alone: the pretrained LLM stand-in answering val questions with a val caption in place of the video (cloze).
-import json, sys, random, torch
+import json
+import random
+import sys
 from collections import defaultdict
+
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 torch.set_num_threads(2); random.seed(0)
 path = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(path); llm = AutoModelForCausalLM.from_pretrained(path).eval()

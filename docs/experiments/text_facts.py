@@ -1,9 +1,14 @@
 # Text pretraining with "fact" conversations mixed in (caption -> "the square is red; the red object is a square; ..."): OUT MINUTES TOKENIZER; env FR, LC (JSON llm_config overrides), LR.
-import sys, os, json, random
-from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
-from mmvid.sft.world_data import reading_comprehension
+import json
+import os
+import random
+import sys
+
 from mmvid.sft import world_data as wd
 from mmvid.sft.config import SFTConfig
+from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
+from mmvid.sft.world_data import reading_comprehension
+
 out, minutes, tok = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 FR = float(os.environ.get("FR", 1.0))
 convs = reading_comprehension("data/shapes", "train", seed=0)

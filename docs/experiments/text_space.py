@@ -2,12 +2,20 @@
 # MINUTES with answers as the world writes them ("cyan": a piece never seen inside a caption) or, with SP=1, after a
 # space (" cyan": the same piece as in the caption), then score val questions with a val caption in context (cloze,
 # options formatted the same way). Usage: SP=0|1 python docs/experiments/text_space.py OUT MINUTES
-import json, os, random, sys, time, torch
+import json
+import os
+import random
+import sys
+import time
 from collections import defaultdict
+
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from mmvid.sft.config import SFTConfig
 from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
 from mmvid.sft.world_data import reading_comprehension
+
 torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 out, minutes = sys.argv[1], float(sys.argv[2]); SP = os.environ.get("SP", "0") == "1"
 conv = reading_comprehension("data/shapes", "train", seed=0)

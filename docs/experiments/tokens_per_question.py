@@ -1,12 +1,18 @@
 # Tokens per answered question of the default's packed rows (caption + up to 7 questions, max_rounds 8), per text
 # tokenizer: TOKENIZER_FOLDER [N] [FILE] (default data/shapes/train/sft_cloze.jsonl; the curriculum's rows:
 # data/shapes/train/sft_attributes.jsonl).
-import json, sys, random, torch
+import json
+import random
+import sys
 from dataclasses import replace
+
+import torch
+
+from mmvid.prompting import pack_rounds
 from mmvid.sft.config import SFTConfig
 from mmvid.sft.data import split_rounds
-from mmvid.prompting import pack_rounds
 from mmvid.videollm import VideoLLM
+
 torch.set_num_threads(1); random.seed(0)
 tok, N = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200
 FILE = sys.argv[3] if len(sys.argv) > 3 else "data/shapes/train/sft_cloze.jsonl"

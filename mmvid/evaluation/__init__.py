@@ -3,9 +3,16 @@
 `BENCHES` maps each bench name to its `run(ctx) -> BenchResult` function.
 """
 
-from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, evaluate, format_table, run_benches, write_results
-
 from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align, tv_align_gen
+from mmvid.evaluation.runner import (
+    BenchContext,
+    BenchResult,
+    Metric,
+    evaluate,
+    format_table,
+    run_benches,
+    write_results,
+)
 
 
 def _lm_eval(ctx: BenchContext) -> BenchResult:

@@ -57,7 +57,13 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mmvid.prompting import IGNORE_INDEX, VideoTokenIds, encode_conversation
-    from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
+    from mmvid.text_tokenizer import (
+        VIDEO_END,
+        VIDEO_START,
+        VIDEO_TOKEN,
+        add_video_special_tokens,
+        ensure_chat_template,
+    )
 
     out = Path(cfg.out)
     if is_pretrained(out):

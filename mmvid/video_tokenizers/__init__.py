@@ -19,12 +19,39 @@ from pathlib import Path
 
 import torch
 
-from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TokenLayout, VideoTokenizer, config_from_dict
-from mmvid.video_tokenizers.coordtok import (CoordTok, CoordTokConfig, coordtok_b, coordtok_base, coordtok_l, coordtok_l_3072,
-                                             coordtok_s, coordtok_tiny)
-from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
+from mmvid.video_tokenizers.base import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    TokenLayout,
+    VideoTokenizer,
+    config_from_dict,
+)
+from mmvid.video_tokenizers.coordtok import (
+    CoordTok,
+    CoordTokConfig,
+    coordtok_b,
+    coordtok_base,
+    coordtok_l,
+    coordtok_l_3072,
+    coordtok_s,
+    coordtok_tiny,
+)
+from mmvid.video_tokenizers.frames import (
+    FramesConfig,
+    FramesTokenizer,
+    frames_base,
+    frames_base_full,
+    frames_tiny,
+)
 from mmvid.video_tokenizers.objectives import build_objective, objective_fields, split_objective
-from mmvid.video_tokenizers.sweettok import SweetTok, SweetTokConfig, sweettok_base, sweettok_compact, sweettok_tiny
+from mmvid.video_tokenizers.sweettok import (
+    SweetTok,
+    SweetTokConfig,
+    sweettok_base,
+    sweettok_compact,
+    sweettok_tiny,
+)
 from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
 
 VIDEO_TOKENIZERS = {

@@ -35,7 +35,6 @@ from mmvid.data.shapes.world import (
     SYMMETRY,
     Scene,
     coverage,
-    object_states,
 )
 
 _PALETTE = np.array(list(COLOURS.values()), np.float32)  # (K, 3)
@@ -273,7 +272,6 @@ def _reversals(v: np.ndarray, tolerance: float) -> int:
 
 
 def classify_action(track: TrackedObject, frames: np.ndarray) -> str:
-    T = track.num_frames
     flips = int(np.count_nonzero(np.diff(track.present.astype(np.int8))))
     if flips >= 2:
         return "blink"
