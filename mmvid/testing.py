@@ -63,8 +63,8 @@ def world_text_tokenizer(folder: str | Path, vocab_size: int = 400, scenes: int 
     return folder
 
 
-def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny", num_frames: int = 8,
-                  vocab_size: int = 400, seed: int = 0, **config):
+def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny",
+                  num_frames: int = 8, vocab_size: int = 400, seed: int = 0, **config):
     """A tiny untrained VideoLLM for tests: a sentencepiece tokenizer trained on synthetic-world text
     (saved under `workdir/text-tokenizer`, reused if present) and a 2-layer LLM built from a config."""
     import torch
@@ -76,16 +76,18 @@ def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: s
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)}[family]
     torch.manual_seed(seed)
-    settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer, num_frames=num_frames,
-                    max_length=1024)
+    settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer,
+                    num_frames=num_frames, max_length=1024)
     return VideoLLM.build(VideoLLMConfig(**{**settings, **config})).eval()
 
 
 def world_clips(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0):
-    """A batch of rendered synthetic-world scenes in the model layout, float (B, 3, T, size, size) in [-1, 1]."""
+    """A batch of rendered synthetic-world scenes in the model layout, float (B, 3, T, size, size) in [-1,
+    1]."""
     import torch
 
     from mmvid.data import frames_to_tensor
     from mmvid.data.shapes.world import render, sample_scene
 
-    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+    return torch.stack(
+        [frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])

@@ -35,7 +35,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def one_rank():
     """`with one_rank(): run(cfg)` runs a training loop in the test's own process, as on one rank of a launch
-    (gloo). The process group it starts stays to the end: DeepSpeed keeps its groups for the process's life."""
+    (gloo). The process group it starts stays to the end: DeepSpeed keeps its groups for the process's
+    life."""
 
     @contextlib.contextmanager
     def context():

@@ -38,8 +38,10 @@ def hf_greedy(model, ids, features, n):
     input_ids = torch.tensor([ids])
     embeds = model.embed(input_ids, video_features=features)
     eos = model.text_tokenizer.eos_token_id
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
-                             do_sample=False, eos_token_id=eos, pad_token_id=model.text_tokenizer.pad_token_id)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=n,
+                             do_sample=False, eos_token_id=eos,
+                             pad_token_id=model.text_tokenizer.pad_token_id)
     tokens = out[0].tolist()
     return tokens[:tokens.index(eos)] if eos in tokens else tokens
 
@@ -95,7 +97,8 @@ def test_a_later_turn_reuses_the_cache_and_gets_the_logits_of_a_fresh_run(model,
     cache = PromptCache()
     first = generate(model, model.prompt_ids(QUESTION, videos[0]), SamplingParams(max_new_tokens=6),
                      video_features=videos[0], cache=cache)
-    later = QUESTION + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And its colour?"}]
+    later = QUESTION + [{"role": "assistant", "content": first.text},
+                        {"role": "user", "content": "And its colour?"}]
     ids = model.prompt_ids(later, videos[0])
     reused = prefill(model, ids, videos[0], cache)
     assert cache.reused > model.tokens_per_video  # the video span and the first turn came from the cache
@@ -131,7 +134,8 @@ def test_video_features_are_encoded_once_per_key():
 def test_sampler_and_bad_params():
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0]])
     assert sample_tokens(logits).tolist() == [1]
-    draws = sample_tokens(logits.expand(200, 4), temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    draws = sample_tokens(logits.expand(200, 4), temperature=1.0, top_k=2,
+                          generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == {1, 2}
     assert torch.isinf(filter_logits(logits, top_p=0.5)).sum() == 3
     assert SamplingParams(stop="\n").stop == ("\n",) and SamplingParams(stop=["", "x"]).stop == ("x",)

@@ -50,8 +50,10 @@ def test_scene_constraints_hold_over_many_seeds():
             objects[obj.action] += 1
             r = world.SIZES[obj.size] * st.scale
             v = st.visible
-            assert np.all((st.x - r >= world.MARGIN - 1e-9)[v]) and np.all((st.x + r <= 1 - world.MARGIN + 1e-9)[v])
-            assert np.all((st.y - r >= world.MARGIN - 1e-9)[v]) and np.all((st.y + r <= 1 - world.MARGIN + 1e-9)[v])
+            assert np.all((st.x - r >= world.MARGIN - 1e-9)[v]) and np.all(
+                (st.x + r <= 1 - world.MARGIN + 1e-9)[v])
+            assert np.all((st.y - r >= world.MARGIN - 1e-9)[v]) and np.all(
+                (st.y + r <= 1 - world.MARGIN + 1e-9)[v])
             assert not (obj.action == "spin" and obj.shape == "circle")
             if obj.event:
                 assert obj.action in world.EVENT_ACTIONS and v.mean() >= 0.6
@@ -92,7 +94,8 @@ def _single(action: str, shape: str = "square", colour: str = "red", speed: str 
         obj.x = 0.3
     if event:
         obj.event, obj.event_frame = event, 5 if event == "appear" else 11
-    return world.Scene(seed=0, num_frames=16, height=64, width=64, background="navy", texture="noise", objects=[obj])
+    return world.Scene(seed=0, num_frames=16, height=64, width=64, background="navy", texture="noise",
+                       objects=[obj])
 
 
 @pytest.mark.parametrize("action", world.ACTIONS)
@@ -253,7 +256,8 @@ def test_analyzer_command_on_a_built_world(tiny_world):
 def test_action_distractors_follow_the_held_out_setting(tmp_path):
     out = tmp_path / "w"
     held_out = ("zigzag", "orbit", "shake", "spin", "bounce")  # bounce held out, pulse in the main world
-    build_world(out, WorldSettings(train=0, val=40, test=0, fewshot=0, frames=16, size=32, held_out=held_out), progress=False)
+    build_world(out, WorldSettings(train=0, val=40, test=0, fewshot=0, frames=16, size=32, held_out=held_out),
+                progress=False)
     options = {o for line in (out / "val" / "tv_align.jsonl").read_text().splitlines()
                for row in [json.loads(line)] if row["category"] == "action" for o in row["options"]}
     assert "bounces" not in options and "pulses" in options

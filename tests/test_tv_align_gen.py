@@ -29,7 +29,8 @@ FRAMES, SIZE, PROMPTS = 8, 48, 6  # 48 px: the analyzer still finds every object
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("t2v") / "world"
-    build_world(out, WorldSettings(train=0, val=0, test=PROMPTS, fewshot=0, frames=FRAMES, size=SIZE), progress=False)
+    build_world(out, WorldSettings(train=0, val=0, test=PROMPTS, fewshot=0, frames=FRAMES, size=SIZE),
+                progress=False)
     return out
 
 
@@ -44,8 +45,8 @@ class FakeGenerator:
             self.make = make
 
     def generate_video(self, prompt, *, guidance_scale, temperature, top_k, top_p, steps, seed):
-        self.calls.append(dict(prompt=prompt, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
-                               top_p=top_p, steps=steps, seed=seed))
+        self.calls.append(dict(prompt=prompt, guidance_scale=guidance_scale, temperature=temperature,
+                               top_k=top_k, top_p=top_p, steps=steps, seed=seed))
         return self.make(prompt)
 
 
@@ -91,8 +92,8 @@ def test_copying_the_real_video_reaches_the_real_reference(copy_run):
     assert metrics["seconds_per_video"] >= 0 and result["metrics"]["colour"]["stderr"] is not None
     # one call signature; prompt k gets seed + k; the options reach the model and the settings
     assert [c["seed"] for c in model.calls] == list(range(10, 10 + PROMPTS))
-    assert model.calls[0] | {"prompt": None} == dict(prompt=None, guidance_scale=5.0, temperature=1.0, top_k=0, top_p=1.0,
-                                                     steps=7, seed=10)
+    assert model.calls[0] | {"prompt": None} == dict(prompt=None, guidance_scale=5.0, temperature=1.0,
+                                                     top_k=0, top_p=1.0, steps=7, seed=10)
     assert result["settings"]["guidance"] == 5.0 and result["settings"]["prompts"] == PROMPTS and "chance" in result["settings"]
     sample = record["samples"]["tv_align_gen"][0]
     assert {"id", "prompt", "hits", "found"} <= set(sample) and set(sample["hits"]) == set(CATEGORIES)
@@ -101,8 +102,10 @@ def test_copying_the_real_video_reaches_the_real_reference(copy_run):
 def test_blank_videos_score_nothing(blank_run, copy_run):
     assert blank_run["colour"] == blank_run["shape"] == blank_run["action"] == blank_run["count"] == 0
     assert blank_run["blank"] == 1.0
-    assert blank_run["frechet"] > 3 * copy_run[0]["frechet_real_ref"]  # 4x on 6 prompts; the reference shrinks with more
-    assert blank_run["real/overall"] == pytest.approx(copy_run[0]["real/overall"])  # references do not depend on the model
+    # 4x on 6 prompts; the reference shrinks with more
+    assert blank_run["frechet"] > 3 * copy_run[0]["frechet_real_ref"]
+    # references do not depend on the model
+    assert blank_run["real/overall"] == pytest.approx(copy_run[0]["real/overall"])
 
 
 def test_one_video_for_every_prompt_has_no_diversity(collapsed_run, copy_run):
@@ -113,17 +116,18 @@ def test_one_video_for_every_prompt_has_no_diversity(collapsed_run, copy_run):
 def test_score_objects_counts_missing_objects_as_misses():
     def track(colour, shape, action):
         present = np.ones(FRAMES, bool)
-        return TrackedObject(colour, present, np.full(FRAMES, 0.5), np.full(FRAMES, 0.5), np.full(FRAMES, 50.0),
-                             shape=shape, action=action)
+        return TrackedObject(colour, present, np.full(FRAMES, 0.5), np.full(FRAMES, 0.5),
+                             np.full(FRAMES, 50.0), shape=shape, action=action)
 
     objects = [{"colour": "red", "shape": "circle", "action": "move_left"},
                {"colour": "blue", "shape": "square", "action": "grow"},
                {"colour": "green", "shape": "star", "action": "blink"}]
-    analysis = Analysis([track("red", "circle", "move_left"), track("blue", "star", "grow"), track("white", "star", "blink")])
+    analysis = Analysis([track("red", "circle", "move_left"), track("blue", "star", "grow"),
+                         track("white", "star", "blink")])
     assert score_objects(objects, analysis) == {"colour": [True, True, False], "shape": [True, False, False],
                                                 "count": [True], "action": [True, True, False]}
-    assert score_objects(objects, Analysis()) == {"colour": [False] * 3, "shape": [False] * 3, "count": [False],
-                                                  "action": [False] * 3}
+    assert score_objects(objects, Analysis()) == {"colour": [False] * 3, "shape": [False] * 3,
+                                                  "count": [False], "action": [False] * 3}
 
 
 def test_frechet_distance_golden_values():
@@ -131,8 +135,10 @@ def test_frechet_distance_golden_values():
     a = rng.normal(size=(400, 3))
     a -= a.mean(0)  # so scaling moves no mean
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert frechet_distance(a, a + np.array([3.0, 0.0, 4.0])) == pytest.approx(25.0, abs=1e-6)  # mean shift only
-    assert frechet_distance(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-4)  # (2 - 1)^2 tr S
+    # mean shift only
+    assert frechet_distance(a, a + np.array([3.0, 0.0, 4.0])) == pytest.approx(25.0, abs=1e-6)
+    # (2 - 1)^2 tr S
+    assert frechet_distance(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-4)
 
 
 def test_missing_prompts_or_generator_are_clear_errors(world, tmp_path):
@@ -146,7 +152,8 @@ def test_missing_prompts_or_generator_are_clear_errors(world, tmp_path):
         raise NotImplementedError("no head")
 
     with pytest.raises(GenerationUnavailableError, match="train with a generation head"):
-        run_benches(["tv_align_gen"], BenchContext(model=FakeGenerator(unavailable), data=str(world), limit=1))
+        run_benches(["tv_align_gen"],
+                    BenchContext(model=FakeGenerator(unavailable), data=str(world), limit=1))
     bad = tmp_path / "t2v.jsonl"
     bad.write_text(json.dumps({"id": "a", "video": "v.mp4", "prompt": "a red circle"}) + "\n")
     with pytest.raises(BenchmarkFormatError, match=r"t2v\.jsonl:1: missing \['objects'\]"):
@@ -155,11 +162,14 @@ def test_missing_prompts_or_generator_are_clear_errors(world, tmp_path):
 
 def test_save_writes_gifs_with_their_prompts(world, tmp_path):
     videos = real_videos(world)
-    metrics, result, _ = _bench(FakeGenerator(lambda prompt: videos[prompt]), world, limit=3, save=tmp_path / "saved",
+    metrics, result, _ = _bench(FakeGenerator(lambda prompt: videos[prompt]), world, limit=3,
+                                save=tmp_path / "saved",
                              save_count=2)
     lines = [json.loads(line) for line in (tmp_path / "saved" / "prompts.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and sorted(p.name for p in (tmp_path / "saved").glob("*.gif")) == [s["file"] for s in lines]
+    assert len(lines) == 2 and sorted(p.name for p in (tmp_path / "saved").glob("*.gif")) == [
+        s["file"] for s in lines]
     gif = read_video(tmp_path / "saved" / lines[0]["file"]).frames
     assert gif.shape == (FRAMES, SIZE, SIZE, 3)
-    assert (gif.float() - videos[lines[0]["prompt"]].float()).abs().mean() < 4  # one 256-colour palette for the clip
+    # one 256-colour palette for the clip
+    assert (gif.float() - videos[lines[0]["prompt"]].float()).abs().mean() < 4
     assert result["settings"]["saved"] == str(tmp_path / "saved")

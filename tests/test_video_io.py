@@ -283,9 +283,9 @@ def test_crf_trades_size_for_quality(tmp_path):
 
 def test_the_same_frames_always_give_the_same_file(tmp_path):
     """A world rebuilt from its settings must be the same world. On a CPU with AVX-512, libx264's AVX-512 code
-    gave some of these clips (the tiny test world's training videos) one of several bitstreams from one encode to
-    the next (see video_io._x264_reproducible). How often depends on the process: with 16 rounds this test failed
-    in 20 of 20 processes before the fix, with 8 in 8 of 10. Without AVX-512 nothing is capped."""
+    gave some of these clips (the tiny test world's training videos) one of several bitstreams from one encode
+    to the next (see video_io._x264_reproducible). How often depends on the process: with 16 rounds this test
+    failed in 20 of 20 processes before the fix, with 8 in 8 of 10. Without AVX-512 nothing is capped."""
     from mmvid.data.shapes import world
     from mmvid.data.shapes.build import WorldSettings, scene_for
 
@@ -294,7 +294,8 @@ def test_the_same_frames_always_give_the_same_file(tmp_path):
     files: list[set[bytes]] = [set() for _ in clips]
     for _ in range(16):
         for clip, seen in zip(clips, files):
-            seen.add(write_video(tmp_path / "clip.mp4", clip, fps=settings.fps, crf=settings.crf).read_bytes())
+            seen.add(
+                write_video(tmp_path / "clip.mp4", clip, fps=settings.fps, crf=settings.crf).read_bytes())
     assert [len(seen) for seen in files] == [1] * len(clips)
 
 

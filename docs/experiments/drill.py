@@ -1,5 +1,5 @@
-# Text binding drill: short contexts ("a small red star and a large blue circle.") + colour/shape questions, 150 s,
-# then the text-alone check with real captions.
+# Text binding drill: short contexts ("a small red star and a large blue circle.") + colour/shape questions,
+# 150 s, then the text-alone check with real captions.
 import logging
 import random
 import sys

@@ -1,5 +1,6 @@
-# Can the frozen video tokens tell an object's action? Logistic-regression probes on cached VTok tokens of train videos
-# (fast.py's cache) for scenes with one object: the action from the residual tokens alone, and from all tokens.
+# Can the frozen video tokens tell an object's action? Logistic-regression probes on cached VTok tokens of
+# train videos (fast.py's cache) for scenes with one object: the action from the residual tokens alone, and
+# from all tokens.
 import json
 import sys
 

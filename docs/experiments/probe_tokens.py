@@ -1,4 +1,5 @@
-# Probe: does a frozen tokenizer's key-frame token keep the per-cell labels (colour/shape)? linear probe per token.
+# Probe: does a frozen tokenizer's key-frame token keep the per-cell labels (colour/shape)? linear probe per
+# token.
 import json
 import sys
 from pathlib import Path
@@ -43,4 +44,5 @@ for li, name, ncls in ((0, "colour", 9), (1, "shape", 7)):
         loss = F.cross_entropy(probe(x), y); opt.zero_grad(); loss.backward(); opt.step()
     xv = (Kva.reshape(-1, Kva.shape[-1]) - mu) / sd; yv = Cva[:, li].reshape(-1)
     pred = probe(xv).argmax(-1); occ = yv > 0
-    print(f"{name}: object-cell acc {(pred == yv)[occ].float().mean():.3f} (majority among objects {torch.bincount(yv[occ]).max().item()/occ.sum().item():.3f})")
+    print(f"{name}: object-cell acc {(pred == yv)[occ].float().mean():.3f} (majority among objects "
+          f"{torch.bincount(yv[occ]).max().item()/occ.sum().item():.3f})")

@@ -10,7 +10,8 @@ from mmvid.videollm import VideoLLM
 torch.manual_seed(0)
 cfg = use_pretrained_llm(SFTConfig())
 model = VideoLLM.build(cfg.model)
-ds = SFTDataset(cfg.data.train, model, split_turns=True, pack_questions=True, prompt_dropout=0.1, t2v_fraction=0.25, max_rounds=8)
+ds = SFTDataset(cfg.data.train, model, split_turns=True, pack_questions=True, prompt_dropout=0.1,
+                t2v_fraction=0.25, max_rounds=8)
 for i in range(24): ds[i]
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 def timeit(name, f):

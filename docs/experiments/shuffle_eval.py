@@ -23,7 +23,10 @@ for mode in ["real", "other", "zero"]:
         t = tok[q["video"]] if mode == "real" else tok[perm[q["video"]]] if mode == "other" else torch.zeros_like(tok[q["video"]])
         with torch.no_grad():
             f = model.project(t)
-            s = continuation_logprobs(model, [{"role": "user", "content": f"<video>\n{q['question']}"}], q["options"], f, end_of_answer=True)
-        acc.setdefault(q["category"], []).append(int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
-    r = {k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}; r["ALL"] = round(sum(sum(v) for v in acc.values()) / len(val), 3)
+            s = continuation_logprobs(model, [{"role": "user", "content": f"<video>\n{q['question']}"}],
+                                      q["options"], f, end_of_answer=True)
+        acc.setdefault(q["category"], []).append(
+            int(q["options"][max(range(4), key=s.__getitem__)] == q["answer_text"]))
+    r = {k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}; r["ALL"] = round(
+        sum(sum(v) for v in acc.values()) / len(val), 3)
     print(mode, r, flush=True)

@@ -1,4 +1,5 @@
-# Text alone: the pretrained LLM stand-in answering val questions with a val caption in place of the video (cloze).
+# Text alone: the pretrained LLM stand-in answering val questions with a val caption in place of the video
+# (cloze).
 import json
 import random
 import sys
@@ -23,5 +24,7 @@ with torch.no_grad():
             p = tok(o, add_special_tokens=False)["input_ids"]
             ids = torch.tensor([ctx + p]); lp = llm(input_ids=ids).logits[0].log_softmax(-1)
             scores.append(sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(p)))
-        acc[q["category"]].append(int(q["options"][max(range(4), key=scores.__getitem__)] == q["answer_text"]))
-print({k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}, "overall", round(sum(sum(v) for v in acc.values()) / len(qs), 3))
+        acc[q["category"]].append(
+            int(q["options"][max(range(4), key=scores.__getitem__)] == q["answer_text"]))
+print({k: round(sum(v) / len(v), 2) for k, v in sorted(acc.items())}, "overall",
+      round(sum(sum(v) for v in acc.values()) / len(qs), 3))

@@ -1,4 +1,5 @@
-# Text pretraining with "fact" conversations mixed in (caption -> "the square is red; the red object is a square; ..."): OUT MINUTES TOKENIZER; env FR, LC (JSON llm_config overrides), LR.
+# Text pretraining with "fact" conversations mixed in (caption -> "the square is red; the red object is a
+# square; ..."): OUT MINUTES TOKENIZER; env FR, LC (JSON llm_config overrides), LR.
 import json
 import os
 import random

@@ -1,4 +1,5 @@
-# Text pretraining variants: OUT MINUTES TOKENIZER; env LC (JSON llm_config overrides), LR, BS. Then text_alone.py OUT.
+# Text pretraining variants: OUT MINUTES TOKENIZER; env LC (JSON llm_config overrides), LR, BS. Then
+# text_alone.py OUT.
 import json
 import os
 import sys
@@ -9,5 +10,7 @@ from mmvid.sft.world_data import reading_comprehension
 
 out, minutes, tok = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 lc = dict(SFTConfig().model.llm_config); lc.update(json.loads(os.environ.get("LC", "{}")))
-pretrain_llm(TextPretrainConfig(out=out, tokenizer=tok, llm_config=lc, minutes=minutes, lr=float(os.environ.get("LR", 1e-3)), batch_size=int(os.environ.get("BS", 32))),
+pretrain_llm(TextPretrainConfig(out=out, tokenizer=tok, llm_config=lc, minutes=minutes,
+                                lr=float(os.environ.get("LR", 1e-3)),
+                                batch_size=int(os.environ.get("BS", 32))),
              reading_comprehension("data/shapes", "train", seed=0))

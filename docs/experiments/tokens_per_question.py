@@ -1,6 +1,6 @@
-# Tokens per answered question of the default's packed rows (caption + up to 7 questions, max_rounds 8), per text
-# tokenizer: TOKENIZER_FOLDER [N] [FILE] (default data/shapes/train/sft_cloze.jsonl; the curriculum's rows:
-# data/shapes/train/sft_attributes.jsonl).
+# Tokens per answered question of the default's packed rows (caption + up to 7 questions, max_rounds 8), per
+# text tokenizer: TOKENIZER_FOLDER [N] [FILE] (default data/shapes/train/sft_cloze.jsonl; the curriculum's
+# rows: data/shapes/train/sft_attributes.jsonl).
 import json
 import random
 import sys

@@ -31,4 +31,5 @@ BENCHES = {
     "lm_eval": _lm_eval,
 }
 
-__all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches", "write_results"]
+__all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches",
+           "write_results"]

@@ -98,10 +98,12 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
 
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a video tokenizer checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise FileNotFoundError(f"{path} is not a video tokenizer checkpoint (needs {CONFIG_FILE} and "
+                                f"{WEIGHTS_FILE})")
     record = json.loads((path / CONFIG_FILE).read_text())
     if record.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+        raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > "
+                         f"{FORMAT_VERSION})")
     try:
         tokenizer = video_tokenizer_from_record(record, **overrides)
     except ValueError as e:

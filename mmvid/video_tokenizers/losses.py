@@ -78,7 +78,8 @@ def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
     if not weights_path:
         return None
     if not Path(weights_path).is_file():
-        log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)", weights_path)
+        log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)",
+                    weights_path)
         return None
     return PerceptualLoss(weights_path)
 

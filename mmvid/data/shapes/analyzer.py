@@ -180,7 +180,8 @@ def _crop(track: TrackedObject, frame: np.ndarray, t: int, k: int):
     H, W = frame.shape[:2]
     radius = math.sqrt(track.area[t] / min(UNIT_AREA.values()))  # generous: the widest reading
     cx, cy = track.x[t] * W, track.y[t] * H
-    box = (max(0, int(cy - radius) - 2), max(0, int(cx - radius) - 2), min(H, int(cy + radius) + 3), min(W, int(cx + radius) + 3))
+    box = (max(0, int(cy - radius) - 2), max(0, int(cx - radius) - 2), min(H, int(cy + radius) + 3),
+           min(W, int(cx + radius) + 3))
     a = _colour_alpha(frame[box[0] : box[2], box[1] : box[3]], k)
     return a, box, cx, cy
 
@@ -386,7 +387,8 @@ def _score_video(args: tuple[str, str]) -> dict[str, dict[str, list[bool]]]:
     }
 
 
-def evaluate_split(root, split: str = "test", limit: int | None = None, workers: int = 1, progress: bool = True):
+def evaluate_split(root, split: str = "test", limit: int | None = None, workers: int = 1,
+                   progress: bool = True):
     """Per-attribute analyzer accuracy on a world split: {source: {attribute: (accuracy, n)}}."""
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
@@ -399,8 +401,8 @@ def evaluate_split(root, split: str = "test", limit: int | None = None, workers:
     tasks = [(str(v.with_suffix(".json")), str(v)) for v in videos]
     totals: dict[str, dict[str, list[bool]]] = {}
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for result in tqdm(pool.map(_score_video, tasks, chunksize=4), total=len(tasks), desc=f"analysing {split}",
-                           unit="video", disable=not progress):
+        for result in tqdm(pool.map(_score_video, tasks, chunksize=4), total=len(tasks),
+                           desc=f"analysing {split}", unit="video", disable=not progress):
             for source, hits in result.items():
                 for attribute, values in hits.items():
                     totals.setdefault(source, {}).setdefault(attribute, []).extend(values)

@@ -92,8 +92,10 @@ def scene_for(settings: WorldSettings, split: str, index: int) -> world.Scene:
     seed = settings.scene_seed(split, index)
     if split == "fewshot":  # one object doing one held-out action, classes in turn
         action = settings.held_out[index % len(settings.held_out)]
-        return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=(action,), num_objects=1)
-    return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=settings.main_actions)
+        return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=(action,),
+                                  num_objects=1)
+    return world.sample_scene(seed, settings.frames, settings.size, settings.size,
+                              actions=settings.main_actions)
 
 
 def video_name(index: int) -> str:
@@ -146,7 +148,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     if manifest.exists():
         previous, record = read_settings(out)
         if previous != settings:
-            diff = {f.name: (getattr(previous, f.name), getattr(settings, f.name)) for f in fields(WorldSettings)
+            diff = {f.name: (getattr(previous, f.name), getattr(settings, f.name)) for f in fields(
+                WorldSettings)
                     if getattr(previous, f.name) != getattr(settings, f.name)}
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise WorldExistsError(f"{out} already holds a world built with other settings ({changes}); "
@@ -159,7 +162,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     record = {"settings": settings.to_json(), "complete": False}
     manifest.write_text(json.dumps(record, indent=1))
 
-    tasks = [(settings.to_json(), split, i, str(out)) for split in SPLITS for i in range(settings.count(split))]
+    tasks = [
+        (settings.to_json(), split, i, str(out)) for split in SPLITS for i in range(settings.count(split))]
     for split in SPLITS:
         (out / split / "videos").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -175,7 +179,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     bar.close()
     seconds = time.perf_counter() - start
     counts = {split: write_text_files(out, settings, split) for split in SPLITS}
-    (out / "lexicon.json").write_text(json.dumps({"parts_of_speech": text.LEXICON, "actions": text.ACTION_PHRASES}, indent=1))
+    (out / "lexicon.json").write_text(
+        json.dumps({"parts_of_speech": text.LEXICON, "actions": text.ACTION_PHRASES}, indent=1))
     record = {
         "settings": settings.to_json(),
         "complete": True,
