@@ -299,7 +299,8 @@ def _loop(session: ChatSession, args=None) -> int:
                 except ValueError as e:
                     print(f"usage: /frames N ({e})")
             elif command == "/generate":
-                count = len(list(Path(args.output_dir).glob("generated-*.mp4"))) if Path(args.output_dir).is_dir() else 0
+                count = (len(list(Path(args.output_dir).glob("generated-*.mp4")))
+                         if Path(args.output_dir).is_dir() else 0)
                 try:
                     path = generate(session, argument, Path(args.output_dir) / f"generated-{count + 1}.mp4",
                                     args)

@@ -109,7 +109,8 @@ def _words(text: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str] = (), device: str = "cpu") -> None:
+def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str] = (),
+                 device: str = "cpu") -> None:
     """Load a safetensors file into `model`, strictly: every key of either side must be on the other, except
     the keys under the module names in `partial` (e.g. ["generation_head"], a head the saved model did not
     have: it keeps its fresh initialisation). A tied weight (an LM head sharing the embeddings) loads with
@@ -220,7 +221,8 @@ class Checkpointer:
     def __init__(self, root: str | Path, keep: int = 2, rank: int = 0, world_size: int = 1):
         self.root, self.keep, self.rank, self.world_size = Path(root), keep, rank, world_size
 
-    def save(self, state: TrainState, config: dict, *, engine=None, model=None, optimizer=None, scheduler=None) -> Path:
+    def save(self, state: TrainState, config: dict, *, engine=None, model=None, optimizer=None,
+             scheduler=None) -> Path:
         """Checkpoint `state.step`: the `engine`'s DeepSpeed checkpoint, or `model`, `optimizer` and
         `scheduler`."""
         from safetensors.torch import save_file
@@ -248,7 +250,8 @@ class Checkpointer:
         self._barrier()
         return final
 
-    def load(self, state: TrainState, *, engine=None, model=None, optimizer=None, scheduler=None) -> Path | None:
+    def load(self, state: TrainState, *, engine=None, model=None, optimizer=None,
+             scheduler=None) -> Path | None:
         """Restore the newest complete checkpoint into `state` and the engine (or model, optimizer,
         scheduler), upgrading a format-1 folder first; None when there is none."""
         from safetensors.torch import load_file

@@ -175,7 +175,8 @@ class VideoProcessor:
             batch["videos"] = torch.stack(videos)
         if video_index is not None:
             spans = sum(s.num_videos for s in samples)
-            in_range = bool(videos) and 0 <= min(video_index, default=0) and max(video_index, default=0) < len(videos)
+            in_range = (bool(videos) and 0 <= min(video_index, default=0)
+                        and max(video_index, default=0) < len(videos))
             if len(video_index) != spans or (spans and not in_range):
                 raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the "
                                  f"number of videos ({len(videos or [])}); got {list(video_index)}")

@@ -147,7 +147,8 @@ class Projector(nn.Module):
         name, c = type(self).__name__, self.config
         is_tensor = isinstance(tokens, torch.Tensor)
         if self.discrete:
-            if not is_tensor or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            if (not is_tensor or tokens.is_floating_point() or tokens.is_complex()
+                or tokens.dtype == torch.bool):
                 raise ValueError(f"{name} expects long token ids (B, N), got {_describe(tokens)}")
             if tokens.ndim != 2:
                 raise ValueError(

@@ -153,12 +153,14 @@ def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoToke
     return out_ids, (out_labels if labels is not None else None)
 
 
-def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds, tokens_per_video: int | list[int]) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds,
+                  tokens_per_video: int | list[int]) -> list[int]:
     """Token ids of a chat ending in a generation prompt, with video spans expanded (for `generate`)."""
     return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids, tokens_per_video)[0]
 
 
-def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds, sample_id: str | None = None) -> PackedSample:
+def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
+                sample_id: str | None = None) -> PackedSample:
     """Encodings that share their opening (system turn, user header, the video) -> one PackedSample:
     their longest common token prefix, then each one's remaining tokens.
 

@@ -191,7 +191,8 @@ class VideoLLM(nn.Module):
     # -- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, config: VideoLLMConfig, text_tokenizer=None, device: str | torch.device = "cpu") -> "VideoLLM":
+    def build(cls, config: VideoLLMConfig, text_tokenizer=None,
+              device: str | torch.device = "cpu") -> "VideoLLM":
         """Assemble a fresh model (pretrained LLM weights when `config.llm` is a path or hub id)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -631,7 +632,8 @@ class VideoLLM(nn.Module):
         llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
                                                dtype=dtype, attn_implementation=attn)
         text_tokenizer = AutoTokenizer.from_pretrained(path)
-        processor = VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file() else None
+        processor = (VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file()
+                     else None)
         # its weights are in the checkpoint's
         video_tokenizer = video_tokenizer_from_record(record["video_tokenizer"])
         projector = build_projector(ProjectorConfig(**record["projector"]))
@@ -655,7 +657,8 @@ def _attn_implementation(llm: nn.Module) -> str | None:
     return getattr(llm.config, "_attn_implementation", None)
 
 
-def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer, llm: nn.Module) -> ProjectorConfig:
+def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer,
+                      llm: nn.Module) -> ProjectorConfig:
     kwargs = dict(config.projector_kwargs)
     kwargs.setdefault("in_dim", video_tokenizer.token_dim)
     kwargs.setdefault("out_dim", llm.get_input_embeddings().embedding_dim)

@@ -144,9 +144,11 @@ def test_sampling_never_picks_padded_frames():
     assert coords.shape == (4, 4000, 3) and coords.dtype == torch.long
     for b, n in enumerate(valid.tolist()):
         assert set(coords[b, :, 0].tolist()) == set(range(n))  # every real frame, only real frames
-    assert set(coords[..., 1].flatten().tolist()) == set(range(4)) and set(coords[..., 2].flatten().tolist()) == set(range(6))
+    assert (set(coords[..., 1].flatten().tolist()) == set(range(4))
+            and set(coords[..., 2].flatten().tolist()) == set(range(6)))
     frames = sample_frames(torch.tensor([5, 9]), 5, g)
-    assert frames.shape == (2, 5) and sorted(frames[0].tolist()) == list(range(5)) and len(set(frames[1].tolist())) == 5
+    assert (frames.shape == (2, 5) and sorted(frames[0].tolist()) == list(range(5))
+            and len(set(frames[1].tolist())) == 5)
     with pytest.raises(ValueError, match="distinct frames"):
         sample_frames(torch.tensor([3, 9]), 5, g)
 

@@ -48,7 +48,8 @@ def test_the_attribute_curriculum_holds_only_colour_and_shape_questions(world):
     for sample in samples:
         turns = sample["conversations"]
         questions = [h["value"].replace("<video>\n", "") for h in turns[::2]]
-        assert questions and all(q.startswith(("What colour is", "What shape is")) for q in questions), questions
+        assert (questions
+                and all(q.startswith(("What colour is", "What shape is")) for q in questions)), questions
         assert turns[0]["value"].startswith("<video>\n")  # no caption round first
         every = full[sample["video"]]["conversations"]
         kept = {(h["value"].replace("<video>\n", ""), g["value"]) for h, g in zip(every[::2], every[1::2])
@@ -192,7 +193,8 @@ def test_align_steps_keep_the_llm_frozen_first():
 
     cfg = SFTConfig(warmup_steps=10, steps=100, align_steps=20, data=SFTData(curriculum_steps=0))
     llm, projector = lr_lambda(cfg, 100, delay=20), lr_lambda(cfg, 100)
-    assert [llm(s) for s in (0, 19)] == [0.0, 0.0] and llm(20) == pytest.approx(0.1) and llm(29) == pytest.approx(1.0)
+    assert ([llm(s) for s in (0, 19)] == [0.0, 0.0] and llm(20) == pytest.approx(0.1)
+            and llm(29) == pytest.approx(1.0))
     assert projector(0) == pytest.approx(0.1) and projector(15) > 0.9
     assert llm(99) < 0.01
 

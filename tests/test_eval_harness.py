@@ -45,10 +45,12 @@ def _metrics(record, bench):
 def test_tv_align_loglikelihood_reports_categories_with_stderr(model, world):
     record = run_benches(["tv_align"], BenchContext(model=model, data=str(world), limit=12))
     metrics = record["results"]["tv_align"]["metrics"]
-    assert metrics["acc"]["n"] == 12 and 0 <= metrics["acc"]["value"] <= 1 and metrics["acc"]["stderr"] is not None
+    assert (metrics["acc"]["n"] == 12 and 0 <= metrics["acc"]["value"] <= 1
+            and metrics["acc"]["stderr"] is not None)
     assert "acc_norm" in metrics and any(k.endswith("/acc") for k in metrics)
     categories = {k.split("/")[0] for k in metrics if "/" in k}
-    assert categories <= {"colour", "shape", "count", "action", "spatial", "temporal"} and len(categories) >= 3
+    assert (categories <= {"colour", "shape", "count", "action", "spatial", "temporal"}
+            and len(categories) >= 3)
 
 
 def test_scoring_modes_agree_on_a_model_that_always_prefers_one_option(model, world):
@@ -214,7 +216,8 @@ def test_end_of_answer_scores_each_option_as_the_whole_answer(model):
     assert plain[1] < plain[0]  # the extension's probability is the prefix's times factors below 1
     tok = model.text_tokenizer
     for option, p, w in zip(options, plain, whole):
-        ids = encode_prompt(tok, messages, model.video_ids, []) + tok(option, add_special_tokens=False)["input_ids"]
+        ids = (encode_prompt(tok, messages, model.video_ids, [])
+               + tok(option, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         end = float(torch.log_softmax(logits, -1)[tok.eos_token_id])

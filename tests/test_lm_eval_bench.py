@@ -98,7 +98,8 @@ def test_caption_docs_deterministic():
     docs = caption_choice_docs("test", 40)
     assert docs == caption_choice_docs("test", 40)
     for doc in docs:
-        assert len(set(doc["choices"])) == 4 and doc["caption"] == f"{doc['context']} {doc['choices'][doc['label']]}"
+        assert (len(set(doc["choices"])) == 4
+                and doc["caption"] == f"{doc['context']} {doc['choices'][doc['label']]}")
 
 
 def test_from_pretrained_arg_string(videollm, tmp_path):

@@ -86,7 +86,8 @@ def test_deepspeed_json_is_generated_from_the_training_config():
     cfg = SFTConfig(batch_size=4, grad_accum=3, zero_stage=3, offload_optimizer=True, offload_params=True)
     ds = build_deepspeed_config(cfg, world_size=2, on_cuda=False)
     assert ds["train_batch_size"] == 4 * 3 * 2 and ds["gradient_accumulation_steps"] == 3
-    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert (ds["zero_optimization"]["stage"] == 3
+            and ds["zero_optimization"]["offload_param"]["device"] == "cpu")
     assert ds["bf16"]["enabled"] is False  # fp32 on CPU
     with pytest.raises(ValueError, match="needs CUDA"):
         build_deepspeed_config(SFTConfig(precision="bf16"), 1, on_cuda=False)
@@ -104,7 +105,8 @@ def test_a_users_deepspeed_json_gets_its_auto_values_resolved(tmp_path):
     cfg = SFTConfig(batch_size=3, grad_accum=2, zero_stage=2, lr=5e-4)
     ds = resolve_user_config(path, cfg, world_size=2, on_cuda=False)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 12)
-    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True} and ds["optimizer"]["params"]["lr"] == 5e-4
+    assert (ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+            and ds["optimizer"]["params"]["lr"] == 5e-4)
     path.write_text(json.dumps({**user, "train_micro_batch_size_per_gpu": 16}))
     with pytest.raises(ValueError, match="contradicts the training config"):
         resolve_user_config(path, cfg, world_size=2, on_cuda=False)

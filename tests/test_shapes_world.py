@@ -61,7 +61,8 @@ def test_scene_constraints_hold_over_many_seeds():
             for j in range(i):
                 both = states[i].visible & states[j].visible
                 gap = np.hypot(states[i].x - states[j].x, states[i].y - states[j].y)
-                need = world.SIZES[scene.objects[i].size] * states[i].scale + world.SIZES[scene.objects[j].size] * states[j].scale
+                need = (world.SIZES[scene.objects[i].size] * states[i].scale
+                        + world.SIZES[scene.objects[j].size] * states[j].scale)
                 assert np.all((gap >= need)[both])
     assert set(objects) == set(world.ACTIONS)
     events = sum(o.event is not None for s in range(300) for o in world.sample_scene(s).objects)
@@ -83,7 +84,8 @@ def test_bad_arguments_raise():
 # ---------------------------------------------------------------- analyzer
 
 
-def _single(action: str, shape: str = "square", colour: str = "red", speed: str = "slow", event=None) -> world.Scene:
+def _single(action: str, shape: str = "square", colour: str = "red", speed: str = "slow",
+            event=None) -> world.Scene:
     obj = world.ObjectSpec(shape=shape, colour=colour, size="large", action=action, speed=speed, x=0.5, y=0.5)
     if action in world.MOVES:  # start where the move stays inside the frame
         dx, dy = world.MOVES[action]

@@ -110,7 +110,8 @@ def test_default_vocabulary_is_the_worlds_caption_words():
         assert all(LEXICON[w] == part for w in vocab.words[start:stop])
         assert list(getattr(vocab, part)) == sorted(getattr(vocab, part))
     assert {"star", "red", "large", "bounces", "zigzags", "quickly"} <= set(vocab.words)  # held-out verbs too
-    assert "the" not in vocab.words and ("red", "star") in vocab.spatial_edges and ("quickly", "moves") in vocab.temporal_edges
+    assert ("the" not in vocab.words and ("red", "star") in vocab.spatial_edges
+            and ("quickly", "moves") in vocab.temporal_edges)
     assert _tiny().config.vocabulary == vocab.to_dict()  # stored in the config, so checkpoints carry it
 
 
@@ -394,7 +395,8 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
     record = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=2, options=options))
     result = record["results"]["fewshot"]
     assert set(result["metrics"]) == {"2way_1shot/acc", "2way_1shot/acc_norm"}
-    assert result["settings"]["words_tokenizer"] == "sweettok_tiny" and result["settings"]["words_per_video"] == 60
+    assert (result["settings"]["words_tokenizer"] == "sweettok_tiny"
+            and result["settings"]["words_per_video"] == 60)
     # The same LLM over videos (SweetTok's quantized vectors through the projector) still runs.
     video_mode = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=1,
                                                        options={"ways": "2", "shots": "1"}))
@@ -406,7 +408,8 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
                "words_top": "5"}
     record = run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=2, options=options))
     settings = record["results"]["fewshot"]["settings"]
-    assert settings["video_as"] == "words" and settings["words_frames"] == 5 and settings["words_per_video"] <= 5
+    assert (settings["video_as"] == "words" and settings["words_frames"] == 5
+            and settings["words_per_video"] <= 5)
     with pytest.raises(ValueError, match="words_tokenizer=PATH"):
         run_benches(["fewshot"],
                     BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
@@ -522,6 +525,7 @@ def test_usage_yaml_is_the_base_config_plus_the_term():
 
     base = load_config(TokenizerTrainConfig, ROOT / "tokenizers" / "sweettok" / "sweettok_base.yaml")
     usage = load_config(TokenizerTrainConfig, USAGE_CONFIG)
-    assert usage.model_overrides == {"usage_weight": 0.1, "usage_temperature": 0.01} and usage.out == "runs/tokenizer-sweettok_base_usage"
+    assert (usage.model_overrides == {"usage_weight": 0.1, "usage_temperature": 0.01}
+            and usage.out == "runs/tokenizer-sweettok_base_usage")
     base.model_overrides, base.out = usage.model_overrides, usage.out
     assert usage == base

@@ -88,13 +88,15 @@ def test_copying_the_real_video_reaches_the_real_reference(copy_run):
         assert metrics[name] == pytest.approx(metrics[f"real/{name}"]), name
     assert metrics["overall"] > 0.8 and metrics["shuffled/overall"] < metrics["real/overall"] - 0.3
     assert metrics["blank"] == 0 and metrics["diversity"] == pytest.approx(1.0)
-    assert metrics["frechet"] == pytest.approx(metrics["frechet_real_ref"]) and metrics["frechet_real_ref"] > 0
+    assert (metrics["frechet"] == pytest.approx(metrics["frechet_real_ref"])
+            and metrics["frechet_real_ref"] > 0)
     assert metrics["seconds_per_video"] >= 0 and result["metrics"]["colour"]["stderr"] is not None
     # one call signature; prompt k gets seed + k; the options reach the model and the settings
     assert [c["seed"] for c in model.calls] == list(range(10, 10 + PROMPTS))
     assert model.calls[0] | {"prompt": None} == dict(prompt=None, guidance_scale=5.0, temperature=1.0,
                                                      top_k=0, top_p=1.0, steps=7, seed=10)
-    assert result["settings"]["guidance"] == 5.0 and result["settings"]["prompts"] == PROMPTS and "chance" in result["settings"]
+    assert (result["settings"]["guidance"] == 5.0 and result["settings"]["prompts"] == PROMPTS
+            and "chance" in result["settings"])
     sample = record["samples"]["tv_align_gen"][0]
     assert {"id", "prompt", "hits", "found"} <= set(sample) and set(sample["hits"]) == set(CATEGORIES)
 

@@ -20,7 +20,8 @@ res = {}
 for mode in ["real", "other", "zero"]:
     acc = {}
     for q in val:
-        t = tok[q["video"]] if mode == "real" else tok[perm[q["video"]]] if mode == "other" else torch.zeros_like(tok[q["video"]])
+        t = (tok[q["video"]] if mode == "real" else tok[perm[q["video"]]] if mode == "other"
+             else torch.zeros_like(tok[q["video"]]))
         with torch.no_grad():
             f = model.project(t)
             s = continuation_logprobs(model, [{"role": "user", "content": f"<video>\n{q['question']}"}],

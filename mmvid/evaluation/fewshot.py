@@ -72,7 +72,8 @@ def load_fewshot(ctx: BenchContext) -> tuple[Path, list[dict]]:
     return path, items
 
 
-def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) -> list[tuple[list[dict], dict, list[str]]]:
+def episodes(items: list[dict], ways: int, shots: int, count: int,
+             seed: int) -> list[tuple[list[dict], dict, list[str]]]:
     """Fixed episodes: (support items, query item, the N class labels in a fixed order)."""
     by_label: dict[str, list[dict]] = defaultdict(list)
     for item in items:

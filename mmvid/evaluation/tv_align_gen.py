@@ -295,7 +295,8 @@ def run(ctx: BenchContext) -> BenchResult:
     # Chance level: each real video scored against the objects of a prompt it does not show (a fixed
     # derangement).
     n = len(items)
-    hits["shuffled"] = [score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)] if n > 1 else []
+    hits["shuffled"] = ([score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)]
+                        if n > 1 else [])
 
     metrics = category_metrics(hits["generated"])
     for reference in REFERENCES:

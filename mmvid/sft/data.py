@@ -178,7 +178,8 @@ class SFTDataset(Dataset):
 def t2v_conversation(sample: dict) -> dict:
     """A world `t2v.jsonl` line ({"video", "prompt"}, no "conversations") -> a text-to-video conversation;
     any other sample unchanged."""
-    if isinstance(sample, dict) and "conversations" not in sample and isinstance(sample.get("prompt"), str) and "video" in sample:
+    if (isinstance(sample, dict) and "conversations" not in sample and isinstance(sample.get("prompt"), str)
+        and "video" in sample):
         turns = [{"from": HUMAN, "value": sample["prompt"]}, {"from": GPT, "value": VIDEO_PLACEHOLDER}]
         return {"id": sample.get("id"), "video": sample["video"], "conversations": turns}
     return sample

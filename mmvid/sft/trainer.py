@@ -258,7 +258,8 @@ def build_model(cfg: SFTConfig, device: torch.device, rank: int):
     if cfg.init_from:
         load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial)
         if rank == 0:
-            partial = f"; {', '.join(cfg.init_from_partial)}: only what the folder has" if cfg.init_from_partial else ""
+            partial = (f"; {', '.join(cfg.init_from_partial)}: only what the folder has"
+                       if cfg.init_from_partial else "")
             log.info("init_from %s: weights loaded%s", cfg.init_from, partial)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
@@ -440,7 +441,8 @@ def log_step(out: Path, board, bar: tqdm, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: int, train_seconds: float) -> float:
+def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: int,
+                             train_seconds: float) -> float:
     """tv_align on data.val_bench (eval_limit questions) to out/eval-step_N.json and a point of the learning
     curve; under ZeRO-3 rank 0 evaluates a whole export. Returns the seconds the evaluation took."""
     from mmvid.evaluation import evaluate
@@ -496,7 +498,8 @@ def _curve_point(out: Path, cfg: SFTConfig, step: int, train_seconds: float, rec
     """One validation point of the learning curve in out/curve.jsonl (plotted by `python -m mmvid.plots`)."""
     result = record["results"]["tv_align"]
     metrics = {k: v["value"] for k, v in result["metrics"].items()}
-    stage = "align" if step <= cfg.align_steps else "curriculum" if step <= cfg.data.curriculum_steps else "sft"
+    stage = ("align" if step <= cfg.align_steps else "curriculum" if step <= cfg.data.curriculum_steps
+             else "sft")
     point = {"step": step, "stage": stage, "train_seconds": round(train_seconds, 1),
              "formulation": result["settings"]["option_format"], "metrics": metrics}
     with (out / "curve.jsonl").open("a") as f:

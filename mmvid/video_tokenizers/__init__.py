@@ -87,7 +87,8 @@ def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
     return tokenizer
 
 
-def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> VideoTokenizer:
+def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                         **overrides) -> VideoTokenizer:
     """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict).
 
     `overrides` change config fields that leave the weights as they are (e.g. SweetTok's

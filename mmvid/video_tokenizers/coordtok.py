@@ -420,7 +420,8 @@ class CoordTok(VideoTokenizer):
         c = self.config
         planes = self.planes(tokens)
         grid = c.decoder_grid
-        if coords.ndim != 3 or coords.shape[0] != tokens.shape[0] or coords.shape[2] != 3 or coords.is_floating_point():
+        if (coords.ndim != 3 or coords.shape[0] != tokens.shape[0] or coords.shape[2] != 3
+            or coords.is_floating_point()):
             raise ValueError(f"expected integer coords (B, M, 3) = ({tokens.shape[0]}, M, 3) of (t, x, y) "
                              f"patch indices, got {coords.dtype} {tuple(coords.shape)}")
         limit = torch.tensor(grid, device=coords.device)
@@ -446,7 +447,8 @@ class CoordTok(VideoTokenizer):
                                                          cols)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
-    def decode(self, tokens: torch.Tensor, num_frames: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, num_frames: int | None = None,
+               chunk_size: int | None = None) -> torch.Tensor:
         """Tokens (B, N, C) -> video (B, 3, T, H, W), T = num_frames (default the clip's).
 
         Every patch of the T frames is decoded in one decoder sequence (as the paper evaluates), or,

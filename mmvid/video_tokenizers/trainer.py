@@ -149,7 +149,8 @@ class TrainingLoss(torch.nn.Module):
 
 
 @torch.no_grad()
-def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader, device: torch.device) -> dict[str, float]:
+def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader,
+             device: torch.device) -> dict[str, float]:
     """Mean PSNR and SSIM (on [-1, 1], data range 2) of encode -> decode over the given videos."""
     was_training = tokenizer.training
     tokenizer.eval()
@@ -234,7 +235,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
                 loss, parts = reconstruction_loss(model(x), x, perceptual, cfg.perceptual_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
+                         else torch.tensor(0.0))
             optimizer.step()
             scheduler.step()
             sampler.advance(len(batch["index"]))

@@ -307,7 +307,8 @@ def random_word_vectors(words: Iterable[str], dim: int, seed: int = 0) -> torch.
     return torch.stack(rows) if rows else torch.zeros(0, dim, device="cpu")
 
 
-def embed_words(words: Iterable[str], table: torch.Tensor, tokenize: Callable[[str], list[int]]) -> torch.Tensor:
+def embed_words(words: Iterable[str], table: torch.Tensor,
+                tokenize: Callable[[str], list[int]]) -> torch.Tensor:
     """float (N, E): the mean of the table rows of each word's pieces (`tokenize(word)` -> ids)."""
     rows = []
     for word in words:

@@ -222,7 +222,8 @@ class VTok(VideoTokenizer):
 
     # -- decode ------------------------------------------------------------------------------------
 
-    def decode(self, tokens: torch.Tensor, num_frames: int | None = None, key_index: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, num_frames: int | None = None,
+               key_index: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S' + R, token_dim) -> (B, 3, T, H, W). `num_frames` is needed when temporal_stride > 1
         (R residual tokens then stand for several lengths); `key_index` for key_frame="max_change"."""
         c = self.config
