@@ -191,7 +191,8 @@ def upgrade_checkpoint(folder: str | Path) -> None:
     if (folder / "state.pt").is_file():  # the tokenizer loop
         old = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         torch.save({"optimizer": old["optimizer"], "scheduler": old["scheduler"]}, folder / OPTIMIZER_FILE)
-        samplers, seconds, legacy, kind = {"train": old["sampler"]}, old["trained_seconds"], "state.pt", "module"
+        samplers, seconds = {"train": old["sampler"]}, old["trained_seconds"]
+        legacy, kind = "state.pt", "module"
         # full batches only
         samples_seen = old["step"] * old["config"]["batch_size"] * old["sampler"]["world_size"]
     elif (folder / "client_state.json").is_file():  # the SFT loop: rank 0's DeepSpeed client state

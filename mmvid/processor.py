@@ -241,7 +241,8 @@ def config_from_checkpoint(record: dict) -> VideoProcessorConfig:
                                                     tokens_per_video=manifest["tokens_per_video"])
 
 
-def block_attention(samples: list[EncodedSample | PackedSample], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def block_attention(samples: list[EncodedSample | PackedSample],
+                    width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention mask and positions of a right-padded batch with packed rows.
 
     A token of a packed row's segment k attends to the prefix and causally to segment k's own earlier

@@ -156,7 +156,8 @@ def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoToke
 def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds,
                   tokens_per_video: int | list[int]) -> list[int]:
     """Token ids of a chat ending in a generation prompt, with video spans expanded (for `generate`)."""
-    return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids, tokens_per_video)[0]
+    return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids,
+                         tokens_per_video)[0]
 
 
 def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
@@ -177,7 +178,8 @@ def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
     for s in samples[1:]:  # the longest common prefix
         P = next((i for i, (a, b) in enumerate(zip(first[:P], s.input_ids)) if a != b), P)
     # Cut so that no round has a label at or before position P (its first segment token); every round has one.
-    P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1 for s in samples]))
+    P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1
+                          for s in samples]))
     video = {video_ids.placeholder, video_ids.start, video_ids.end}
     if video_ids.end not in first[:P] or any(video & set(s.input_ids[P:]) for s in samples):
         raise ValueError(f"sample {sample_id!r}: the rounds' common prefix ({P} tokens) does not hold the "

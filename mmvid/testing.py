@@ -20,7 +20,8 @@ def indexed_frames(num_frames: int, height: int = 32, width: int = 32) -> np.nda
     if BASE + STEP * (num_frames - 1) > 255:
         raise ValueError(f"at most {(255 - BASE) // STEP + 1} frames have distinct grey levels")
     levels = BASE + STEP * np.arange(num_frames, dtype=np.int64)
-    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).astype(np.uint8).copy()
+    frames = np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3))
+    return frames.astype(np.uint8).copy()
 
 
 def frame_index_of(frames) -> list[int]:

@@ -309,7 +309,8 @@ class VideoLLM(nn.Module):
         return self.projector(tokens, layout.to(tokens.device))
 
     def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
-              video_features: torch.Tensor | None = None, video_index: torch.Tensor | None = None) -> torch.Tensor:
+              video_features: torch.Tensor | None = None,
+              video_index: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with the video features scattered into the video positions. `video_index`
         (long, one entry per <video> span in order) picks which video each span shows."""
         embeds = self.llm.get_input_embeddings()(input_ids)
@@ -450,8 +451,8 @@ class VideoLLM(nn.Module):
             uncond = hidden[1] if len(hidden) > 1 else None
             if discrete:
                 token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, temperature=temperature,
-                                    top_k=top_k,
-                                    top_p=top_p, low=low[i:i + 1], high=high[i:i + 1], generator=generator)  # (1,)
+                                    top_k=top_k, top_p=top_p, low=low[i:i + 1], high=high[i:i + 1],
+                                    generator=generator)  # (1,)
                 step_input = token[:, None]
             else:
                 token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, steps=steps,

@@ -215,8 +215,8 @@ class CaptionContrast(nn.Module):
     def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
         # features (N, D, g, g) of one frame per caption
         v = F.normalize(self.video(torch.cat([features.mean((2, 3)), features.amax((2, 3))], -1)), dim=-1)
-        ids = [[self.index[w] for w in c.lower().replace(".", "").replace(",", "").split() if w in self.index] or [0]
-               for c in captions]
+        ids = [[self.index[w] for w in c.lower().replace(".", "").replace(",", "").split() if w in self.index]
+               or [0] for c in captions]
         flat = torch.tensor([i for s in ids for i in s])
         offsets = torch.tensor([0, *np.cumsum([len(s) for s in ids])[:-1]])
         t = F.normalize(self.words(flat, offsets), dim=-1)

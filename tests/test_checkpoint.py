@@ -44,7 +44,8 @@ def world(tmp_path_factory) -> Path:
 
 
 def _losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
 
 
 # ---------------------------------------------------------------- the training state and the checkpointer

@@ -347,7 +347,8 @@ def test_memory_bench_reports_every_frame_count():
     result = BENCHES["coordtok_memory"](ctx)
     m = {x.name: x.value for x in result.metrics}
     assert m["sampled_patches"] == 64 and m["T16/full_patches"] == 16 * 16
-    assert all(m[f"T{T}/{mode}_{unit}"] > 0 for T in (8, 16) for mode in ("sampled", "full") for unit in ("mib", "ms"))
+    assert all(m[f"T{T}/{mode}_{unit}"] > 0
+               for T in (8, 16) for mode in ("sampled", "full") for unit in ("mib", "ms"))
     assert m["T16/full_mib"] > m["T8/full_mib"] and m["full_growth_mib"] > 1
     # restored (the fixture's 1)
     assert result.settings["table"].count("\n") == 3 and torch.get_num_threads() == 1

@@ -64,7 +64,8 @@ def test_reading_comprehension_puts_a_caption_in_place_of_the_video(world):
     from mmvid.sft.world_data import reading_comprehension, world_texts
 
     convs = reading_comprehension(world, "train")
-    captions = {c for line in (world / "train" / "captions.jsonl").read_text().splitlines() for c in json.loads(line)["captions"]}
+    captions = {c for line in (world / "train" / "captions.jsonl").read_text().splitlines()
+                for c in json.loads(line)["captions"]}
     assert convs and all("<video>" not in turn["value"] for conv in convs for turn in conv)
     assert all(conv[0]["value"].split("\n")[0] in captions for conv in convs if "\n" in conv[0]["value"])
     assert not any("relative to" in conv[0]["value"] for conv in convs)  # captions say nothing about where
@@ -79,7 +80,8 @@ def test_reading_comprehension_puts_a_caption_in_place_of_the_video(world):
 
 
 def captions_list(world: Path) -> list[str]:
-    return [c for line in (world / "train" / "captions.jsonl").read_text().splitlines() for c in json.loads(line)["captions"]]
+    return [c for line in (world / "train" / "captions.jsonl").read_text().splitlines()
+            for c in json.loads(line)["captions"]]
 
 
 # ---------------------------------------------------------------- the vision tower
@@ -214,8 +216,8 @@ def test_the_learning_curve_is_drawn_from_a_runs_files(tmp_path):
                "metrics": {"acc": 0.25 + 0.1 * s, "colour/acc": 0.3, "acc_letter": 0.25}} for s in range(
                    1, 4)]
     (run / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "seconds": s}) + "\n"
-                                               for s in range(10)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "seconds": s})
+                                               + "\n" for s in range(10)))
     path = plot_curve(run, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 

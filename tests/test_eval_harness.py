@@ -180,9 +180,8 @@ def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path, world):
-    # noqa: E731
-    run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT, capture_output=True,
-                                    text=True, timeout=300)
+    run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
     missing = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data", str(world))
     assert missing.returncode == 2 and "no VideoLLM checkpoint" in missing.stderr
     no_data = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data",

@@ -67,11 +67,16 @@ def test_greedy_matches_hf_generate_token_for_token(model, videos, with_video):
 
 def test_seeded_sampling_repeats_and_top_k_one_is_greedy(model, videos):
     ids = model.prompt_ids(QUESTION, videos[0])
-    run = lambda **kw: generate(model, ids, SamplingParams(max_new_tokens=12, **kw), video_features=videos[0]).token_ids
+
+    def run(**kw):
+        params = SamplingParams(max_new_tokens=12, **kw)
+        return generate(model, ids, params, video_features=videos[0]).token_ids
+
     a = run(temperature=1.0, seed=3)
     assert run(temperature=1.0, seed=3) == a
+    # an explicit generator, same draws
     assert generate(model, ids, SamplingParams(max_new_tokens=12, temperature=1.0), video_features=videos[0],
-                    generator=torch.Generator().manual_seed(3)).token_ids == a  # an explicit generator, same draws
+                    generator=torch.Generator().manual_seed(3)).token_ids == a
     assert any(run(temperature=1.0, seed=s) != a for s in (4, 5, 6))
     assert run(temperature=1.0, top_k=1, seed=0) == run()
 
@@ -117,12 +122,15 @@ def test_usage_counts_cached_tokens_and_stopping_early_keeps_the_cache(model, vi
         break  # a client that goes away after the first token
     again = generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0], cache=cache)
     assert again.usage.cached_tokens == len(ids) - 1  # all the prompt but its last token
-    assert again.token_ids == generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0]).token_ids
+    fresh = generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0])
+    assert again.token_ids == fresh.token_ids
 
 
 def test_video_features_are_encoded_once_per_key():
     cache, calls = PromptCache(max_videos=2), []
-    encode = lambda name: lambda: calls.append(name) or torch.full((1, 2, 3), float(len(calls)))
+    def encode(name):
+        return lambda: calls.append(name) or torch.full((1, 2, 3), float(len(calls)))
+
     first = cache.video_features("a.mp4", encode("a"))
     assert cache.video_features("a.mp4", encode("a")) is first and calls == ["a"]
     cache.video_features("b.mp4", encode("b"))

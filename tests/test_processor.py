@@ -58,7 +58,8 @@ def test_same_ids_and_frames_as_the_model_settings_gave(model, make_video):
     assert encoded == reference and model.processor.count_tokens({"conversations": SAMPLE}) == len(reference)
     # Per call: 4 frames at 4 fps is what read_video gives with those settings.
     fps = model.processor.load_video(path, num_frames=4, fps=4.0)
-    assert torch.equal(fps, frames_to_tensor(read_video(path, num_frames=4, fps=4.0, sampling="fps", size=32).frames))
+    assert torch.equal(fps, frames_to_tensor(read_video(path, num_frames=4, fps=4.0, sampling="fps",
+                                                        size=32).frames))
 
 
 def test_collate_pads_on_the_right(model):
@@ -106,7 +107,8 @@ def test_a_checkpoint_without_the_file_gets_the_processor_its_config_implies(wor
     loaded = VideoLLM.from_pretrained(tmp_path)
     assert loaded.processor.config == model.processor.config
     if video_tokenizer == "coordtok_tiny":  # the frame limit comes from the tokenizer's config
-        assert derived.config.max_frames == model.video_tokenizer.max_frames == model.video_tokenizer.clip_frames
+        assert (derived.config.max_frames == model.video_tokenizer.max_frames
+                == model.video_tokenizer.clip_frames)
     loaded.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / PROCESSOR_FILE).read_text())["config"]["num_frames"] == 8
     with pytest.raises(ValueError, match="not a VideoLLM config.json"):

@@ -104,7 +104,8 @@ def test_a_users_deepspeed_json_gets_its_auto_values_resolved(tmp_path):
     path.write_text(json.dumps(user))
     cfg = SFTConfig(batch_size=3, grad_accum=2, zero_stage=2, lr=5e-4)
     ds = resolve_user_config(path, cfg, world_size=2, on_cuda=False)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 12)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+            ds["train_batch_size"]) == (3, 2, 12)
     assert (ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
             and ds["optimizer"]["params"]["lr"] == 5e-4)
     path.write_text(json.dumps({**user, "train_micro_batch_size_per_gpu": 16}))
@@ -161,7 +162,8 @@ def test_a_killed_run_resumes_exactly(tiny):
     process = _launch(tiny, f"out={killed}", *settings, port=29672, log=log)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_000004").is_dir():
-        assert process.poll() is None, f"the run ended before its step-4 checkpoint:\n{log.read_text()[-3000:]}"
+        assert process.poll() is None, \
+            f"the run ended before its step-4 checkpoint:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"no step-4 checkpoint after 300 s:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
@@ -193,7 +195,8 @@ def test_a_curriculum_runs_first_and_a_run_resumed_inside_it_replays_exactly(tin
     straight = tiny / "curriculum"
     result = _launch(tiny, f"out={straight}", *settings, port=29676)
     assert result.returncode == 0, result.stdout[-3000:]
-    questions = [t["value"] for line in attributes.read_text().splitlines() for t in json.loads(line)["conversations"][::2]]
+    questions = [t["value"] for line in attributes.read_text().splitlines()
+                 for t in json.loads(line)["conversations"][::2]]
     assert questions and all("What colour is" in q or "What shape is" in q for q in questions)
     phases = {r["step"]: r["phase"] for r in map(json.loads,
                                                  (straight / "metrics.jsonl").read_text().splitlines())}
@@ -357,7 +360,8 @@ def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_
     kept = {k: v for k, v in weights.items() if not k.startswith("projector.")}
     save_file({**kept, "projector.old_layer.weight": torch.zeros(2)}, str(source / "model.safetensors"))
     settings = [f"init_from={source}", "steps=1", "eval_every=0", "data.val_bench=null"]
-    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"), one_rank():
+    with (pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"),
+          one_rank()):
         run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-strict'}", *settings]))
     assert not (tiny / "init-strict" / "final").exists()
     with one_rank():

@@ -158,7 +158,8 @@ def test_dataset_packs_a_videos_rounds_and_keeps_the_rest_apart(workdir, one_thr
     for k, clip in enumerate(world_clips(3, 8, 32)):
         write_video(tmp_path / "videos" / f"{k}.mp4", tensor_to_frames(clip), fps=8)
     qa = [{"id": "q0", "video": "videos/0.mp4", "conversations": conversation()},
-          {"id": "q1", "video": "videos/1.mp4", "conversations": conversation()[:3]}]  # one round: nothing to pack
+          # q1: one round, nothing to pack
+          {"id": "q1", "video": "videos/1.mp4", "conversations": conversation()[:3]}]
     t2v = [{"id": "t0", "video": "videos/0.mp4", "prompt": "A red circle moves left."},  # joins q0
            {"id": "t2", "video": "videos/2.mp4", "prompt": "A blue square blinks."}]
     (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(x) for x in qa))

@@ -70,9 +70,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(world, tmp_path):
         resumed / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
-    # noqa: E731
-    losses = lambda p: [
-        m["loss"] for m in map(json.loads, (p / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    losses = lambda p: [m["loss"] for m in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                        if "loss" in m]
     assert losses(straight)[3:] == pytest.approx(losses(resumed)[3:], abs=1e-5)
 
 

@@ -53,7 +53,8 @@ class FakeGenerator:
 def real_videos(world: Path) -> dict[str, torch.Tensor]:
     """prompt -> its real video, decoded as the bench decodes it."""
     rows = [json.loads(line) for line in (world / "test" / "t2v.jsonl").read_text().splitlines()]
-    return {r["prompt"]: read_video(world / "test" / r["video"], num_frames=FRAMES, size=SIZE).frames for r in rows}
+    return {r["prompt"]: read_video(world / "test" / r["video"], num_frames=FRAMES, size=SIZE).frames
+            for r in rows}
 
 
 def _bench(model, world, limit=PROMPTS, **options):
@@ -73,7 +74,8 @@ def copy_run(world):
 
 @pytest.fixture(scope="module")
 def blank_run(world):
-    return _bench(FakeGenerator(lambda prompt: torch.zeros(FRAMES, SIZE, SIZE, 3, dtype=torch.uint8)), world)[0]
+    blank = FakeGenerator(lambda prompt: torch.zeros(FRAMES, SIZE, SIZE, 3, dtype=torch.uint8))
+    return _bench(blank, world)[0]
 
 
 @pytest.fixture(scope="module")

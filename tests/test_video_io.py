@@ -21,7 +21,8 @@ from mmvid.testing import frame_index_of, indexed_frames, write_offset_video
 
 BACKENDS = available_backends()
 backend_params = pytest.mark.parametrize(
-    "backend", [pytest.param(b, marks=pytest.mark.skipif(b not in BACKENDS, reason=f"{b} missing")) for b in ("decord", "pyav")]
+    "backend", [pytest.param(b, marks=pytest.mark.skipif(b not in BACKENDS, reason=f"{b} missing"))
+                for b in ("decord", "pyav")]
 )
 
 

@@ -9,12 +9,16 @@ from mmvid.data import frames_to_tensor, read_video
 from mmvid.evaluation.scoring import continuation_logprobs
 from mmvid.videollm import VideoLLM
 
-torch.set_num_threads(2); random.seed(0)
+torch.set_num_threads(2)
+random.seed(0)
 model = VideoLLM.from_pretrained(sys.argv[1]).eval()
-val = [json.loads(l) for l in open("data/shapes/val/tv_align.jsonl")][:int(sys.argv[2]) if len(sys.argv) > 2 else 300]
+val = [json.loads(l) for l in open("data/shapes/val/tv_align.jsonl")][
+    :int(sys.argv[2]) if len(sys.argv) > 2 else 300]
 vids = sorted({q["video"] for q in val})
 with torch.no_grad():
-    tok = {v: model.video_tokens(frames_to_tensor(read_video("data/shapes/val/" + v, num_frames=8, size=64).frames)[None]) for v in vids}
+    tok = {v: model.video_tokens(
+        frames_to_tensor(read_video("data/shapes/val/" + v, num_frames=8, size=64).frames)[None])
+        for v in vids}
 perm = {v: vids[(i + 7) % len(vids)] for i, v in enumerate(vids)}
 res = {}
 for mode in ["real", "other", "zero"]:

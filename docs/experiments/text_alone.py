@@ -8,9 +8,11 @@ from collections import defaultdict
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-torch.set_num_threads(2); random.seed(0)
+torch.set_num_threads(2)
+random.seed(0)
 path = sys.argv[1]
-tok = AutoTokenizer.from_pretrained(path); llm = AutoModelForCausalLM.from_pretrained(path).eval()
+tok = AutoTokenizer.from_pretrained(path)
+llm = AutoModelForCausalLM.from_pretrained(path).eval()
 caps = {json.loads(l)["video"]: json.loads(l)["captions"] for l in open("data/shapes/val/captions.jsonl")}
 qs = [json.loads(l) for l in open("data/shapes/val/tv_align.jsonl")][:600]
 acc = defaultdict(list)
@@ -22,7 +24,8 @@ with torch.no_grad():
         scores = []
         for o in q["options"]:
             p = tok(o, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([ctx + p]); lp = llm(input_ids=ids).logits[0].log_softmax(-1)
+            ids = torch.tensor([ctx + p])
+            lp = llm(input_ids=ids).logits[0].log_softmax(-1)
             scores.append(sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(p)))
         acc[q["category"]].append(
             int(q["options"][max(range(4), key=scores.__getitem__)] == q["answer_text"]))

@@ -18,11 +18,13 @@ from mmvid.sft.text_pretrain import TextPretrainConfig, pretrain_llm
 from mmvid.sft.world_data import reading_comprehension
 
 torch.set_num_threads(int(os.environ.get("THREADS", 2)))
-out, minutes = sys.argv[1], float(sys.argv[2]); SP = os.environ.get("SP", "0") == "1"
+out, minutes = sys.argv[1], float(sys.argv[2])
+SP = os.environ.get("SP", "0") == "1"
 conv = reading_comprehension("data/shapes", "train", seed=0)
 if SP:
     conv = [[t if t["from"] != "gpt" else {**t, "value": " " + t["value"]} for t in c] for c in conv]
-lc = dict(SFTConfig().model.llm_config); lc.update(json.loads(os.environ.get("LC", "{}")))
+lc = dict(SFTConfig().model.llm_config)
+lc.update(json.loads(os.environ.get("LC", "{}")))
 t0 = time.time()
 pretrain_llm(TextPretrainConfig(out=out, tokenizer="runs/sft-default/text-tokenizer", llm_config=lc,
                                 minutes=minutes, lr=float(os.environ.get("LR", 1e-3))), conv)
@@ -36,7 +38,8 @@ with torch.no_grad():
         ctx = tok.apply_chat_template([{"role": "user",
                                         "content": f"{random.choice(caps[q['video']])}\n{q['question']}"}],
                                       tokenize=True, add_generation_prompt=True)
-        ctx = list(ctx["input_ids"] if hasattr(ctx, "keys") else ctx); scores = []
+        ctx = list(ctx["input_ids"] if hasattr(ctx, "keys") else ctx)
+        scores = []
         for o in q["options"]:
             p = tok((" " if SP else "") + o, add_special_tokens=False)["input_ids"]
             lp = llm(input_ids=torch.tensor([ctx + p])).logits[0].log_softmax(-1)

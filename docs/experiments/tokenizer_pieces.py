@@ -10,11 +10,13 @@ from mmvid.sft.data import t2v_conversation
 from mmvid.sft.world_data import world_texts
 from mmvid.text_tokenizer import train_text_tokenizer
 
-cfg = SFTConfig(); texts = []
+cfg = SFTConfig()
+texts = []
 for file in cfg.data.train:
     for s in load_conversations(file): texts += [t["value"] for t in t2v_conversation(s)["conversations"]]
 texts += world_texts("data/shapes", "train")
-rng = np.random.default_rng(0); texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
+rng = np.random.default_rng(0)
+texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
 import collections
 import re
 
@@ -31,4 +33,5 @@ for s in ['What colour is the diamond?','What shape is the cyan object?',
           'The video shows a large cyan star, a large purple star and a small orange square: the cyan star '
           'blinks quickly']:
     print([t.decode([i]) for i in t.encode(s, add_special_tokens=False)])
-n = sum(len(t.encode(x, add_special_tokens=False)) for x in texts[:3000]); print("tokens on 3000 texts", n)
+n = sum(len(t.encode(x, add_special_tokens=False)) for x in texts[:3000])
+print("tokens on 3000 texts", n)

@@ -154,7 +154,8 @@ class MMVidLM(TemplateLM):
     def __init__(self, model=None, pretrained: str | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, max_gen_toks: int = 256,
                  add_bos_token: bool | str | None = None, device: str | None = None,
-                 max_batch_size: int | None = None):  # max_batch_size: sent by lm-eval, unused (no auto batch size)
+                 # max_batch_size: sent by lm-eval, unused (no auto batch size)
+                 max_batch_size: int | None = None):
         super().__init__()
         if (model is None) == (pretrained is None):
             raise ValueError("give exactly one of model (a VideoLLM) and pretrained (a checkpoint folder)")

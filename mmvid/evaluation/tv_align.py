@@ -77,7 +77,8 @@ def load_questions(path: str | Path) -> list[dict]:
     questions = []
     for where, item in read_records(path, REQUIRED):
         options = item["options"]
-        if not (isinstance(options, list) and 2 <= len(options) <= 26 and all(isinstance(o, str) and o for o in options)):
+        if not (isinstance(options, list) and 2 <= len(options) <= 26
+                and all(isinstance(o, str) and o for o in options)):
             raise BenchmarkFormatError(f"{where}: 'options' must be a list of 2-26 non-empty strings")
         letters = list(string.ascii_uppercase[: len(options)])
         answer = item["answer"]

@@ -125,7 +125,8 @@ class SFTDataset(Dataset):
             if self.max_rounds and len(rounds) > self.max_rounds:
                 # the first round (in LLaVA data the description request, the densest target) and a fresh
                 # random draw of the others each time the sample is read (torch RNG: a resumed run replays it)
-                chosen = [0] + (torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1).sort().values.tolist()
+                others = torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1
+                chosen = [0] + others.sort().values.tolist()
             # Each round's ids are rendered once and kept: the chat template is re-rendered per assistant
             # turn, which costs as much as a third of a CPU step when a sample has many rounds.
             encoded = [self._encode_round(index, k, rounds[k], name) for k in chosen]

@@ -388,7 +388,8 @@ def run(cfg: SFTConfig) -> dict:
             losses.append(
                 {k: output[k].detach() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None})
             samples, seconds = samples + len(index) * world_size, seconds + time.perf_counter() - start
-        state.step, state.samples_seen, state.seconds = state.step + 1, state.samples_seen + samples, state.seconds + seconds
+        state.step, state.samples_seen, state.seconds = (state.step + 1, state.samples_seen + samples,
+                                                         state.seconds + seconds)
         bar.update()
         if rank == 0 and state.step % cfg.log_every == 0:
             log_step(out, board, bar, {"step": state.step, "phase": name, **_mean(losses),

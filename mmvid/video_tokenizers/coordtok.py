@@ -334,7 +334,8 @@ class CoordTok(VideoTokenizer):
         spacing = (c.decoder_grid[0] - 1) * pt / max(1, c.plane_frames - 1)  # frames between rows
         last = num_frames - 1 - (pt - 1) / 2  # the last real temporal patch's centre
         read = f < last + spacing - 1e-9
-        return torch.where(read, f.round().clamp(max=num_frames - 1), torch.tensor(-1.0, dtype=torch.float64)).long()
+        return torch.where(read, f.round().clamp(max=num_frames - 1),
+                           torch.tensor(-1.0, dtype=torch.float64)).long()
 
     # -- encode ------------------------------------------------------------------------------------
 

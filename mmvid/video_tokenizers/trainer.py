@@ -203,7 +203,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     own_loss = tokenizer.architecture in OBJECTIVES
     model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -240,7 +241,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
             optimizer.step()
             scheduler.step()
             sampler.advance(len(batch["index"]))
-            state.step, state.samples_seen = state.step + 1, state.samples_seen + len(batch["index"]) * world_size
+            state.step, state.samples_seen = (state.step + 1,
+                                              state.samples_seen + len(batch["index"]) * world_size)
             seconds = time.perf_counter() - start
             state.seconds += seconds
             bar.update()
@@ -271,7 +273,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     return val
 
 
-def save_final(tokenizer: VideoTokenizer, out: Path, state: TrainState, val: dict[str, float]) -> dict[str, float]:
+def save_final(tokenizer: VideoTokenizer, out: Path, state: TrainState,
+               val: dict[str, float]) -> dict[str, float]:
     """`save_pretrained` to `out/final`, with the run's summary beside it; returns `val`."""
     tokenizer.save_pretrained(out / "final")
     summary = {"step": state.step, "trained_seconds": round(state.seconds, 1), "val_psnr": val["psnr"],

@@ -132,7 +132,8 @@ class Vocabulary:
         entities, attributes = getattr(self, entity), getattr(self, attribute)
         index = {w: i for i, w in enumerate(entities)} | {
             w: len(entities) + i for i, w in enumerate(attributes)}
-        pairs = [(index[a], index[e]) for a, e in (self.spatial_edges if branch == "spatial" else self.temporal_edges)]
+        edges = self.spatial_edges if branch == "spatial" else self.temporal_edges
+        pairs = [(index[a], index[e]) for a, e in edges]
         if not pairs:
             return torch.zeros(2, 0, dtype=torch.long)
         src, dst = zip(*pairs)

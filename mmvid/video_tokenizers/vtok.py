@@ -373,7 +373,8 @@ def _conv_output_side(model: nn.Module, image_size: int) -> int | None:
         return None
     was_training = model.training
     model.eval()
-    out = model(pixel_values=torch.zeros(1, 3, image_size, image_size, device=parameter.device)).last_hidden_state
+    pixels = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+    out = model(pixel_values=pixels).last_hidden_state
     model.train(was_training)
     if out.ndim != 4 or out.shape[-1] != out.shape[-2]:
         raise ValueError("expected a square (N, D, h, w) feature map from the convolutional HF model, got "

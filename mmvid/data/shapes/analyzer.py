@@ -97,7 +97,8 @@ def _explain_pixels(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = frames.astype(np.float32)
     T = x.shape[0]
     dark = x.max(-1) < _DARK
-    bg = np.stack([np.median(x[t][dark[t]], axis=0) if dark[t].any() else np.median(x[t].reshape(-1, 3), 0) for t in range(T)])
+    bg = np.stack([np.median(x[t][dark[t]], axis=0) if dark[t].any() else np.median(x[t].reshape(-1, 3), 0)
+                   for t in range(T)])
     d = x - bg[:, None, None, :]  # (T, H, W, 3)
     c = _PALETTE[None, :, :] - bg[:, None, :]  # (T, K, 3)
     # alpha of each colour, least squares along (colour - background)
@@ -406,7 +407,8 @@ def evaluate_split(root, split: str = "test", limit: int | None = None, workers:
             for source, hits in result.items():
                 for attribute, values in hits.items():
                     totals.setdefault(source, {}).setdefault(attribute, []).extend(values)
-    return {s: {a: (float(np.mean(v)) if v else float("nan"), len(v)) for a, v in d.items()} for s, d in totals.items()}
+    return {s: {a: (float(np.mean(v)) if v else float("nan"), len(v)) for a, v in d.items()}
+            for s, d in totals.items()}
 
 
 class _Serial:
@@ -429,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import time
 
-    parser = argparse.ArgumentParser(prog="python -m mmvid.data.shapes.analyzer",
-                                     description="Measure the analyzer's accuracy on a built synthetic world.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mmvid.data.shapes.analyzer",
+        description="Measure the analyzer's accuracy on a built synthetic world.")
     parser.add_argument("root", nargs="?", default="data/shapes", help="world folder (default %(default)s)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="first N videos only")

@@ -115,7 +115,8 @@ def _write_one(args: tuple[dict, str, int, str]) -> None:
     states = []
     for obj in scene.objects:
         st = world.object_states(obj, scene.num_frames)
-        states.append({k: np.round(getattr(st, k), 5).tolist() for k in ("x", "y", "scale", "angle")} | {"visible": st.visible.tolist()})
+        states.append({k: np.round(getattr(st, k), 5).tolist() for k in ("x", "y", "scale", "angle")}
+                      | {"visible": st.visible.tolist()})
     tmp = truth.with_suffix(".json.partial")
     tmp.write_text(json.dumps({"split": split, "index": index, "scene": scene.to_dict(), "states": states}))
     os.replace(tmp, truth)
@@ -225,7 +226,8 @@ def write_text_files(out: Path, settings: WorldSettings, split: str) -> dict[str
 
 
 def _objects(scene: world.Scene) -> list[dict]:
-    return [{k: getattr(o, k) for k in ("shape", "colour", "size", "action", "speed", "event")} for o in scene.objects]
+    return [{k: getattr(o, k) for k in ("shape", "colour", "size", "action", "speed", "event")}
+            for o in scene.objects]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -25,8 +25,9 @@ TOKENIZER = ["model_overrides={dim: 8, decoder_dim: 8, num_heads: 1, decoder_hea
              "keep_checkpoints=5", "val_every=100", "val_videos=4", "threads=1", "log_every=1"]
 SFT_CONFIG = """
 model:
-  llm_config: {{model_type: llama, hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2,
-               num_key_value_heads: 1, max_position_embeddings: 384, tie_word_embeddings: false}}
+  llm_config: {{model_type: llama, hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1,
+               num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 384,
+               tie_word_embeddings: false}}
   text_tokenizer: {root}/text-tokenizer
   video_tokenizer: vtok_tiny
   video_tokenizer_overrides: {{dim: 8, decoder_dim: 8, num_heads: 1, decoder_heads: 1}}
