@@ -2,11 +2,12 @@
 
     from mmvid.generation import PromptCache, SamplingParams, generate, stream
 
-    ids = model.prompt_ids(messages, features)          # the chat template; each <video> expanded for its
-    features params = SamplingParams(temperature=0.7, top_p=0.9, seed=0, max_new_tokens=64, stop=("\\n",))
+    # the chat template; each <video> expanded for its features
+    ids = model.prompt_ids(messages, features)
+    params = SamplingParams(temperature=0.7, top_p=0.9, seed=0, max_new_tokens=64, stop=("\\n",))
     out = generate(model, ids, params, video_features=features)
-    out.text, out.token_ids, out.finish_reason, out.usage   # finish_reason: "stop" (eos or a stop string) |
-    "length"
+    out.text, out.token_ids, out.finish_reason, out.usage
+    # finish_reason: "stop" (eos or a stop string) | "length"
 
     cache = PromptCache()                                # one per conversation, kept between its requests
     for delta in stream(model, ids, params, video_features=features, cache=cache):

@@ -1,7 +1,8 @@
 """Projectors: video-tokenizer tokens -> the LLM's embedding space.
 
     projector = build_projector(ProjectorConfig(type="mlp2x_gelu", in_dim=tokenizer.token_dim,
-    out_dim=hidden_size)) layout = tokenizer.token_layout(T, H, W)
+                                                out_dim=hidden_size))
+    layout = tokenizer.token_layout(T, H, W)
     embeds = projector(tokenizer.encode(video), layout)          # (B, N, D) -> (B, M, hidden_size)
     embeds.shape[1] == projector.num_outputs(layout.num_tokens)   # M: N, or a fixed budget / num_queries
 

@@ -118,8 +118,7 @@ def test_load_weights_is_strict_unless_told_which_modules_may_differ(tmp_path):
     assert torch.equal(tied["lm_head"].weight, torch.ones(4, 2))
 
 
-# ---------------------------------------------------------------- format 1, as the code before format 2 wrote
-# it
+# ------------------------------------------------------------- format 1, as the code before format 2 wrote it
 
 
 def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path):

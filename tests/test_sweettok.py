@@ -415,8 +415,7 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
                     BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
 
 
-# ---------------------------------------------------------------- the codebook-usage regulariser (not in the
-# paper)
+# ---------------------------------------------------------- the codebook-usage regulariser (not in the paper)
 
 
 USAGE_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_base_usage.yaml"

@@ -1,9 +1,9 @@
-"""CoordTok training cost against video length: random-patch sampling vs decoding every patch.
+r"""CoordTok training cost against video length: random-patch sampling vs decoding every patch.
 
-    python eval/run.py --bench coordtok_memory                                  # coordtok_base at
-    16,32,64,128 frames python eval/run.py --bench coordtok_memory --frames 16,128 --option
-    preset=coordtok_tiny --option threads=1 python eval/run.py --bench coordtok_memory --option
-    preset=coordtok_l --option videos=4   # on a GPU
+    python eval/run.py --bench coordtok_memory          # coordtok_base at 16,32,64,128 frames
+    python eval/run.py --bench coordtok_memory --frames 16,128 --option preset=coordtok_tiny \
+        --option threads=1
+    python eval/run.py --bench coordtok_memory --option preset=coordtok_l --option videos=4   # on a GPU
 
 For each frame count T of `--frames` (default 16,32,64,128; each at most the preset's clip length), one
 training step of the preset (untrained, seeded by `--seed`) on `videos` (default 1) random clips of T

@@ -1,4 +1,4 @@
-"""`fewshot`: N-way K-shot episodic action recognition on the held-out action classes.
+r"""`fewshot`: N-way K-shot episodic action recognition on the held-out action classes.
 
     python eval/run.py --bench fewshot [--data data/shapes] [--ways 5] [--shots 1,5] [--episodes 20]
 
@@ -16,8 +16,8 @@ the model's video tokenizer when it has words, else `--option words_tokenizer=PA
 read at that tokenizer's `clip_frames` and `image_size`. `--option words_top=K` keeps each clip's K
 most frequent words (most frequent first) to fit long word lists in the context; 0 (default) keeps all.
 
-    python eval/run.py --bench fewshot --video-as words --option
-    words_tokenizer=runs/tokenizer-sweettok_base/final
+    python eval/run.py --bench fewshot --video-as words \
+        --option words_tokenizer=runs/tokenizer-sweettok_base/final
 
 Prototype scorer (`--option scorer=prototype`): no LLM; each class's support videos are averaged
 into a prototype and the query goes to the nearest one by cosine similarity, a probe of what the
@@ -27,8 +27,8 @@ with words, its bag of words (counts over the vocabulary). The tokenizer is `--o
 compares SweetTok's words with its own continuous vectors without a pretrained LLM:
 
     python eval/run.py --bench fewshot --option scorer=prototype --option tokenizer=runs/tok/final
-    python eval/run.py --bench fewshot --option scorer=prototype --video-as words --option
-    tokenizer=runs/tok/final
+    python eval/run.py --bench fewshot --option scorer=prototype --video-as words \
+        --option tokenizer=runs/tok/final
 """
 
 from __future__ import annotations

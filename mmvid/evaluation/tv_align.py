@@ -1,7 +1,8 @@
-"""`tv_align`: the TV-Align-style multiple-choice benchmark, per category and overall.
+r"""`tv_align`: the TV-Align-style multiple-choice benchmark, per category and overall.
 
-    python eval/run.py --bench tv_align [--data data/shapes] [--split test] [--mode
-    loglikelihood|generate|both] python eval/run.py --bench tv_align --data my_bench.jsonl [--video-root DIR]
+    python eval/run.py --bench tv_align [--data data/shapes] [--split test] \
+        [--mode loglikelihood|generate|both]
+    python eval/run.py --bench tv_align --data my_bench.jsonl [--video-root DIR]
 
 Data: a synthetic world's `{split}/tv_align.jsonl` (default: the test split), or any JSONL of
 `{"id", "video", "question", "options", "answer", "category"}` (answer: a letter, or the option

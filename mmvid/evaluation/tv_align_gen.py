@@ -1,9 +1,9 @@
-"""`tv_align_gen`: text-to-video alignment, scored from the generated pixels by the synthetic world's
+r"""`tv_align_gen`: text-to-video alignment, scored from the generated pixels by the synthetic world's
 analyzer.
 
     python eval/run.py --bench tv_align_gen [--data data/shapes] [--split test] [--limit N]
-    python eval/run.py --bench tv_align_gen --option guidance=5 --option steps=50 --option
-    save=runs/t2v-samples
+    python eval/run.py --bench tv_align_gen --option guidance=5 --option steps=50 \
+        --option save=runs/t2v-samples
 
 Data: a synthetic world's `{split}/t2v.jsonl` (default: the test split; or a `.jsonl` given as `--data`,
 video paths relative to its folder), one `{"id", "video", "prompt", "objects"}` per line, `objects` the

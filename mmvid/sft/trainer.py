@@ -1,8 +1,8 @@
-"""The SFT loop, through DeepSpeed (ZeRO 0-3; gloo on CPU, NCCL on CUDA).
+r"""The SFT loop, through DeepSpeed (ZeRO 0-3; gloo on CPU, NCCL on CUDA).
 
     deepspeed train/sft.py                                     # the built-in default, end to end on CPU
-    deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml steps=400
-    data.curriculum_steps=150
+    deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml \
+        steps=400 data.curriculum_steps=150
 
 Steps: prepare the default data and text tokenizer (rank 0, once) -> build the VideoLLM -> per-module
 learning rates -> deepspeed.initialize -> the loop (`run`: accumulate micro-batches, step, log to

@@ -1,9 +1,11 @@
 """Training text for the built-in default, drawn from a synthetic world's *training* split only.
 
-    conversations = cloze_conversations("data/shapes", "train")   # LLaVA samples: caption + every question
-    curriculum = attribute_conversations("data/shapes", "train")  # colour and shape questions only
-    (data.curriculum) pairs = reading_comprehension("data/shapes", "train")         # (caption + question,
-    answer) for text pretraining
+    # LLaVA samples: caption + every question
+    conversations = cloze_conversations("data/shapes", "train")
+    # colour and shape questions only (data.curriculum)
+    curriculum = attribute_conversations("data/shapes", "train")
+    # (caption + question, answer) for text pretraining
+    pairs = reading_comprehension("data/shapes", "train")
 
 Answers are option *texts* (the cloze formulation), not letters: a small LLM trained from scratch
 cannot learn multiple-choice symbol binding in minutes (measured: the 4-layer default stays at

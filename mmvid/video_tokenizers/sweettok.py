@@ -2,9 +2,8 @@
 quantized onto words, a motion-enhanced language codebook (MLC).
 
     video (B, 3, T, H, W), T = 1 + 4k (other T: the last frame is repeated up to 1 + 4 * ceil((T - 1) / 4))
-      patchify   first frame -> p x p patches, LN, Linear, LN              v_s (B, G, D)       G = (H / p)^2
-                 frames 1.. -> pt x p x p tubes, LN, Linear, LN            v_t (B, L, G, D)    L = (T - 1) /
-                 pt
+      patchify   first frame -> p x p patches, LN, Linear, LN              v_s (B, G, D)      G = (H / p)^2
+                 frames 1.. -> pt x p x p tubes, LN, Linear, LN            v_t (B, L, G, D)   L = (T - 1) / pt
       spatial    v_s + positions -> transformer (spatial_depth)            per-layer features
                  S learned queries: cross-attend to layer l, self-attend    z_s (B, S, D)
       temporal   residuals  v_s - v_t^l  (per location)                    (B G, L, D)

@@ -3,8 +3,8 @@ the frozen word vectors the language codebook starts from, and the words <-> ids
 
     vocab = build_vocabulary(captions, parts_of_speech)    # captions: list[str]; word -> part of speech
     vocab.words                                            # id -> word, in the one id layout below
-    vocab.offsets                                          # {"noun": 0, "adjective": 9, "verb": 19, "adverb":
-    36} vocab.save("vocab.json");  load_vocabulary("vocab.json")
+    vocab.offsets                       # {"noun": 0, "adjective": 9, "verb": 19, "adverb": 36}
+    vocab.save("vocab.json");  load_vocabulary("vocab.json")
 
 The id layout (the same everywhere: codebook rows, `SweetTok.encode_ids`, `TokenLayout.words`):
 

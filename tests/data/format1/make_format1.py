@@ -1,12 +1,13 @@
 """How the format-1 checkpoints beside this file were made (run once, on commit 6dcf5aa, before format 2).
 
-    python tests/data/format1/make_format1.py /tmp/format1   # then copy what it prints into
-    tests/data/format1
+    # then copy what it prints into tests/data/format1
+    python tests/data/format1/make_format1.py /tmp/format1
 
 Both runs are tiny (a 32x32, 8-frame world; frames_tiny, and the LLM's vtok_tiny, shrunk to width 8; a
 one-layer, width-8 Llama) and straight: the checkpoint of step 2 is kept, with the run's config.yaml (the
 resolved config, as it was saved) and metrics.jsonl, whose losses after step 2 a run resumed from that
-checkpoint must reproduce (tests/test_checkpoint.py).
+checkpoint must reproduce
+(tests/test_checkpoint.py).
 """
 
 import os
