@@ -35,6 +35,7 @@ demo: setup
 		--generate "There are two objects: a large red circle that moves left slowly and a small blue square that blinks quickly."
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-slow: setup

@@ -1,6 +1,6 @@
 """Evaluate a trained model: one runner for every mmvid benchmark.
 
-    python eval/run.py --bench tv_align                          # runs/sft-default/final on the world's test split
+    python eval/run.py --bench tv_align         # runs/sft-default/final on the world's test split
     python eval/run.py --bench tv_align,fewshot --model runs/x/final --limit 200 --output results.json
     python eval/run.py --bench tv_align --mode both --log-samples
     python eval/run.py --bench recon --tokenizer runs/tokenizer-vtok_base/final

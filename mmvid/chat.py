@@ -67,7 +67,8 @@ class ChatSession:
         self.num_frames = self.num_frames or self.model.processor.config.num_frames
         self._features: torch.Tensor | None = None
         self._cache = PromptCache()  # the KV cache of the conversation so far
-        self._generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(self.seed)
+        self._generator = None if self.seed is None else torch.Generator(self.model.device).manual_seed(
+            self.seed)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -85,7 +86,8 @@ class ChatSession:
 
     def set_frames(self, n: int) -> None:
         if n < self.model.video_tokenizer.min_frames:
-            raise ValueError(f"this video tokenizer needs at least {self.model.video_tokenizer.min_frames} frames")
+            raise ValueError(f"this video tokenizer needs at least {self.model.video_tokenizer.min_frames} "
+                             "frames")
         self.num_frames = n
         if self.video_path is not None:
             self.set_video(self.video_path)
@@ -113,7 +115,8 @@ class ChatSession:
         start = time.perf_counter()
         self.turns.append(Turn("user", text))
         ids = self.model.prompt_ids(self.messages(), self._features)
-        params = SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+        params = SamplingParams(temperature=self.temperature, top_p=self.top_p,
+                                max_new_tokens=self.max_new_tokens)
         answer, ttft, interrupted = "", None, False
         try:
             for delta in stream(self.model, ids, params, self._features, self._cache, self._generator):
@@ -122,7 +125,8 @@ class ChatSession:
                 if on_text and delta.text:
                     on_text(delta.text)
         except KeyboardInterrupt:
-            interrupted = True  # keep what was said; the next turn rebuilds the cache (the video stays encoded)
+            # keep what was said; the next turn rebuilds the cache (the video stays encoded)
+            interrupted = True
             self._cache.reset()
         self.reused_tokens = self._cache.reused
         turn = Turn("assistant", answer.strip(), ttft, time.perf_counter() - start, interrupted)
@@ -133,8 +137,8 @@ class ChatSession:
         return {
             "video": self.video_path,
             "num_frames": self.num_frames,
-            "settings": {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                         "seed": self.seed, "fps": self.fps},
+            "settings": {"temperature": self.temperature, "top_p": self.top_p,
+                         "max_new_tokens": self.max_new_tokens, "seed": self.seed, "fps": self.fps},
             "turns": [t.__dict__ for t in self.turns],
         }
 
@@ -146,27 +150,33 @@ class ChatSession:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mmvid-chat", description="Chat with a VideoLLM about a video.")
-    parser.add_argument("--model", "--model-path", "--model_path", default=DEFAULT_MODEL, help="a VideoLLM folder (default %(default)s)")
+    parser.add_argument("--model", "--model-path", "--model_path", default=DEFAULT_MODEL,
+                        help="a VideoLLM folder (default %(default)s)")
     parser.add_argument("--video", help="the video to talk about")
     parser.add_argument("--prompt", help="answer this one prompt and exit")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", "--top_p", type=float, default=1.0, dest="top_p")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128, dest="max_new_tokens")
-    parser.add_argument("--num-frames", "--num_frames", type=int, dest="num_frames", help="default: the model's")
+    parser.add_argument("--num-frames", "--num_frames", type=int, dest="num_frames",
+                        help="default: the model's")
     parser.add_argument("--fps", type=float, help="sample frames at this rate (capped by --num-frames)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     gen = parser.add_argument_group("text to video (/generate, --generate)")
-    gen.add_argument("--generate", metavar="PROMPT", help="generate one video of PROMPT, write it to --output and exit")
+    gen.add_argument("--generate", metavar="PROMPT",
+                     help="generate one video of PROMPT, write it to --output and exit")
     gen.add_argument("--output", help="where --generate writes (.mp4 or .gif; default generated.mp4)")
     gen.add_argument("--output-dir", "--output_dir", dest="output_dir", default="generated",
                      help="folder for /generate's videos (default %(default)s)")
     gen.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
-    gen.add_argument("--gen-temperature", "--gen_temperature", dest="gen_temperature", type=float, default=1.0,
-                     help="sampling temperature of the video tokens (discrete: 0 = greedy; flow: the noise scale)")
+    gen.add_argument("--gen-temperature", "--gen_temperature", dest="gen_temperature", type=float,
+                     default=1.0,
+                     help="sampling temperature of the video tokens (discrete: 0 = greedy; flow: the noise "
+                          "scale)")
     gen.add_argument("--gen-top-k", "--gen_top_k", dest="gen_top_k", type=int, default=0)
-    gen.add_argument("--gen-steps", "--gen_steps", dest="gen_steps", type=int, help="flow sampler steps (default: the head's)")
+    gen.add_argument("--gen-steps", "--gen_steps", dest="gen_steps", type=int,
+                     help="flow sampler steps (default: the head's)")
     return parser.parse_args(argv)
 
 
@@ -177,9 +187,10 @@ def generate(session: ChatSession, prompt: str, output: str | Path, args) -> Pat
     start = time.perf_counter()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    frames = session.model.generate_video(prompt, guidance_scale=args.guidance, temperature=args.gen_temperature,
-                                          top_k=args.gen_top_k, top_p=args.top_p, steps=args.gen_steps, seed=args.seed,
-                                          output=output)
+    frames = session.model.generate_video(prompt, guidance_scale=args.guidance,
+                                          temperature=args.gen_temperature,
+                                          top_k=args.gen_top_k, top_p=args.top_p, steps=args.gen_steps,
+                                          seed=args.seed, output=output)
     print(f"[generated {output}: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} in "
           f"{time.perf_counter() - start:.1f} s]")
     return output
@@ -196,7 +207,8 @@ def load_session(args) -> ChatSession:
     if args.dtype:
         model.to(getattr(torch, args.dtype))
     torch.manual_seed(args.seed)
-    session = ChatSession(model, num_frames=args.num_frames, fps=args.fps, temperature=args.temperature, top_p=args.top_p,
+    session = ChatSession(model, num_frames=args.num_frames, fps=args.fps, temperature=args.temperature,
+                          top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, seed=args.seed)
     return session
 
@@ -287,9 +299,11 @@ def _loop(session: ChatSession, args=None) -> int:
                 except ValueError as e:
                     print(f"usage: /frames N ({e})")
             elif command == "/generate":
-                count = len(list(Path(args.output_dir).glob("generated-*.mp4"))) if Path(args.output_dir).is_dir() else 0
+                count = (len(list(Path(args.output_dir).glob("generated-*.mp4")))
+                         if Path(args.output_dir).is_dir() else 0)
                 try:
-                    path = generate(session, argument, Path(args.output_dir) / f"generated-{count + 1}.mp4", args)
+                    path = generate(session, argument, Path(args.output_dir) / f"generated-{count + 1}.mp4",
+                                    args)
                 except ValueError as e:
                     print(f"cannot generate: {e}")
                     continue

@@ -54,7 +54,8 @@ _NAME = re.compile(r"^step_(\d{6,})$")
 class TrainState:
     """The step, the data position and the RNGs: with the weights and optimizer, all a resumed run needs."""
 
-    samplers: dict[str, Any] = field(default_factory=dict)  # ResumableSampler per data phase ("train", "curriculum")
+    # ResumableSampler per data phase ("train", "curriculum")
+    samplers: dict[str, Any] = field(default_factory=dict)
     step: int = 0  # optimizer steps done
     samples_seen: int = 0  # training samples, all ranks together
     seconds: float = 0.0  # training time, evaluation left out (the tokenizer loop's max_minutes budget)
@@ -62,7 +63,8 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable, with this process's RNG states (rank 0's restore every rank)."""
         return {"step": self.step, "samples_seen": self.samples_seen, "seconds": self.seconds,
-                "samplers": {name: sampler.state_dict() for name, sampler in self.samplers.items()}, "rng": rng_state()}
+                "samplers": {name: sampler.state_dict() for name, sampler in self.samplers.items()},
+                "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.samples_seen, self.seconds = state["step"], state["samples_seen"], state["seconds"]
@@ -73,7 +75,8 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a training step touches (torch's CPU generator, numpy's, Python's), as JSON: states in hex."""
+    """Every RNG a training step touches (torch's CPU generator, numpy's, Python's), as JSON: states in
+    hex."""
     return _rng_json(torch.get_rng_state(), np.random.get_state(), random.getstate())
 
 
@@ -88,7 +91,8 @@ def _rng_json(torch_state: torch.Tensor, numpy_state: tuple, python_state: tuple
     _, keys, pos, has_gauss, gauss = numpy_state
     version, internal, gauss_next = python_state  # 624 Mersenne Twister words + the position: all uint32
     return {"torch": torch_state.numpy().tobytes().hex(),
-            "numpy": {"keys": _hex(keys), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "numpy": {"keys": _hex(keys), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "gauss": float(gauss)},
             "python": {"version": version, "state": _hex(internal), "gauss_next": gauss_next}}
 
 
@@ -105,7 +109,8 @@ def _words(text: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str] = (), device: str = "cpu") -> None:
+def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str] = (),
+                 device: str = "cpu") -> None:
     """Load a safetensors file into `model`, strictly: every key of either side must be on the other, except
     the keys under the module names in `partial` (e.g. ["generation_head"], a head the saved model did not
     have: it keeps its fresh initialisation). A tied weight (an LM head sharing the embeddings) loads with
@@ -129,8 +134,9 @@ def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str
     missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded and not may_differ(k)]
     unexpected = [k for k in state if k not in own and not may_differ(k)]
     if missing or unexpected:
-        raise ValueError(f"{file} does not match the model: {len(missing)} keys missing {missing[:8]}, {len(unexpected)} "
-                         f"unexpected {unexpected[:8]}; name the modules that may differ in init_from_partial")
+        raise ValueError(f"{file} does not match the model: {len(missing)} keys missing {missing[:8]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:8]}; name the modules that may differ "
+                         "in init_from_partial")
     model.load_state_dict(state, strict=False)
 
 
@@ -165,12 +171,14 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     """A format-2 checkpoint's meta.json; raises for a format this code does not read."""
     meta = json.loads((Path(folder) / META_FILE).read_text())
     if meta["format"] > FORMAT:
-        raise ValueError(f"{folder} is checkpoint format {meta['format']}, newer than this mmvid reads ({FORMAT})")
+        raise ValueError(f"{folder} is checkpoint format {meta['format']}, newer than this mmvid reads "
+                         f"({FORMAT})")
     return meta
 
 
 def _write_meta(folder: Path, kind: str, train_state: dict, config: dict) -> None:
-    meta = {"format": FORMAT, "kind": kind, "step": train_state["step"], "train_state": train_state, "config": config}
+    meta = {"format": FORMAT, "kind": kind, "step": train_state["step"], "train_state": train_state,
+            "config": config}
     tmp = folder / f".{META_FILE}.partial"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, folder / META_FILE)
@@ -183,19 +191,25 @@ def upgrade_checkpoint(folder: str | Path) -> None:
     if (folder / "state.pt").is_file():  # the tokenizer loop
         old = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         torch.save({"optimizer": old["optimizer"], "scheduler": old["scheduler"]}, folder / OPTIMIZER_FILE)
-        samplers, seconds, legacy, kind = {"train": old["sampler"]}, old["trained_seconds"], "state.pt", "module"
-        samples_seen = old["step"] * old["config"]["batch_size"] * old["sampler"]["world_size"]  # full batches only
+        samplers, seconds = {"train": old["sampler"]}, old["trained_seconds"]
+        legacy, kind = "state.pt", "module"
+        # full batches only
+        samples_seen = old["step"] * old["config"]["batch_size"] * old["sampler"]["world_size"]
     elif (folder / "client_state.json").is_file():  # the SFT loop: rank 0's DeepSpeed client state
         states = sorted((folder / DEEPSPEED_TAG).glob("*model_states.pt"))
         old = torch.load(states[0], map_location="cpu", weights_only=True)["mmvid"]
         samplers = old.get("samplers") or {"train": old["sampler"]}  # "sampler": saved before the curriculum
-        seconds, samples_seen, legacy, kind = 0.0, old["samples_seen"], "client_state.json", "deepspeed"  # no time kept
+        # no time kept
+        seconds, samples_seen, legacy, kind = 0.0, old["samples_seen"], "client_state.json", "deepspeed"
     else:
         raise FileNotFoundError(f"{folder} is not a format-1 checkpoint (no state.pt or client_state.json)")
     rng = old["rng"]
-    train_state = {"step": old["step"], "samples_seen": samples_seen, "seconds": seconds, "samplers": samplers,
-                   "rng": _rng_json(rng["torch"], ("MT19937", rng["numpy"]["keys"].numpy(), rng["numpy"]["pos"],
-                                                   rng["numpy"]["has_gauss"], rng["numpy"]["gauss"]), rng["python"])}
+    train_state = {"step": old["step"], "samples_seen": samples_seen, "seconds": seconds,
+                   "samplers": samplers,
+                   "rng": _rng_json(rng["torch"], ("MT19937", rng["numpy"]["keys"].numpy(),
+                                                   rng["numpy"]["pos"],
+                                                   rng["numpy"]["has_gauss"], rng["numpy"]["gauss"]),
+                                    rng["python"])}
     _write_meta(folder, kind, train_state, old["config"])
     (folder / legacy).unlink()
 
@@ -208,8 +222,10 @@ class Checkpointer:
     def __init__(self, root: str | Path, keep: int = 2, rank: int = 0, world_size: int = 1):
         self.root, self.keep, self.rank, self.world_size = Path(root), keep, rank, world_size
 
-    def save(self, state: TrainState, config: dict, *, engine=None, model=None, optimizer=None, scheduler=None) -> Path:
-        """Checkpoint `state.step`: the `engine`'s DeepSpeed checkpoint, or `model`, `optimizer` and `scheduler`."""
+    def save(self, state: TrainState, config: dict, *, engine=None, model=None, optimizer=None,
+             scheduler=None) -> Path:
+        """Checkpoint `state.step`: the `engine`'s DeepSpeed checkpoint, or `model`, `optimizer` and
+        `scheduler`."""
         from safetensors.torch import save_file
 
         final = self.root / "checkpoints" / f"step_{state.step:06d}"
@@ -221,8 +237,10 @@ class Checkpointer:
         if engine is not None:
             engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
         elif self.rank == 0:
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                      str(tmp / WEIGHTS_FILE))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                       tmp / OPTIMIZER_FILE)
         self._barrier()
         if self.rank == 0:
             _write_meta(tmp, "deepspeed" if engine is not None else "module", state.state_dict(), config)
@@ -233,9 +251,10 @@ class Checkpointer:
         self._barrier()
         return final
 
-    def load(self, state: TrainState, *, engine=None, model=None, optimizer=None, scheduler=None) -> Path | None:
-        """Restore the newest complete checkpoint into `state` and the engine (or model, optimizer, scheduler),
-        upgrading a format-1 folder first; None when there is none."""
+    def load(self, state: TrainState, *, engine=None, model=None, optimizer=None,
+             scheduler=None) -> Path | None:
+        """Restore the newest complete checkpoint into `state` and the engine (or model, optimizer,
+        scheduler), upgrading a format-1 folder first; None when there is none."""
         from safetensors.torch import load_file
 
         folder = latest_checkpoint(self.root)

@@ -290,7 +290,8 @@ def _check(value, tp, key: str, base):
             raise bad
         key_tp, value_tp = args or (Any, Any)
         return {
-            _check(k, key_tp, f"{key} (a key)", None): _check(v, value_tp, f"{key}.{k}", None) for k, v in value.items()
+            _check(k, key_tp, f"{key} (a key)", None): _check(v, value_tp, f"{key}.{k}", None)
+            for k, v in value.items()
         }
     raise TypeError(f"{key}: unsupported config field type {_type_name(tp)}")
 

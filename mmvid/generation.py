@@ -2,10 +2,12 @@
 
     from mmvid.generation import PromptCache, SamplingParams, generate, stream
 
-    ids = model.prompt_ids(messages, features)          # the chat template; each <video> expanded for its features
+    # the chat template; each <video> expanded for its features
+    ids = model.prompt_ids(messages, features)
     params = SamplingParams(temperature=0.7, top_p=0.9, seed=0, max_new_tokens=64, stop=("\\n",))
     out = generate(model, ids, params, video_features=features)
-    out.text, out.token_ids, out.finish_reason, out.usage   # finish_reason: "stop" (eos or a stop string) | "length"
+    out.text, out.token_ids, out.finish_reason, out.usage
+    # finish_reason: "stop" (eos or a stop string) | "length"
 
     cache = PromptCache()                                # one per conversation, kept between its requests
     for delta in stream(model, ids, params, video_features=features, cache=cache):
@@ -149,7 +151,8 @@ class PromptCache:
         self.kv, self.ids, self.features = None, [], None
 
     def video_features(self, key: Hashable, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The features of the video named `key` (a path, a URL, a hash), from `encode()` the first time only."""
+        """The features of the video named `key` (a path, a URL, a hash), from `encode()` the first time
+        only."""
         if key not in self.videos:
             if len(self.videos) >= self.max_videos:
                 self.videos.pop(next(iter(self.videos)))  # the oldest
@@ -161,7 +164,8 @@ class PromptCache:
         videos in it. The prefix never ends inside a video span, nor passes a video whose features changed."""
         if self.kv is None:
             return 0, 0
-        keep = next((i for i, (a, b) in enumerate(zip(self.ids, ids)) if a != b), min(len(self.ids), len(ids)))
+        keep = next((i for i, (a, b) in enumerate(zip(self.ids, ids)) if a != b),
+                    min(len(self.ids), len(ids)))
         cached = self.kv.get_seq_length()
         keep = min(keep, cached, len(ids) - 1)  # at least one token runs, for the logits
         per_video = 1 if features is None else features.shape[1]
@@ -182,7 +186,8 @@ def _same_videos(old: torch.Tensor | None, new: torch.Tensor | None) -> int:
     if old is None or new is None:
         return 0
     count = 0
-    while count < min(len(old), len(new)) and old[count].shape == new[count].shape and torch.equal(old[count], new[count]):
+    while count < min(len(old), len(new)) and old[count].shape == new[count].shape and torch.equal(
+        old[count], new[count]):
         count += 1
     return count
 
@@ -226,7 +231,8 @@ def stream(model, prompt_ids: list[int], params: SamplingParams = SamplingParams
         logits = prefill(model, prompt_ids, video_features, cache)
         usage.cached_tokens = cache.reused
         for step in range(params.max_new_tokens):
-            token = int(sample_tokens(logits[None], params.temperature, params.top_k, params.top_p, generator)[0])
+            token = int(
+                sample_tokens(logits[None], params.temperature, params.top_k, params.top_p, generator)[0])
             cache.ids.append(token)
             if token == eos:
                 yield Delta(text.flush(), [], "stop", usage)
@@ -238,7 +244,8 @@ def stream(model, prompt_ids: list[int], params: SamplingParams = SamplingParams
                 yield Delta(piece + text.flush(), [token], finish, usage)
                 return
             yield Delta(piece, [token])
-            logits, cache.kv = model.next_token_logits(torch.tensor([[token]], device=model.device), cache=cache.kv)
+            logits, cache.kv = model.next_token_logits(torch.tensor([[token]], device=model.device),
+                                                       cache=cache.kv)
             logits = logits[0]
     except GeneratorExit:
         raise
@@ -282,7 +289,8 @@ class _Text:
         if cuts:
             self.text, self.stopped = self.text[:min(cuts)], True
             return self.flush()
-        if token not in self.special and not _BYTE_TOKEN.fullmatch(self.tokenizer.convert_ids_to_tokens(token)):
+        if token not in self.special and not _BYTE_TOKEN.fullmatch(
+            self.tokenizer.convert_ids_to_tokens(token)):
             self.settled = len(self.text)
         return self._take(self._safe_end())
 
@@ -296,5 +304,6 @@ class _Text:
 
     def _safe_end(self) -> int:
         incomplete = len(self.text.rstrip("\ufffd"))  # byte-level BPE: a character's first bytes
-        starts = [len(self.text) - k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])]
+        starts = [
+            len(self.text) - k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])]
         return min([self.settled, incomplete, *starts])

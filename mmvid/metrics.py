@@ -24,7 +24,8 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.ndim not in (4, 5):
-        raise ValueError(f"expected videos (B, C, T, H, W) or images (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"expected videos (B, C, T, H, W) or images (B, C, H, W), got shape {tuple(x.shape)}")
 
 
 @torch.no_grad()
@@ -82,7 +83,8 @@ def ssim(
     mu_x, mu_y, xx, yy, xy = stats.unbind(dim=1)  # each (N, H', W')
     var_x, var_y, cov_xy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     # Every frame and channel has the same number of positions, so one mean per sample is their mean.
     return ssim_map.reshape(B, -1).mean(dim=1)  # (B,)
 

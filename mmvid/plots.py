@@ -34,10 +34,12 @@ def plot_curve(run: str | Path, output: str | Path, chance: float = 0.25) -> Pat
     run = Path(run)
     points = _lines(run / "curve.jsonl")
     if not points:
-        raise FileNotFoundError(f"{run}/curve.jsonl has no evaluations; train with eval_every=N (the default run does)")
+        raise FileNotFoundError(f"{run}/curve.jsonl has no evaluations; train with eval_every=N (the "
+                                "default run does)")
     stages = _lines(run / "stages.jsonl")
     offset = sum(s["seconds"] for s in stages) / 60  # minutes before SFT starts
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.3]})
     start = 0.0
     for k, s in enumerate(stages):
         width = s["seconds"] / 60
@@ -51,9 +53,11 @@ def plot_curve(run: str | Path, output: str | Path, chance: float = 0.25) -> Pat
     categories = sorted({k.split("/")[0] for p in points for k in p["metrics"] if k.endswith("/acc")},
                         key=lambda c: CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 99)
     for k, c in enumerate(categories):
-        top.plot(x, [p["metrics"].get(f"{c}/acc", float("nan")) for p in points], "-", lw=1.2, color=f"C{k}", label=c)
+        top.plot(x, [p["metrics"].get(f"{c}/acc", float("nan")) for p in points], "-", lw=1.2, color=f"C{k}",
+                 label=c)
     if any("acc_letter" in p["metrics"] for p in points):
-        top.plot(x, [p["metrics"].get("acc_letter", float("nan")) for p in points], "k:", lw=1.2, label="overall (letter)")
+        top.plot(x, [p["metrics"].get("acc_letter", float("nan")) for p in points], "k:", lw=1.2,
+                 label="overall (letter)")
     top.axhline(chance, color="grey", ls="--", lw=1, label="chance")
     top.set_ylim(0, 1)
     top.set_ylabel(f"val tv_align accuracy ({formulation})")

@@ -51,21 +51,24 @@ class VideoProcessorConfig:
     fps: float | None = None  # sampling="fps": the target rate, in frames per second
     min_frames: int = 1  # the video tokenizer's shortest clip
     max_frames: int | None = None  # its longest clip; None: any length
-    tokens_per_video: int = 0  # LLM positions of each <video> span at num_frames (0: a processor for videos alone)
+    # LLM positions of each <video> span at num_frames (0: a processor for videos alone)
+    tokens_per_video: int = 0
     max_length: int = 2048  # longest sample in tokens; longer ones are rejected, never truncated
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {list(SAMPLING_MODES)}")
         if (self.sampling == "fps") != (self.fps is not None) or (self.fps is not None and self.fps <= 0):
-            raise ValueError(f"sampling='fps' needs a positive fps, and only it takes one (sampling {self.sampling!r}, "
-                             f"fps {self.fps!r})")
+            raise ValueError("sampling='fps' needs a positive fps, and only it takes one (sampling "
+                             f"{self.sampling!r}, fps {self.fps!r})")
         if self.image_size < 1 or self.min_frames < 1 or self.tokens_per_video < 0 or self.max_length < 8:
-            raise ValueError("image_size and min_frames must be >= 1, tokens_per_video >= 0 and max_length >= 8")
+            raise ValueError("image_size and min_frames must be >= 1, tokens_per_video >= 0 and max_length "
+                             ">= 8")
         self.check_frames(self.num_frames)
 
     def check_frames(self, num_frames: int) -> int:
-        """`num_frames` when the video tokenizer takes that many frames; else a ValueError saying what it takes."""
+        """`num_frames` when the video tokenizer takes that many frames; else a ValueError saying what it
+        takes."""
         low, high = self.min_frames, self.max_frames
         whole = isinstance(num_frames, int) and not isinstance(num_frames, bool)
         if not whole or num_frames < low or (high is not None and num_frames > high):
@@ -76,8 +79,8 @@ class VideoProcessorConfig:
     @classmethod
     def for_video_tokenizer(cls, video_tokenizer, num_frames: int, **fields) -> VideoProcessorConfig:
         """Frames as `video_tokenizer` takes them: its image size and frame limits, `num_frames` per video."""
-        return cls(num_frames=num_frames, image_size=video_tokenizer.image_size, min_frames=video_tokenizer.min_frames,
-                   max_frames=video_tokenizer.max_frames, **fields)
+        return cls(num_frames=num_frames, image_size=video_tokenizer.image_size,
+                   min_frames=video_tokenizer.min_frames, max_frames=video_tokenizer.max_frames, **fields)
 
 
 class VideoProcessor:
@@ -118,8 +121,8 @@ class VideoProcessor:
             ValueError: a bad conversation, or not `num_videos` <video> placeholders.
         """
         c = self.config
-        encoded = encode_conversation(self._text_tokenizer(), conversations, self.video_ids, c.tokens_per_video,
-                                      c.max_length, sample_id)
+        encoded = encode_conversation(self._text_tokenizer(), conversations, self.video_ids,
+                                      c.tokens_per_video, c.max_length, sample_id)
         if num_videos is not None and encoded.num_videos != num_videos:
             raise ValueError(f"sample {sample_id!r}: {encoded.num_videos} <video> placeholder(s) but "
                              f"{num_videos} video(s)")
@@ -159,7 +162,8 @@ class VideoProcessor:
         """
         width = max(len(s) for s in samples)
         batch = {
-            "input_ids": torch.full((len(samples), width), self._text_tokenizer().pad_token_id, dtype=torch.long),
+            "input_ids": torch.full((len(samples), width), self._text_tokenizer().pad_token_id,
+                                    dtype=torch.long),
             "attention_mask": torch.zeros((len(samples), width), dtype=torch.long),
             "labels": torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long),
         }
@@ -171,10 +175,11 @@ class VideoProcessor:
             batch["videos"] = torch.stack(videos)
         if video_index is not None:
             spans = sum(s.num_videos for s in samples)
-            in_range = bool(videos) and 0 <= min(video_index, default=0) and max(video_index, default=0) < len(videos)
+            in_range = (bool(videos) and 0 <= min(video_index, default=0)
+                        and max(video_index, default=0) < len(videos))
             if len(video_index) != spans or (spans and not in_range):
-                raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the number of "
-                                 f"videos ({len(videos or [])}); got {list(video_index)}")
+                raise ValueError(f"video_index needs one entry per <video> span ({spans}), each < the "
+                                 f"number of videos ({len(videos or [])}); got {list(video_index)}")
             batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
         targets = [bool(t) for s in samples for t in (s.targets or [False] * s.num_videos)]
         if any(targets):
@@ -226,15 +231,18 @@ def config_from_checkpoint(record: dict) -> VideoProcessorConfig:
     from mmvid.video_tokenizers import video_tokenizer_from_record
 
     if not {"videollm", "manifest", "video_tokenizer"} <= set(record):
-        raise ValueError("not a VideoLLM config.json (no 'videollm', 'manifest' and 'video_tokenizer' sections)")
+        raise ValueError("not a VideoLLM config.json (no 'videollm', 'manifest' and 'video_tokenizer' "
+                         "sections)")
     with torch.device("meta"):
         tokenizer = video_tokenizer_from_record(record["video_tokenizer"])
     model, manifest = record["videollm"], record["manifest"]
-    return VideoProcessorConfig.for_video_tokenizer(tokenizer, model["num_frames"], max_length=model["max_length"],
+    return VideoProcessorConfig.for_video_tokenizer(tokenizer, model["num_frames"],
+                                                    max_length=model["max_length"],
                                                     tokens_per_video=manifest["tokens_per_video"])
 
 
-def block_attention(samples: list[EncodedSample | PackedSample], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def block_attention(samples: list[EncodedSample | PackedSample],
+                    width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention mask and positions of a right-padded batch with packed rows.
 
     A token of a packed row's segment k attends to the prefix and causally to segment k's own earlier

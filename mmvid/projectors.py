@@ -1,6 +1,7 @@
 """Projectors: video-tokenizer tokens -> the LLM's embedding space.
 
-    projector = build_projector(ProjectorConfig(type="mlp2x_gelu", in_dim=tokenizer.token_dim, out_dim=hidden_size))
+    projector = build_projector(ProjectorConfig(type="mlp2x_gelu", in_dim=tokenizer.token_dim,
+                                                out_dim=hidden_size))
     layout = tokenizer.token_layout(T, H, W)
     embeds = projector(tokenizer.encode(video), layout)          # (B, N, D) -> (B, M, hidden_size)
     embeds.shape[1] == projector.num_outputs(layout.num_tokens)   # M: N, or a fixed budget / num_queries
@@ -69,24 +70,26 @@ class StructureEmbedding(nn.Module):
     def initialize_weights(self) -> None:
         # Zero: an untrained projector must equal the plain one, so adding structure to a trained
         # (or LLaVA-initialised) projector does not disturb it; the gradients are still non-zero.
-        for p in (self.group.weight, self.time.weight, self.position.weight, self.position.bias, self.undefined):
+        for p in (self.group.weight, self.time.weight, self.position.weight, self.position.bias,
+                  self.undefined):
             nn.init.zeros_(p)
 
     def check(self, layout: TokenLayout) -> None:
         """ValueError when the layout does not fit the tables (checked before any device copy)."""
         if len(layout.groups) > self.max_groups:
-            raise ValueError(f"layout has {len(layout.groups)} groups {list(layout.groups)} but max_groups is "
-                             f"{self.max_groups}; raise ProjectorConfig.max_groups")
+            raise ValueError(f"layout has {len(layout.groups)} groups {list(layout.groups)} but max_groups "
+                             f"is {self.max_groups}; raise ProjectorConfig.max_groups")
         if layout.num_tokens == 0:
             return
         if int(layout.group.min()) < 0 or int(layout.group.max()) >= len(layout.groups):
             raise ValueError(f"layout.group must index layout.groups (0..{len(layout.groups) - 1}), "
                              f"got values in [{int(layout.group.min())}, {int(layout.group.max())}]")
         if int(layout.time.min()) < -1:
-            raise ValueError(f"layout.time must be a frame index or -1 (spans frames), got {int(layout.time.min())}")
+            raise ValueError("layout.time must be a frame index or -1 (spans frames), got "
+                             f"{int(layout.time.min())}")
         if int(layout.time.max()) >= self.max_frames:
-            raise ValueError(f"layout has frame index {int(layout.time.max())} but max_frames is {self.max_frames}; "
-                             f"raise ProjectorConfig.max_frames")
+            raise ValueError(f"layout has frame index {int(layout.time.max())} but max_frames is "
+                             f"{self.max_frames}; raise ProjectorConfig.max_frames")
         position = layout.position.float()
         if not bool(((position >= 0) & (position <= 1) | (position == -1)).all()):
             raise ValueError("layout.position must be in [0, 1], or -1 where undefined, "
@@ -145,16 +148,20 @@ class Projector(nn.Module):
         name, c = type(self).__name__, self.config
         is_tensor = isinstance(tokens, torch.Tensor)
         if self.discrete:
-            if not is_tensor or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            if (not is_tensor or tokens.is_floating_point() or tokens.is_complex()
+                or tokens.dtype == torch.bool):
                 raise ValueError(f"{name} expects long token ids (B, N), got {_describe(tokens)}")
             if tokens.ndim != 2:
-                raise ValueError(f"{name} expects token ids of rank 2 (B, N), got shape {tuple(tokens.shape)}")
+                raise ValueError(
+                    f"{name} expects token ids of rank 2 (B, N), got shape {tuple(tokens.shape)}")
         else:
             if not is_tensor or not tokens.is_floating_point():
                 hint = "; discrete tokenizers need type='embedding'" if is_tensor else ""
-                raise ValueError(f"{name} expects float tokens (B, N, {c.in_dim}), got {_describe(tokens)}{hint}")
+                raise ValueError(f"{name} expects float tokens (B, N, {c.in_dim}), got "
+                                 f"{_describe(tokens)}{hint}")
             if tokens.ndim != 3:
-                raise ValueError(f"{name} expects tokens of rank 3 (B, N, {c.in_dim}), got shape {tuple(tokens.shape)}")
+                raise ValueError(f"{name} expects tokens of rank 3 (B, N, {c.in_dim}), got shape "
+                                 f"{tuple(tokens.shape)}")
             if tokens.shape[-1] != c.in_dim:
                 raise ValueError(f"{name} expects {c.in_dim} channels per token (in_dim), "
                                  f"got {tokens.shape[-1]} (shape {tuple(tokens.shape)})")
@@ -167,9 +174,10 @@ class Projector(nn.Module):
                                  "projector(tokens, tokenizer.token_layout(T, H, W))")
             return
         if layout.num_tokens != N or layout.time.numel() != N or tuple(layout.position.shape) != (N, 3):
-            raise ValueError(f"layout describes {layout.num_tokens} tokens (time {tuple(layout.time.shape)}, position "
-                             f"{tuple(layout.position.shape)}) but the input has N = {N} (shape {tuple(tokens.shape)}); "
-                             f"expected group ({N},), time ({N},), position ({N}, 3)")
+            raise ValueError(f"layout describes {layout.num_tokens} tokens (time "
+                             f"{tuple(layout.time.shape)}, position {tuple(layout.position.shape)}) but the "
+                             f"input has N = {N} (shape "
+                             f"{tuple(tokens.shape)}); expected group ({N},), time ({N},), position ({N}, 3)")
         if self.structure is not None:
             self.structure.check(layout)
 
@@ -292,7 +300,8 @@ class EmbeddingProjector(Projector):
             raise ValueError(f"layout has codebook_size {layout.codebook_size} but the projector has {size}")
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= size:
-            raise ValueError(f"token ids must be in [0, {size}) (codebook_size {size}), got ids in [{low}, {high}]")
+            raise ValueError(f"token ids must be in [0, {size}) (codebook_size {size}), got ids in [{low}, "
+                             f"{high}]")
 
     def forward(self, tokens: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
         self.check_inputs(tokens, layout)
@@ -341,7 +350,8 @@ class ProjectorConfig:
             raise ValueError(f"codebook_size is only used by type='embedding' (discrete tokens), "
                              f"got type={self.type!r}")
         if self.type == "resampler" and self.out_dim % self.num_heads:
-            raise ValueError(f"resampler: out_dim {self.out_dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(f"resampler: out_dim {self.out_dim} is not divisible by num_heads "
+                             f"{self.num_heads}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +395,8 @@ def projector_builder(name: str) -> Callable[[ProjectorConfig], Projector]:
     match = MLP_PATTERN.fullmatch(name) if isinstance(name, str) else None
     if match and int(match.group(1)) >= 1:
         return lambda config: MLPProjector(config, num_layers=int(match.group(1)))
-    raise UnknownProjectorError(f"unknown projector {name!r}; known: {sorted(PROJECTORS)} (or mlp{{N}}x_gelu)")
+    raise UnknownProjectorError(
+        f"unknown projector {name!r}; known: {sorted(PROJECTORS)} (or mlp{{N}}x_gelu)")
 
 
 def build_projector(config: ProjectorConfig) -> Projector:

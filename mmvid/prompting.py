@@ -54,7 +54,8 @@ class PackedSample:
     labels: list[int]
     num_videos: int  # the video spans, all in the prefix
     prefix_length: int  # P: the tokens every segment attends to
-    segments: list[tuple[int, int]]  # [start, end) of each round's own tokens; positions P, P + 1, ... in each
+    # [start, end) of each round's own tokens; positions P, P + 1, ... in each
+    segments: list[tuple[int, int]]
     targets: list[bool] | None = None
 
     def __len__(self) -> int:
@@ -67,7 +68,8 @@ def to_messages(conversations: list[dict]) -> list[dict]:
     for i, turn in enumerate(conversations):
         role = ROLES.get(turn.get("from"))
         if role is None or not isinstance(turn.get("value"), str):
-            raise ValueError(f"turn {i} must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got {turn!r}")
+            raise ValueError(f"turn {i} must be {{'from': one of {sorted(ROLES)}, 'value': str}}, got "
+                             f"{turn!r}")
         messages.append({"role": role, "content": turn["value"]})
     return messages
 
@@ -107,8 +109,9 @@ def encode_conversation(
         before = _render(tokenizer, messages[:k], generation_prompt=True)
         through = _render(tokenizer, messages[: k + 1], generation_prompt=False)
         if full[: len(before)] != before or full[: len(through)] != through:
-            raise ValueError("the chat template does not render conversations as clean prefixes, so assistant "
-                             "turns cannot be masked reliably; use a template whose turns only append")
+            raise ValueError("the chat template does not render conversations as clean prefixes, so "
+                             "assistant turns cannot be masked reliably; use a template whose turns only "
+                             "append")
         labels[len(before) : len(through)] = full[len(before) : len(through)]
         supervised += len(through) - len(before)
     if supervised == 0:
@@ -118,19 +121,23 @@ def encode_conversation(
     targets = [labels[i] != IGNORE_INDEX for i, t in enumerate(full) if t == video_ids.placeholder]
     if max_length is not None and len(input_ids) > max_length:
         raise SampleTooLongError(
-            f"sample {sample_id!r} needs {len(input_ids)} tokens (with {full.count(video_ids.placeholder)} video span(s)) "
-            f"but max_length is {max_length}; use fewer frames, a smaller video token budget, or a larger max_length"
+            f"sample {sample_id!r} needs {len(input_ids)} tokens (with {full.count(video_ids.placeholder)} "
+            "video span(s)) "
+            f"but max_length is {max_length}; use fewer frames, a smaller video token budget, or a larger "
+            "max_length"
         )
     return EncodedSample(input_ids, out_labels, len(targets), targets)
 
 
-def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoTokenIds, tokens_per_video: int | list[int],
+def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoTokenIds,
+                  tokens_per_video: int | list[int],
                   sample_id: str | None = None) -> tuple[list[int], list[int] | None]:
     """Replace each placeholder by start + N placeholders + end; video positions get no labels."""
     count = ids.count(video_ids.placeholder)
     per_video = [tokens_per_video] * count if isinstance(tokens_per_video, int) else list(tokens_per_video)
     if len(per_video) != count:
-        raise ValueError(f"sample {sample_id!r}: {count} video placeholder(s) in the text but {len(per_video)} video(s)")
+        raise ValueError(f"sample {sample_id!r}: {count} video placeholder(s) in the text but "
+                         f"{len(per_video)} video(s)")
     out_ids: list[int] = []
     out_labels: list[int] = []
     v = 0
@@ -146,12 +153,15 @@ def expand_videos(ids: list[int], labels: list[int] | None, video_ids: VideoToke
     return out_ids, (out_labels if labels is not None else None)
 
 
-def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds, tokens_per_video: int | list[int]) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], video_ids: VideoTokenIds,
+                  tokens_per_video: int | list[int]) -> list[int]:
     """Token ids of a chat ending in a generation prompt, with video spans expanded (for `generate`)."""
-    return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids, tokens_per_video)[0]
+    return expand_videos(_render(tokenizer, messages, generation_prompt=True), None, video_ids,
+                         tokens_per_video)[0]
 
 
-def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds, sample_id: str | None = None) -> PackedSample:
+def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
+                sample_id: str | None = None) -> PackedSample:
     """Encodings that share their opening (system turn, user header, the video) -> one PackedSample:
     their longest common token prefix, then each one's remaining tokens.
 
@@ -168,12 +178,14 @@ def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds, sample_i
     for s in samples[1:]:  # the longest common prefix
         P = next((i for i, (a, b) in enumerate(zip(first[:P], s.input_ids)) if a != b), P)
     # Cut so that no round has a label at or before position P (its first segment token); every round has one.
-    P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1 for s in samples]))
+    P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1
+                          for s in samples]))
     video = {video_ids.placeholder, video_ids.start, video_ids.end}
     if video_ids.end not in first[:P] or any(video & set(s.input_ids[P:]) for s in samples):
-        raise ValueError(f"sample {sample_id!r}: the rounds' common prefix ({P} tokens) does not hold the whole video "
-                         "span, so they cannot share it; the chat template must render the video before anything "
-                         "that differs between rounds")
+        raise ValueError(f"sample {sample_id!r}: the rounds' common prefix ({P} tokens) does not hold the "
+                         "whole video span, so they cannot share it; the chat template must render the "
+                         "video before "
+                         "anything that differs between rounds")
     input_ids, labels, segments = list(first[:P]), list(samples[0].labels[:P]), []
     for s in samples:
         segments.append((len(input_ids), len(input_ids) + len(s) - P))

@@ -20,7 +20,8 @@ def indexed_frames(num_frames: int, height: int = 32, width: int = 32) -> np.nda
     if BASE + STEP * (num_frames - 1) > 255:
         raise ValueError(f"at most {(255 - BASE) // STEP + 1} frames have distinct grey levels")
     levels = BASE + STEP * np.arange(num_frames, dtype=np.int64)
-    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).astype(np.uint8).copy()
+    frames = np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3))
+    return frames.astype(np.uint8).copy()
 
 
 def frame_index_of(frames) -> list[int]:
@@ -63,8 +64,8 @@ def world_text_tokenizer(folder: str | Path, vocab_size: int = 400, scenes: int 
     return folder
 
 
-def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny", num_frames: int = 8,
-                  vocab_size: int = 400, seed: int = 0, **config):
+def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: str = "vtok_tiny",
+                  num_frames: int = 8, vocab_size: int = 400, seed: int = 0, **config):
     """A tiny untrained VideoLLM for tests: a sentencepiece tokenizer trained on synthetic-world text
     (saved under `workdir/text-tokenizer`, reused if present) and a 2-layer LLM built from a config."""
     import torch
@@ -76,16 +77,18 @@ def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: s
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False)}[family]
     torch.manual_seed(seed)
-    settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer, num_frames=num_frames,
-                    max_length=1024)
+    settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer,
+                    num_frames=num_frames, max_length=1024)
     return VideoLLM.build(VideoLLMConfig(**{**settings, **config})).eval()
 
 
 def world_clips(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0):
-    """A batch of rendered synthetic-world scenes in the model layout, float (B, 3, T, size, size) in [-1, 1]."""
+    """A batch of rendered synthetic-world scenes in the model layout, float (B, 3, T, size, size) in [-1,
+    1]."""
     import torch
 
     from mmvid.data import frames_to_tensor
     from mmvid.data.shapes.world import render, sample_scene
 
-    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+    return torch.stack(
+        [frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])

@@ -135,8 +135,9 @@ def _hf_tokenizer_from_spm(model_file: str | os.PathLike, model_type: str):
     """The `PreTrainedTokenizerFast` equivalent of a SentencePiece model trained by `train_text_tokenizer`
     (`model_type` as trained: the .model file records it, but only protobuf could read it)."""
     import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     ids = range(sp.get_piece_size())

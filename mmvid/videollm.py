@@ -28,10 +28,16 @@ import torch.nn as nn
 
 from mmvid.generation_heads import GENERATION_HEADS as HEAD_KINDS
 from mmvid.generation_heads import DiscreteVideoHead, build_generation_head
-from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.processor import PROCESSOR_FILE, VideoProcessor, VideoProcessorConfig
+from mmvid.projectors import EmbeddingProjector, MLPProjector, ProjectorConfig, build_projector
 from mmvid.prompting import IGNORE_INDEX, encode_conversation
-from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
+from mmvid.text_tokenizer import (
+    VIDEO_END,
+    VIDEO_START,
+    VIDEO_TOKEN,
+    add_video_special_tokens,
+    ensure_chat_template,
+)
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from, video_tokenizer_from_record
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ GENERATION_HEADS = (None, "auto", *HEAD_KINDS)
 
 @dataclass
 class VideoLLMConfig:
-    llm: str | None = None  # local folder or hub id of an AutoModelForCausalLM (weights via from_pretrained); wins over llm_config
+    # local folder or hub id of an AutoModelForCausalLM (weights via from_pretrained); wins over llm_config
+    llm: str | None = None
     llm_config: dict | None = None  # or a config dict with "model_type" (tiny models built from scratch)
     text_tokenizer: str | None = None  # folder of the LLM's tokenizer (default: `llm`)
     video_tokenizer: str = "vtok_tiny"  # a preset name, or a folder written by save_pretrained
@@ -52,8 +59,10 @@ class VideoLLMConfig:
     projector: str = "mlp2x_gelu"  # a key of mmvid.projectors.PROJECTORS or mlp{N}x_gelu
     projector_kwargs: dict[str, Any] = field(default_factory=dict)  # other ProjectorConfig fields
     num_frames: int = 16  # frames fed to the video tokenizer (the default of the processor's num_frames)
-    max_length: int = 2048  # longest sample in tokens (the processor's default); longer ones are rejected, never cut
-    attn_implementation: str = "auto"  # auto: flash_attention_2 on CUDA in half precision when installed, else sdpa, else eager
+    # longest sample in tokens (the processor's default); longer ones are rejected, never cut
+    max_length: int = 2048
+    # auto: flash_attention_2 on CUDA in half precision when installed, else sdpa, else eager
+    attn_implementation: str = "auto"
     dtype: str = "float32"  # float32 | bfloat16 | float16
     train_llm: bool = True
     train_projector: bool = True
@@ -63,10 +72,12 @@ class VideoLLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: str = "all-linear"
-    # Text-to-video: a head that predicts the video tokens of assistant-turn <video> spans (mmvid.generation_heads).
-    # None: understanding only; auto: discrete for a discrete tokenizer, else flow; or discrete | flow | regression.
+    # Text-to-video: a head that predicts the video tokens of assistant-turn <video> spans
+    # (mmvid.generation_heads). None: understanding only; auto: discrete for a discrete tokenizer, else flow;
+    # or discrete | flow | regression.
     generation_head: str | None = None
-    generation_head_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. width, depth, repeats, sample_steps
+    # e.g. width, depth, repeats, sample_steps
+    generation_head_kwargs: dict[str, Any] = field(default_factory=dict)
     generation_loss_weight: float = 1.0  # loss = text loss + weight x video-token loss
 
     def __post_init__(self):
@@ -75,13 +86,15 @@ class VideoLLMConfig:
         elif self.llm_config is None:
             raise ValueError("give llm (a path or hub id) or llm_config (a config dict with model_type)")
         if self.attn_implementation not in ATTENTION:
-            raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}; known: {list(ATTENTION)}")
+            raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}; known: "
+                             f"{list(ATTENTION)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}")
         if self.num_frames < 1 or self.max_length < 8:
             raise ValueError("num_frames must be >= 1 and max_length >= 8")
         if self.generation_head not in GENERATION_HEADS:
-            raise ValueError(f"unknown generation_head {self.generation_head!r}; known: {list(GENERATION_HEADS)}")
+            raise ValueError(f"unknown generation_head {self.generation_head!r}; known: "
+                             f"{list(GENERATION_HEADS)}")
 
 
 TEXT_LOSSES = ("token", "span")
@@ -112,8 +125,8 @@ def choose_attn_implementation(requested: str, device: torch.device | str, dtype
     device = torch.device(device)
     if requested != "auto":
         if requested == "flash_attention_2" and not _flash_attn_available():
-            raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package (pip install mmvid[gpu]) "
-                             "and CUDA; use 'auto' to fall back to sdpa")
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package (pip "
+                             "install mmvid[gpu]) and CUDA; use 'auto' to fall back to sdpa")
         return requested
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn_available():
         choice = "flash_attention_2"
@@ -135,7 +148,8 @@ def _flash_attn_available() -> bool:
 
 
 class VideoLLM(nn.Module):
-    def __init__(self, config: VideoLLMConfig, llm: nn.Module, text_tokenizer, video_tokenizer: VideoTokenizer,
+    def __init__(self, config: VideoLLMConfig, llm: nn.Module, text_tokenizer,
+                 video_tokenizer: VideoTokenizer,
                  projector: nn.Module, generation_head: nn.Module | None = None,
                  processor: VideoProcessor | None = None):
         super().__init__()
@@ -147,7 +161,8 @@ class VideoLLM(nn.Module):
         self.generation_head = generation_head
         size = video_tokenizer.image_size
         self.image_size = size
-        self.tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(config.num_frames, size, size))
+        self.tokens_per_video = projector.num_outputs(
+            video_tokenizer.num_tokens(config.num_frames, size, size))
         self.layout = video_tokenizer.token_layout(config.num_frames, size, size)
         if processor is None:  # the default: the model's frames, tokens per video and max_length
             settings = VideoProcessorConfig.for_video_tokenizer(video_tokenizer, config.num_frames,
@@ -165,17 +180,19 @@ class VideoLLM(nn.Module):
         if self.processor.text_tokenizer is not self.text_tokenizer:
             raise ValueError("the processor must hold the model's text tokenizer")
         if c.image_size != size:
-            raise ValueError(f"the processor reads {c.image_size}x{c.image_size} frames but the video tokenizer takes "
-                             f"{size}x{size}; set the processor's image_size to {size}")
+            raise ValueError(f"the processor reads {c.image_size}x{c.image_size} frames but the video "
+                             f"tokenizer takes {size}x{size}; set the processor's image_size to {size}")
         expected = self.projector.num_outputs(self.video_tokenizer.num_tokens(c.num_frames, size, size))
         if c.tokens_per_video != expected:
             raise ValueError(f"the processor expands each <video> to {c.tokens_per_video} positions, but "
-                             f"{c.num_frames} frames give {expected} features (projector {self.projector.config.type})")
+                             f"{c.num_frames} frames give {expected} features (projector "
+                             f"{self.projector.config.type})")
 
     # -- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, config: VideoLLMConfig, text_tokenizer=None, device: str | torch.device = "cpu") -> "VideoLLM":
+    def build(cls, config: VideoLLMConfig, text_tokenizer=None,
+              device: str | torch.device = "cpu") -> "VideoLLM":
         """Assemble a fresh model (pretrained LLM weights when `config.llm` is a path or hub id)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -184,7 +201,8 @@ class VideoLLM(nn.Module):
         if text_tokenizer is None:
             source = config.text_tokenizer or config.llm
             if source is None:
-                raise ValueError("a model built from llm_config needs text_tokenizer (a folder, or pass the tokenizer)")
+                raise ValueError("a model built from llm_config needs text_tokenizer (a folder, or pass the "
+                                 "tokenizer)")
             text_tokenizer = AutoTokenizer.from_pretrained(source)
         elif isinstance(text_tokenizer, (str, os.PathLike)):
             text_tokenizer = AutoTokenizer.from_pretrained(text_tokenizer)
@@ -197,7 +215,8 @@ class VideoLLM(nn.Module):
             llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=attn)
         else:
             data = dict(config.llm_config)
-            data.setdefault("vocab_size", len(text_tokenizer))  # a model from scratch: exactly the tokenizer's vocabulary
+            # a model from scratch: exactly the tokenizer's vocabulary
+            data.setdefault("vocab_size", len(text_tokenizer))
             llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
                                                    dtype=dtype, attn_implementation=attn)
         if len(text_tokenizer) > llm.get_input_embeddings().num_embeddings:
@@ -207,7 +226,8 @@ class VideoLLM(nn.Module):
         head = _build_generation_head(config, llm, video_tokenizer, projector)
         model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head).to(device)
         model.projector.to(dtype)
-        if getattr(model.projector, "output_norm", None) is not None:  # start video at the text embeddings' scale
+        # start video at the text embeddings' scale
+        if getattr(model.projector, "output_norm", None) is not None:
             with torch.no_grad():
                 model.projector.output_norm.weight.fill_(float(llm.get_input_embeddings().weight.float().std()))
         model.apply_trainable()
@@ -219,15 +239,19 @@ class VideoLLM(nn.Module):
         if c.lora and not _is_peft(self.llm):
             from peft import LoraConfig, get_peft_model
 
-            self.llm = get_peft_model(self.llm, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                                                           target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
-        for name, part, flag in (("llm", self.llm, c.train_llm), ("projector", self.projector, c.train_projector),
+            self.llm = get_peft_model(self.llm, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha,
+                                                           lora_dropout=c.lora_dropout,
+                                                           target_modules=c.lora_target_modules,
+                                                           task_type="CAUSAL_LM"))
+        for name, part, flag in (("llm", self.llm, c.train_llm),
+                                 ("projector", self.projector, c.train_projector),
                                  ("video_tokenizer", self.video_tokenizer, c.train_video_tokenizer)):
             if name == "llm" and c.lora:
                 for pname, p in part.named_parameters():
                     p.requires_grad = flag and "lora_" in pname
             else:
-                part.requires_grad_(flag)  # a video tokenizer keeps its frozen parts frozen (VTok.requires_grad_)
+                # a video tokenizer keeps its frozen parts frozen (VTok.requires_grad_)
+                part.requires_grad_(flag)
         parts = [("llm", self.llm), ("projector", self.projector), ("video_tokenizer", self.video_tokenizer)]
         if self.generation_head is not None:
             self.generation_head.requires_grad_(True)
@@ -243,8 +267,8 @@ class VideoLLM(nn.Module):
         """Packed samples need an attention that takes a 4D mask: raise if the LLM's does not."""
         attn = _attn_implementation(self.llm)
         if attn not in ("sdpa", "eager"):
-            raise ValueError(f"packed samples (pack_questions) need attn_implementation 'sdpa' or 'eager', which take "
-                             f"a 4D block mask; the LLM uses {attn!r}, which cannot express one")
+            raise ValueError("packed samples (pack_questions) need attn_implementation 'sdpa' or 'eager', "
+                             f"which take a 4D block mask; the LLM uses {attn!r}, which cannot express one")
 
     def _llm_attention_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """A 2D mask unchanged; the processor's 4D bool block mask in the form the LLM's attention takes.
@@ -258,7 +282,8 @@ class VideoLLM(nn.Module):
         self.check_block_mask()
         if _attn_implementation(self.llm) == "eager":
             dtype = self.llm.dtype
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min)
         return mask
 
     # -- video ----------------------------------------------------------------------------------------
@@ -279,11 +304,13 @@ class VideoLLM(nn.Module):
     def project(self, tokens: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Tokenizer tokens -> LLM embeddings (V, M, hidden), with the layout of `num_frames` frames."""
         T = num_frames or self.config.num_frames
-        layout = self.layout if T == self.config.num_frames else self.video_tokenizer.token_layout(T, self.image_size, self.image_size)
+        layout = self.layout if T == self.config.num_frames else self.video_tokenizer.token_layout(
+            T, self.image_size, self.image_size)
         return self.projector(tokens, layout.to(tokens.device))
 
     def embed(self, input_ids: torch.Tensor, videos: torch.Tensor | None = None,
-              video_features: torch.Tensor | None = None, video_index: torch.Tensor | None = None) -> torch.Tensor:
+              video_features: torch.Tensor | None = None,
+              video_index: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with the video features scattered into the video positions. `video_index`
         (long, one entry per <video> span in order) picks which video each span shows."""
         embeds = self.llm.get_input_embeddings()(input_ids)
@@ -295,13 +322,15 @@ class VideoLLM(nn.Module):
             video_features = video_features[video_index.to(video_features.device)]  # (spans, N, hidden)
         num_features = 0 if video_features is None else video_features.shape[0] * video_features.shape[1]
         if num_positions != num_features:
-            raise ValueError(f"video tokens and features do not match: tokens: {num_positions}, features: {num_features}")
+            raise ValueError(f"video tokens and features do not match: tokens: {num_positions}, features: "
+                             f"{num_features}")
         if num_features:
             flat = video_features.reshape(-1, video_features.shape[-1]).to(embeds.dtype)
             embeds = embeds.masked_scatter(positions[..., None].expand_as(embeds), flat)
         return embeds
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None,
                 videos: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
                 video_index: torch.Tensor | None = None, video_targets: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, text_loss: str = "token", **kwargs):
@@ -324,16 +353,20 @@ class VideoLLM(nn.Module):
                 out["loss"] = answer_span_loss(out.logits, labels)
             return out
         if self.generation_head is None:
-            raise ValueError("the batch has text-to-video targets (video_targets: <video> in an assistant turn) "
-                             "but the model has no generation head; build it with generation_head='auto'")
+            raise ValueError("the batch has text-to-video targets (video_targets: <video> in an assistant "
+                             "turn) but the model has no generation head; build it with "
+                             "generation_head='auto'")
         if videos is None:
             raise ValueError("text-to-video targets need `videos`: their tokens are what the head learns")
         tokens = self.video_tokens(videos)
-        embeds = self.embed(input_ids, video_features=self.project(tokens, videos.shape[2]), video_index=video_index)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels, output_hidden_states=True, **kwargs)
+        embeds = self.embed(input_ids, video_features=self.project(tokens, videos.shape[2]),
+                            video_index=video_index)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels,
+                       output_hidden_states=True, **kwargs)
         span_tokens = tokens if video_index is None else tokens[video_index.to(tokens.device)]
         gen_loss = self.generation_loss(out.hidden_states[-1], input_ids, span_tokens.detach(), video_targets)
-        lm_loss = out.loss if text_loss == "token" else None if labels is None else answer_span_loss(out.logits, labels)
+        lm_loss = out.loss if text_loss == "token" else None if labels is None else answer_span_loss(
+            out.logits, labels)
         out["gen_loss"] = gen_loss
         if lm_loss is not None:
             out["lm_loss"] = lm_loss
@@ -346,8 +379,8 @@ class VideoLLM(nn.Module):
         (at <|video_start|> the first token, ...), in the tokenizer's token order."""
         starts = (input_ids == self.video_ids.start).nonzero()  # (spans, 2), in span order
         if len(starts) != len(targets) or len(span_tokens) != len(targets):
-            raise ValueError(f"{len(starts)} <|video_start|> tokens, {len(span_tokens)} videos and {len(targets)} "
-                             "target flags: they must match one to one")
+            raise ValueError(f"{len(starts)} <|video_start|> tokens, {len(span_tokens)} videos and "
+                             f"{len(targets)} target flags: they must match one to one")
         n = span_tokens.shape[1]
         picked = starts[targets.to(starts.device)]  # (S, 2)
         rows = picked[:, :1].expand(-1, n).reshape(-1)
@@ -356,23 +389,27 @@ class VideoLLM(nn.Module):
         target = span_tokens[targets.to(span_tokens.device)]
         if isinstance(self.generation_head, DiscreteVideoHead):
             low, high = self._id_ranges(n, h.device)
-            return self.generation_head.loss(h, target.reshape(-1), low.repeat(len(picked)), high.repeat(len(picked)))
+            return self.generation_head.loss(h, target.reshape(-1), low.repeat(len(picked)),
+                                             high.repeat(len(picked)))
         return self.generation_head.loss(h, target.reshape(-1, target.shape[-1]).to(h.dtype))
 
     def _id_ranges(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """[low, high) of the ids allowed at each of the n positions (SweetTok: each slot's part of speech)."""
+        """[low, high) of the ids allowed at each of the n positions (SweetTok: each slot's part of
+        speech)."""
         ranges = self.video_tokenizer.id_ranges(device)
         if ranges is not None:
             low, high = ranges
             if len(low) != n:
-                raise ValueError(f"the tokenizer's id ranges cover {len(low)} positions but a video has {n} ids")
+                raise ValueError(f"the tokenizer's id ranges cover {len(low)} positions but a video has {n} "
+                                 "ids")
             return low, high
         size = self.video_tokenizer.codebook_size
-        return torch.zeros(n, dtype=torch.long, device=device), torch.full((n,), size, dtype=torch.long, device=device)
+        return torch.zeros(n, dtype=torch.long, device=device), torch.full((n,), size, dtype=torch.long,
+                                                                           device=device)
 
     @torch.no_grad()
-    def generate_video(self, prompt: str, *, guidance_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, steps: int | None = None, seed: int | None = None,
+    def generate_video(self, prompt: str, *, guidance_scale: float = 1.0, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0, steps: int | None = None, seed: int | None = None,
                        output: str | os.PathLike | None = None, fps: float = 8.0) -> torch.Tensor:
         """Text -> video: the LLM writes the video's tokens one by one in the tokenizer's order (VTok: key
         frame, then residuals; CoordTok: the planes; SweetTok: spatial, then temporal words) through the
@@ -405,23 +442,26 @@ class VideoLLM(nn.Module):
         low, high = self._id_ranges(n, device) if discrete else (None, None)
         streams = [_Stream(self, self._t2v_prefix(prompt))]
         if guidance_scale != 1.0:
-            streams.append(_Stream(self, self._t2v_prefix("")))  # the empty prompt of training's prompt dropout
+            # the empty prompt of training's prompt dropout
+            streams.append(_Stream(self, self._t2v_prefix("")))
         tokens = []
         dtype = _head_dtype(head)
         for i in range(n):
             hidden = [s.hidden.to(dtype) for s in streams]
             uncond = hidden[1] if len(hidden) > 1 else None
             if discrete:
-                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, low=low[i:i + 1], high=high[i:i + 1], generator=generator)  # (1,)
+                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, low=low[i:i + 1], high=high[i:i + 1],
+                                    generator=generator)  # (1,)
                 step_input = token[:, None]
             else:
-                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, steps=steps, temperature=temperature,
-                                    generator=generator)  # (1, D)
+                token = head.sample(hidden[0], uncond, guidance_scale=guidance_scale, steps=steps,
+                                    temperature=temperature, generator=generator)  # (1, D)
                 step_input = token[:, None, :]
             tokens.append(token)
             if i < n - 1:
-                embedding = self.projector(step_input, _layout_slice(layout, i))  # (1, 1, hidden): per-token projector
+                # (1, 1, hidden): per-token projector
+                embedding = self.projector(step_input, _layout_slice(layout, i))
                 for s in streams:
                     s.feed(embedding)
         tokens = torch.stack(tokens, dim=1)  # (1, n) ids or (1, n, D)
@@ -432,14 +472,19 @@ class VideoLLM(nn.Module):
         return frames
 
     def _t2v_prefix(self, prompt: str) -> list[int]:
-        """Token ids of a text-to-video conversation through <|video_start|>, exactly as training renders it."""
-        encoded = encode_conversation(self.text_tokenizer, [{"from": "human", "value": prompt}, {"from": "gpt", "value": VIDEO_TOKEN}],
+        """Token ids of a text-to-video conversation through <|video_start|>, exactly as training renders
+        it."""
+        encoded = encode_conversation(self.text_tokenizer,
+                                      [{"from": "human", "value": prompt},
+                                       {"from": "gpt", "value": VIDEO_TOKEN}],
                                       self.video_ids, self.tokens_per_video)
         return encoded.input_ids[: encoded.input_ids.index(self.video_ids.start) + 1]
 
     @torch.no_grad()
-    def generate(self, video: torch.Tensor | None = None, prompt: str | None = None, messages: list[dict] | None = None,
-                 video_features: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
+    def generate(self, video: torch.Tensor | None = None, prompt: str | None = None,
+                 messages: list[dict] | None = None,
+                 video_features: torch.Tensor | None = None, max_new_tokens: int = 64,
+                 do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                  stop: tuple[str, ...] = (), streamer=None) -> str:
         """Answer a prompt (or continue `messages`) about a video with `mmvid.generation`; greedy unless
@@ -453,12 +498,14 @@ class VideoLLM(nn.Module):
             messages = [{"role": "user", "content": (f"{VIDEO_TOKEN}\n" if has_video else "") + prompt}]
         if video is not None and video_features is None:
             video_features = self.encode_video(video if video.ndim == 5 else video[None])
-        params = SamplingParams(temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k, seed=seed,
-                                max_new_tokens=max_new_tokens, stop=stop)
+        params = SamplingParams(temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k,
+                                seed=seed, max_new_tokens=max_new_tokens, stop=stop)
         if streamer is not None:
-            streamer.put(torch.empty((1, 0), dtype=torch.long))  # as HF's: the prompt first (no ids for embeddings)
+            # as HF's: the prompt first (no ids for embeddings)
+            streamer.put(torch.empty((1, 0), dtype=torch.long))
         text = ""
-        for delta in stream(self, self.prompt_ids(messages, video_features), params, video_features=video_features):
+        for delta in stream(self, self.prompt_ids(messages, video_features), params,
+                            video_features=video_features):
             text += delta.text
             if streamer is not None and delta.token_ids:
                 streamer.put(torch.tensor(delta.token_ids))
@@ -503,13 +550,15 @@ class VideoLLM(nn.Module):
             "video_token": VIDEO_TOKEN, "video_token_id": self.video_ids.placeholder,
             "video_start": VIDEO_START, "video_start_id": self.video_ids.start,
             "video_end": VIDEO_END, "video_end_id": self.video_ids.end,
-            "pad_token_id": self.text_tokenizer.pad_token_id, "eos_token_id": self.text_tokenizer.eos_token_id,
-            "vocab_size": len(self.text_tokenizer),
+            "pad_token_id": self.text_tokenizer.pad_token_id,
+            "eos_token_id": self.text_tokenizer.eos_token_id, "vocab_size": len(self.text_tokenizer),
             "num_frames": self.config.num_frames, "image_size": self.image_size,
-            "video_tokenizer_tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size, self.image_size),
+            "video_tokenizer_tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size,
+                                                                      self.image_size),
             "tokens_per_video": self.tokens_per_video,
             "rule": "each <video> -> <|video_start|> + tokens_per_video x <video> + <|video_end|>; "
-                    "tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(num_frames, image_size, image_size))",
+                    "tokens_per_video = projector.num_outputs(video_tokenizer.num_tokens(num_frames, "
+                    "image_size, image_size))",
             "token_layout": self.layout.to_dict(),
             "generation": self._generation_manifest(),
         }
@@ -521,11 +570,13 @@ class VideoLLM(nn.Module):
         if head is None:
             return None
         record = {"head": head.kind, "order": "the tokenizer's token order (token_layout)",
-                  "tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size, self.image_size)}
+                  "tokens": self.video_tokenizer.num_tokens(self.config.num_frames, self.image_size,
+                                                            self.image_size)}
         if isinstance(head, DiscreteVideoHead):
             n = record["tokens"]
             low, high = self._id_ranges(n, "cpu")
-            record.update(id_offset=len(self.text_tokenizer), codebook_size=self.video_tokenizer.codebook_size,
+            record.update(id_offset=len(self.text_tokenizer),
+                          codebook_size=self.video_tokenizer.codebook_size,
                           extended_vocab_size=len(self.text_tokenizer) + self.video_tokenizer.codebook_size,
                           id_ranges=[list(r) for r in sorted({(int(a), int(b)) for a, b in zip(low, high)})])
         else:
@@ -533,8 +584,8 @@ class VideoLLM(nn.Module):
         return record
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + the processor
-        (processor_config.json and the text tokenizer's files)."""
+        """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + the
+        processor (processor_config.json and the text tokenizer's files)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -545,7 +596,8 @@ class VideoLLM(nn.Module):
         record = {
             "format_version": FORMAT_VERSION,
             "videollm": config,
-            "video_tokenizer": {"architecture": self.video_tokenizer.architecture, "preset": self.video_tokenizer.preset,
+            "video_tokenizer": {"architecture": self.video_tokenizer.architecture,
+                                "preset": self.video_tokenizer.preset,
                                 "config": asdict(self.video_tokenizer.config)},
             "projector": asdict(self.projector.config),
             "manifest": self.manifest(),
@@ -565,21 +617,26 @@ class VideoLLM(nn.Module):
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a VideoLLM checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+            raise FileNotFoundError(f"{path} is not a VideoLLM checkpoint (needs {CONFIG_FILE} and "
+                                    f"{WEIGHTS_FILE})")
         record = json.loads((path / CONFIG_FILE).read_text())
         if "videollm" not in record or "manifest" not in record:
-            raise ValueError(f"{path}/{CONFIG_FILE} is not a VideoLLM config (no 'videollm'/'manifest' sections)")
+            raise ValueError(f"{path}/{CONFIG_FILE} is not a VideoLLM config (no 'videollm'/'manifest' "
+                             "sections)")
         if record["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+            raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > "
+                             f"{FORMAT_VERSION})")
         config = VideoLLMConfig(**record["videollm"])
         dtype = getattr(torch, config.dtype)
         attn = choose_attn_implementation(config.attn_implementation, device, dtype)
         data = dict(config.llm_config)
-        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data), dtype=dtype,
-                                               attn_implementation=attn)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
+                                               dtype=dtype, attn_implementation=attn)
         text_tokenizer = AutoTokenizer.from_pretrained(path)
-        processor = VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file() else None
-        video_tokenizer = video_tokenizer_from_record(record["video_tokenizer"])  # its weights are in the checkpoint's
+        processor = (VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file()
+                     else None)
+        # its weights are in the checkpoint's
+        video_tokenizer = video_tokenizer_from_record(record["video_tokenizer"])
         projector = build_projector(ProjectorConfig(**record["projector"]))
         head = _build_generation_head(config, llm, video_tokenizer, projector)
         model = cls(config, llm, text_tokenizer, video_tokenizer, projector, head, processor)
@@ -590,7 +647,8 @@ class VideoLLM(nn.Module):
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not _tied(model, k)]
         if missing or unexpected:
-            raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]})")
         model.to(device)
         model.apply_trainable()
         return model
@@ -600,7 +658,8 @@ def _attn_implementation(llm: nn.Module) -> str | None:
     return getattr(llm.config, "_attn_implementation", None)
 
 
-def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer, llm: nn.Module) -> ProjectorConfig:
+def _projector_config(config: VideoLLMConfig, video_tokenizer: VideoTokenizer,
+                      llm: nn.Module) -> ProjectorConfig:
     kwargs = dict(config.projector_kwargs)
     kwargs.setdefault("in_dim", video_tokenizer.token_dim)
     kwargs.setdefault("out_dim", llm.get_input_embeddings().embedding_dim)
@@ -636,7 +695,8 @@ def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
             "num_frames", "image_size", "video_tokenizer_tokens", "tokens_per_video", "generation")
     diff = {k: (saved.get(k), rebuilt.get(k)) for k in keys if saved.get(k) != rebuilt.get(k)}
     if saved.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: manifest format {saved['format_version']} is newer than this mmvid ({FORMAT_VERSION})")
+        raise ValueError(f"{path}: manifest format {saved['format_version']} is newer than this mmvid "
+                         f"({FORMAT_VERSION})")
     if diff:
         text = ", ".join(f"{k}: checkpoint {a!r} vs rebuilt {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path}: the token layout manifest does not match the rebuilt model ({text}); "
@@ -650,22 +710,23 @@ class _Stream:
         self.llm = model.llm
         input_ids = torch.tensor([ids], device=model._device())
         self.length = len(ids)
-        out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids), use_cache=True,
-                       output_hidden_states=True)
+        out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids),
+                       use_cache=True, output_hidden_states=True)
         self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
 
     def feed(self, embedding: torch.Tensor) -> None:
         self.length += 1
         mask = torch.ones((1, self.length), dtype=torch.long, device=embedding.device)
-        out = self.llm(inputs_embeds=embedding.to(self.llm.dtype), attention_mask=mask, past_key_values=self.cache,
-                       use_cache=True, output_hidden_states=True)
+        out = self.llm(inputs_embeds=embedding.to(self.llm.dtype), attention_mask=mask,
+                       past_key_values=self.cache, use_cache=True, output_hidden_states=True)
         self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
 
 
 def _layout_slice(layout, i: int):
     from dataclasses import replace
 
-    return replace(layout, group=layout.group[i:i + 1], time=layout.time[i:i + 1], position=layout.position[i:i + 1])
+    return replace(layout, group=layout.group[i:i + 1], time=layout.time[i:i + 1],
+                   position=layout.position[i:i + 1])
 
 
 def _head_dtype(head: nn.Module) -> torch.dtype:
@@ -684,20 +745,24 @@ def _build_generation_head(config: VideoLLMConfig, llm: nn.Module, video_tokeniz
         kind = "discrete" if discrete else "flow"
         if discrete and kwargs:  # they configure the flow head that "auto" picks for continuous tokens
             log.warning("generation_head='auto' picked the discrete head for %s ids; it takes no "
-                        "generation_head_kwargs, so %s (the flow head's) are not used", video_tokenizer.architecture,
-                        sorted(kwargs))
+                        "generation_head_kwargs, so %s (the flow head's) are not used",
+                        video_tokenizer.architecture, sorted(kwargs))
             kwargs = {}
     if kind == "discrete" and kwargs:
-        raise ValueError(f"the discrete generation head takes no generation_head_kwargs (got {sorted(kwargs)}; they "
-                         "configure the flow/regression head)")
+        raise ValueError("the discrete generation head takes no generation_head_kwargs (got "
+                         f"{sorted(kwargs)}; they configure the flow/regression head)")
     if kind == "discrete" and not discrete:
-        raise ValueError(f"generation_head='discrete' needs a discrete video tokenizer (ids); {video_tokenizer.architecture} "
-                         "here gives vectors (SweetTok: video_tokenizer_overrides={'output': 'ids'}), or use 'flow'")
+        raise ValueError("generation_head='discrete' needs a discrete video tokenizer (ids); "
+                         f"{video_tokenizer.architecture} "
+                         "here gives vectors (SweetTok: video_tokenizer_overrides={'output': 'ids'}), or "
+                         "use 'flow'")
     if kind != "discrete" and discrete:
-        raise ValueError(f"generation_head={kind!r} predicts continuous tokens, but the tokenizer gives ids; use 'discrete'")
+        raise ValueError(f"generation_head={kind!r} predicts continuous tokens, but the tokenizer gives "
+                         "ids; use 'discrete'")
     if not isinstance(projector, (MLPProjector, EmbeddingProjector)):
-        raise ValueError(f"text-to-video needs a token-by-token projector (linear, mlpNx_gelu, embedding): the LLM reads "
-                         f"each generated token before writing the next; got {projector.config.type!r}")
+        raise ValueError("text-to-video needs a token-by-token projector (linear, mlpNx_gelu, embedding): "
+                         "the LLM reads each generated token before writing the next; got "
+                         f"{projector.config.type!r}")
     hidden = llm.get_input_embeddings().embedding_dim
     head = build_generation_head(kind, hidden, token_dim=None if discrete else video_tokenizer.token_dim,
                                  codebook_size=video_tokenizer.codebook_size if discrete else None, **kwargs)

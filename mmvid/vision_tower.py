@@ -77,15 +77,17 @@ class TowerConfig:
 
 
 def resnet_config(cfg: TowerConfig):
-    """A transformers ResNetConfig whose output map is grid x grid at image_size (stem /4, each later stage /2)."""
+    """A transformers ResNetConfig whose output map is grid x grid at image_size (stem /4, each later stage
+    /2)."""
     from transformers import ResNetConfig
 
     stride = 4 * 2 ** (len(cfg.widths) - 1)
     if cfg.image_size // stride != cfg.grid:
-        raise ValueError(f"{len(cfg.widths)} ResNet stages map {cfg.image_size}px to {cfg.image_size // stride}, not grid "
-                         f"{cfg.grid}; change widths/depths")
+        raise ValueError(f"{len(cfg.widths)} ResNet stages map {cfg.image_size}px to "
+                         f"{cfg.image_size // stride}, not grid {cfg.grid}; change widths/depths")
     return ResNetConfig(num_channels=3, embedding_size=cfg.embedding_size, hidden_sizes=list(cfg.widths),
-                        depths=list(cfg.depths), layer_type="basic", hidden_act="relu", downsample_in_first_stage=False)
+                        depths=list(cfg.depths), layer_type="basic", hidden_act="relu",
+                        downsample_in_first_stage=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,13 +117,15 @@ def cell_labels(record: dict, frames: list[int], image_size: int, grid: int) -> 
             cx, cy = st.x[t] * W, st.y[t] * H
             # only the cells the object can touch (as `render` does with its box)
             top, left = max(0, int((cy - radius) // cell)), max(0, int((cx - radius) // cell))
-            bottom, right = min(grid, int((cy + radius) // cell) + 1), min(grid, int((cx + radius) // cell) + 1)
+            bottom, right = min(grid, int((cy + radius) // cell) + 1), min(grid,
+                                                                           int((cx + radius) // cell) + 1)
             if top >= bottom or left >= right:
                 continue
             box = (top * cell, left * cell, bottom * cell, right * cell)
             alpha = world.coverage(obj.shape, cx, cy, radius, st.angle[t], H, W, box)  # (h, w)
             per_cell = np.zeros((grid, grid), np.float32)
-            per_cell[top:bottom, left:right] = alpha.reshape(bottom - top, cell, right - left, cell).mean((1, 3))
+            per_cell[top:bottom, left:right] = alpha.reshape(bottom - top, cell, right - left, cell).mean(
+                (1, 3))
             owns = (per_cell > best) & (per_cell >= 0.15)
             best = np.where(owns, per_cell, best)
             out[k, 0][owns] = 1 + colours.index(obj.colour)
@@ -141,7 +145,8 @@ def load_split(world_dir: Path, split: str, count: int | None, frames_per_video:
     folder = world_dir / split / "videos"
     paths = sorted(folder.glob("*.mp4"))[:count]
     if not paths:
-        raise FileNotFoundError(f"no videos in {folder}; build the world first (python -m mmvid.data.shapes --out {world_dir})")
+        raise FileNotFoundError(f"no videos in {folder}; build the world first (python -m mmvid.data.shapes "
+                                f"--out {world_dir})")
     caps = {}
     cap_file = world_dir / split / "captions.jsonl"
     if cap_file.is_file():
@@ -183,7 +188,8 @@ class DenseHeads(nn.Module):
         self.head = nn.Conv2d(dim, sum(self.sizes), 1)
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """features (N, D, g, g), labels (N, 4, g, g) -> mean cross-entropy, per-label accuracy on object cells."""
+        """features (N, D, g, g), labels (N, 4, g, g) -> mean cross-entropy, per-label accuracy on object
+        cells."""
         logits = self.head(features).split(self.sizes, dim=1)
         total, acc = 0.0, {}
         occupied = labels[:, 0] > 0
@@ -209,8 +215,8 @@ class CaptionContrast(nn.Module):
     def loss(self, features: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
         # features (N, D, g, g) of one frame per caption
         v = F.normalize(self.video(torch.cat([features.mean((2, 3)), features.amax((2, 3))], -1)), dim=-1)
-        ids = [[self.index[w] for w in c.lower().replace(".", "").replace(",", "").split() if w in self.index] or [0]
-               for c in captions]
+        ids = [[self.index[w] for w in c.lower().replace(".", "").replace(",", "").split() if w in self.index]
+               or [0] for c in captions]
         flat = torch.tensor([i for s in ids for i in s])
         offsets = torch.tensor([0, *np.cumsum([len(s) for s in ids])[:-1]])
         t = F.normalize(self.words(flat, offsets), dim=-1)
@@ -242,11 +248,12 @@ def train_tower(cfg: TowerConfig) -> Path:
     world_dir = Path(cfg.world)
     start = time.perf_counter()
     dense = cfg.objective == "dense"
-    Xtr, Ytr, Ctr = load_split(world_dir, "train", cfg.train_videos, cfg.frames_per_video, cfg, with_labels=dense)
+    Xtr, Ytr, Ctr = load_split(world_dir, "train", cfg.train_videos, cfg.frames_per_video, cfg,
+                               with_labels=dense)
     Xva, Yva, _ = load_split(world_dir, "val", cfg.val_videos, cfg.frames_per_video, cfg, with_labels=True)
     load_seconds = time.perf_counter() - start
-    log.info("tower data: %d train and %d val videos x %d frames in %.0f s", len(Xtr), len(Xva), cfg.frames_per_video,
-             load_seconds)
+    log.info("tower data: %d train and %d val videos x %d frames in %.0f s", len(Xtr), len(Xva),
+             cfg.frames_per_video, load_seconds)
     model = ResNetModel(resnet_config(cfg))
     dim = cfg.widths[-1]
     if dense:
@@ -279,7 +286,8 @@ def train_tower(cfg: TowerConfig) -> Path:
         bar.update()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in stats.items()})
-            history.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), "loss": loss.item(), **stats})
+            history.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), "loss": loss.item(),
+                            **stats})
     bar.close()
     train_seconds = time.perf_counter() - t0
     model.eval()
@@ -313,7 +321,8 @@ def evaluate_dense(model, X: np.ndarray, Y: np.ndarray, heads: DenseHeads | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TowerConfig()
     for name in ("world", "out", "objective"):
         parser.add_argument(f"--{name}", default=getattr(defaults, name))

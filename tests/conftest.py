@@ -16,7 +16,8 @@ from mmvid.testing import indexed_frames
 def make_video(tmp_path: Path):
     """Factory: write an indexed clip (see mmvid.testing) and return its path."""
 
-    def make(name: str = "clip.mp4", num_frames: int = 24, fps: float = 8.0, height: int = 32, width: int = 32) -> Path:
+    def make(name: str = "clip.mp4", num_frames: int = 24, fps: float = 8.0, height: int = 32,
+             width: int = 32) -> Path:
         return write_video(tmp_path / name, indexed_frames(num_frames, height, width), fps=fps)
 
     return make
@@ -35,7 +36,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def one_rank():
     """`with one_rank(): run(cfg)` runs a training loop in the test's own process, as on one rank of a launch
-    (gloo). The process group it starts stays to the end: DeepSpeed keeps its groups for the process's life."""
+    (gloo). The process group it starts stays to the end: DeepSpeed keeps its groups for the process's
+    life."""
 
     @contextlib.contextmanager
     def context():

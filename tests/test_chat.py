@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmvid.chat import ChatSession
 from mmvid.data import write_video
@@ -30,15 +29,18 @@ def setup(tmp_path_factory):
 
 
 def _chat(folder: Path, lines: list[str], *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mmvid.chat", "--model", str(folder / "model"), "--max-new-tokens", "6", *args]
-    return subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300, cwd=ROOT)
+    cmd = [sys.executable, "-m", "mmvid.chat", "--model", str(folder / "model"), "--max-new-tokens", "6",
+           *args]
+    return subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
 
 
 def test_multi_turn_conversation_through_a_pipe(setup):
     folder, _ = setup
-    lines = ["What moves?", "And its colour?", f"/video {folder / 'b.mp4'}", f"/video {folder / 'missing.mp4'}",
-             f"/video {folder / 'broken.mp4'}", "", "/frames 4", "Describe it.", "/bogus", f"/save {folder / 't.json'}",
-             "/help", "/quit", "never read"]
+    lines = ["What moves?", "And its colour?", f"/video {folder / 'b.mp4'}",
+             f"/video {folder / 'missing.mp4'}",
+             f"/video {folder / 'broken.mp4'}", "", "/frames 4", "Describe it.", "/bogus",
+             f"/save {folder / 't.json'}", "/help", "/quit", "never read"]
     result = _chat(folder, lines, "--video", str(folder / "a.mp4"))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -47,14 +49,17 @@ def test_multi_turn_conversation_through_a_pipe(setup):
     assert "(empty prompt" in out and "unknown command /bogus" in out and "/reset" in out
     assert "[4 frames]" in out
     transcript = json.loads((folder / "t.json").read_text())
-    assert transcript["video"].endswith("b.mp4") and transcript["num_frames"] == 4  # the bad videos changed nothing
-    assert [t["role"] for t in transcript["turns"]] == ["user", "assistant"]  # /video b started a new conversation
+    # the bad videos changed nothing
+    assert transcript["video"].endswith("b.mp4") and transcript["num_frames"] == 4
+    # /video b started a new conversation
+    assert [t["role"] for t in transcript["turns"]] == ["user", "assistant"]
     assert transcript["turns"][1]["ttft_s"] > 0
 
 
 def test_prompt_mode_answers_once_and_fixed_seeds_repeat(setup):
     folder, _ = setup
-    args = ("--video", str(folder / "a.mp4"), "--prompt", "What moves?", "--temperature", "1.0", "--seed", "3")
+    args = ("--video", str(folder / "a.mp4"), "--prompt", "What moves?", "--temperature", "1.0", "--seed",
+            "3")
     first, second = _chat(folder, [], *args), _chat(folder, [], *args)
     assert first.returncode == 0 and first.stdout == second.stdout
     other = _chat(folder, [], *args[:-1], "4")
@@ -80,7 +85,8 @@ def test_the_video_is_encoded_once_and_later_turns_reuse_the_cache(setup, monkey
         return encode(videos)
 
     monkeypatch.setattr(model, "encode_video", counting_encode)
-    hook = model.llm.register_forward_pre_hook(lambda m, args, kwargs: calls["llm_lengths"].append(kwargs["inputs_embeds"].shape[1]),
+    hook = model.llm.register_forward_pre_hook(lambda m, args, kwargs: calls["llm_lengths"].append(
+        kwargs["inputs_embeds"].shape[1]),
                                                with_kwargs=True)
     try:
         session.set_video(str(folder / "a.mp4"))

@@ -35,15 +35,17 @@ FORMAT_1 = Path(__file__).resolve().parent / "data" / "format1"  # see make_form
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """The world the format-1 runs trained on (the same settings rebuild it exactly: write_video caps libx264 at
-    AVX2, whose encodes repeat; x264's AVX-512 code did not, and the resumed losses moved by ~1e-4 with it)."""
+    """The world the format-1 runs trained on (the same settings rebuild it exactly: write_video caps libx264
+    at AVX2, whose encodes repeat; x264's AVX-512 code did not, and the resumed losses moved by ~1e-4 with
+    it)."""
     out = tmp_path_factory.mktemp("format1") / "world"
     build_world(out, WorldSettings(train=8, val=4, test=2, fewshot=0, frames=8, size=32), progress=False)
     return out
 
 
 def _losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
 
 
 # ---------------------------------------------------------------- the training state and the checkpointer
@@ -83,9 +85,11 @@ def test_checkpoints_are_atomic_rotating_and_resume_the_state(tmp_path):
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda s: 0.5)
     resumed = TrainState(samplers={"train": ResumableSampler(10, seed=3)})
     checkpointer.load(resumed, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler)
-    assert (resumed.step, resumed.samples_seen, resumed.seconds, resumed.samplers["train"].position) == (3, 6, 1.5, 6)
+    assert (resumed.step, resumed.samples_seen, resumed.seconds, resumed.samplers["train"].position) == (
+        3, 6, 1.5, 6)
     assert torch.equal(fresh.weight, model.weight) and fresh_scheduler.last_epoch == 3
-    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"],
+                       optimizer.state_dict()["state"][0]["exp_avg"])
     with pytest.raises(ValueError, match="holds a module checkpoint; this loop resumes a deepspeed one"):
         checkpointer.load(resumed, engine=object())
     meta["format"] = FORMAT + 1
@@ -97,21 +101,24 @@ def test_checkpoints_are_atomic_rotating_and_resume_the_state(tmp_path):
 def test_load_weights_is_strict_unless_told_which_modules_may_differ(tmp_path):
     model = torch.nn.ModuleDict({"body": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)})
     file = tmp_path / "model.safetensors"
-    save_file({"body.weight": torch.ones(2, 2), "body.bias": torch.ones(2), "old.weight": torch.ones(1)}, str(file))
-    with pytest.raises(ValueError, match=r"2 keys missing \['head.weight', 'head.bias'\], 1 unexpected \['old.weight'\]"):
+    save_file({"body.weight": torch.ones(2, 2), "body.bias": torch.ones(2), "old.weight": torch.ones(1)},
+              str(file))
+    with pytest.raises(ValueError,
+                       match=r"2 keys missing \['head.weight', 'head.bias'\], 1 unexpected \['old.weight'\]"):
         load_weights(model, file)
     load_weights(model, file, partial=["head", "old"])
     assert torch.equal(model["body"].weight, torch.ones(2, 2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_weights(model, tmp_path / "missing.safetensors")
-    tied = torch.nn.ModuleDict({"embed": torch.nn.Embedding(4, 2), "lm_head": torch.nn.Linear(2, 4, bias=False)})
+    tied = torch.nn.ModuleDict({"embed": torch.nn.Embedding(4, 2),
+                                "lm_head": torch.nn.Linear(2, 4, bias=False)})
     tied["lm_head"].weight = tied["embed"].weight  # saved once (safetensors refuses shared storage)
     save_file({"embed.weight": torch.ones(4, 2)}, str(file))
     load_weights(tied, file)
     assert torch.equal(tied["lm_head"].weight, torch.ones(4, 2))
 
 
-# ---------------------------------------------------------------- format 1, as the code before format 2 wrote it
+# ------------------------------------------------------------- format 1, as the code before format 2 wrote it
 
 
 def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_path):
@@ -122,7 +129,8 @@ def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, 
     folder = tmp_path / "run" / "checkpoints" / "step_000002"
     assert checkpoint_format(folder) == 1
     # The run's own saved config, with this machine's paths.
-    cfg = load_config(TokenizerTrainConfig, saved / "config.yaml", [f"data.source={world}", f"out={tmp_path / 'run'}"])
+    cfg = load_config(TokenizerTrainConfig, saved / "config.yaml",
+                      [f"data.source={world}", f"out={tmp_path / 'run'}"])
     run(cfg)
     assert checkpoint_format(folder) == 2 and not (folder / "state.pt").exists()
     meta = read_meta(folder)
@@ -143,7 +151,8 @@ def test_a_format_1_sft_checkpoint_is_upgraded_with_its_phases_and_old_config(tm
     assert checkpoint_format(folder) == 1 and (folder / "client_state.json").is_file()
     upgrade_checkpoint(folder)
     assert checkpoint_format(folder) == 2 and not (folder / "client_state.json").exists()
-    assert (folder / "state" / "mp_rank_00_model_states.pt").is_file()  # DeepSpeed's checkpoint stays as it was
+    # DeepSpeed's checkpoint stays as it was
+    assert (folder / "state" / "mp_rank_00_model_states.pt").is_file()
     meta = read_meta(folder)
     state = meta["train_state"]
     assert (meta["kind"], state["step"], state["samples_seen"]) == ("deepspeed", 2, 4)
@@ -162,10 +171,12 @@ def test_a_format_1_sft_checkpoint_is_upgraded_and_resumes_exactly(world, tmp_pa
     shutil.copytree(saved / "checkpoints", out / "checkpoints")
     shutil.copytree(world, tmp_path / "world")  # the attribute curriculum file is written into the world
     train = tmp_path / "world" / "train"
-    with pytest.warns(FutureWarning, match="chat_prompt"):  # the run's own saved config, with this machine's paths
+    # the run's own saved config, with this machine's paths
+    with pytest.warns(FutureWarning, match="chat_prompt"):
         cfg = load_config(SFTConfig, saved / "config.yaml", [
             f"out={out}", f"data.world={tmp_path / 'world'}", f"data.train=[{train / 'sft.jsonl'}]",
-            f"data.curriculum=[{train / 'sft_attributes.jsonl'}]", f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
+            f"data.curriculum=[{train / 'sft_attributes.jsonl'}]",
+            f"model.text_tokenizer={tmp_path / 'text-tokenizer'}"])
     with one_rank():
         run(cfg)
     folder = out / "checkpoints" / "step_000002"

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.testing import world_clips
-from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import (
+    ARCHITECTURES,
+    VIDEO_TOKENIZERS,
+    build_video_tokenizer,
+    load_video_tokenizer,
+)
 from mmvid.video_tokenizers.coordtok import PLANES, CoordTok, sample_plane
 from mmvid.video_tokenizers.objectives import (
     OBJECTIVES,
@@ -53,7 +58,8 @@ def test_bilinear_lookup_equals_grid_sample():
     plane = torch.randn(2, 3, 5, 7, generator=g)
     rows = torch.rand(2, 50, generator=g)
     cols = torch.rand(2, 50, generator=g)
-    rows[:, :4], cols[:, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])  # the corners
+    # the corners
+    rows[:, :4], cols[:, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])
     rows[:, 4:8] = torch.arange(4) / 4  # exact grid rows
     ours = sample_plane(plane, rows, cols)  # (B, M, C)
     grid = torch.stack([cols * 2 - 1, rows * 2 - 1], dim=-1)[:, :, None]  # (B, M, 1, 2) as (x, y)
@@ -102,8 +108,10 @@ def test_layout_matches_the_encoded_tokens():
     tokens = tok.encode(video)
     assert tokens.shape == (2, tok.num_tokens(8, 32, 32), tok.token_dim) == (2, 144, 8)
     planes = tok.planes(tokens)
-    assert {n: tuple(p.shape) for n, p in planes.items()} == {"xy": (2, 8, 4, 4), "yt": (2, 8, 16, 4), "xt": (2, 8, 16, 4)}
-    torch.testing.assert_close(tokens[:, 4 * 1 + 2], planes["xy"][:, :, 1, 2])  # xy row-major: x rows, y columns
+    assert {n: tuple(p.shape) for n, p in planes.items()} == {"xy": (2, 8, 4, 4), "yt": (2, 8, 16, 4),
+                                                              "xt": (2, 8, 16, 4)}
+    # xy row-major: x rows, y columns
+    torch.testing.assert_close(tokens[:, 4 * 1 + 2], planes["xy"][:, :, 1, 2])
     torch.testing.assert_close(tokens[:, 16 + 4 * 3 + 1], planes["yt"][:, :, 3, 1])  # yt: t-major
     torch.testing.assert_close(tokens[:, 16 + 64 + 4 * 5 + 2], planes["xt"][:, :, 5, 2])  # xt: t-major
 
@@ -136,9 +144,11 @@ def test_sampling_never_picks_padded_frames():
     assert coords.shape == (4, 4000, 3) and coords.dtype == torch.long
     for b, n in enumerate(valid.tolist()):
         assert set(coords[b, :, 0].tolist()) == set(range(n))  # every real frame, only real frames
-    assert set(coords[..., 1].flatten().tolist()) == set(range(4)) and set(coords[..., 2].flatten().tolist()) == set(range(6))
+    assert (set(coords[..., 1].flatten().tolist()) == set(range(4))
+            and set(coords[..., 2].flatten().tolist()) == set(range(6)))
     frames = sample_frames(torch.tensor([5, 9]), 5, g)
-    assert frames.shape == (2, 5) and sorted(frames[0].tolist()) == list(range(5)) and len(set(frames[1].tolist())) == 5
+    assert (frames.shape == (2, 5) and sorted(frames[0].tolist()) == list(range(5))
+            and len(set(frames[1].tolist())) == 5)
     with pytest.raises(ValueError, match="distinct frames"):
         sample_frames(torch.tensor([3, 9]), 5, g)
 
@@ -148,7 +158,8 @@ def test_training_loss_decodes_only_real_frames(monkeypatch, stage):
     tok = _tiny(stage2_frames=4)
     queried = []
     decode = tok.decode_patches
-    monkeypatch.setattr(tok, "decode_patches", lambda tokens, coords: queried.append(coords) or decode(tokens, coords))
+    monkeypatch.setattr(tok, "decode_patches",
+                        lambda tokens, coords: queried.append(coords) or decode(tokens, coords))
     video = _video(frames=12)
     loss, parts = coordtok_training_loss(tok, video, stage=stage, num_valid_frames=torch.tensor([5, 12]))
     assert loss.ndim == 0 and math.isfinite(loss.item()) and "mse" in parts
@@ -176,7 +187,8 @@ def test_padding_is_masked_out():
 
 
 def _coded(tokens: torch.Tensor, coords: torch.Tensor, key_padding_mask=None) -> torch.Tensor:
-    """decode_patches stand-in: every pixel of patch (t, x, y) holds 10000 t + 100 x + y (+ 0.5 per channel)."""
+    """decode_patches stand-in: every pixel of patch (t, x, y) holds 10000 t + 100 x + y (+ 0.5 per
+    channel)."""
     code = (coords[..., 0] * 10000 + coords[..., 1] * 100 + coords[..., 2]).float()  # (B, M)
     channel = torch.arange(3, dtype=torch.float32) * 0.5
     return (code[:, :, None] + channel)[..., None, None, None].expand(-1, -1, -1, 1, 8, 8) + tokens.sum() * 0
@@ -192,7 +204,8 @@ def test_decode_places_every_patch_at_its_coordinates(monkeypatch, chunk_size):
     t, h, w = torch.meshgrid(torch.arange(6), torch.arange(32), torch.arange(32), indexing="ij")
     expected = (t * 10000 + (h // 8) * 100 + w // 8).float()
     for c in range(3):
-        torch.testing.assert_close(video[:, c], (expected + 0.5 * c)[None].expand(2, -1, -1, -1), rtol=0, atol=0)
+        torch.testing.assert_close(video[:, c], (expected + 0.5 * c)[None].expand(2, -1, -1, -1), rtol=0,
+                                   atol=0)
     coords = tok.patch_coordinates(6)[None].expand(2, -1, -1)  # patches_of reads the same places back
     torch.testing.assert_close(patches_of(video, coords, 1, 8), _coded(tokens, coords), rtol=0, atol=0)
 
@@ -216,7 +229,8 @@ def test_chunked_decode_runs_and_differs_from_one_sequence():
     (lambda t: t.encode(torch.zeros(1, 3, 129, 32, 32)), "at most 128 frames"),
     (lambda t: t.encode(torch.zeros(1, 3, 8, 64, 64)), "32x32"),
     (lambda t: t.encode(torch.zeros(3, 8, 32, 32)), "rank 5"),
-    (lambda t: t.encode(torch.zeros(2, 3, 8, 32, 32), num_valid_frames=torch.tensor([9, 8])), "num_valid_frames"),
+    (lambda t: t.encode(torch.zeros(2, 3, 8, 32, 32), num_valid_frames=torch.tensor([9, 8])),
+     "num_valid_frames"),
     (lambda t: t.decode(torch.zeros(1, 100, 8)), r"tokens \(B, 144, 8\)"),
     (lambda t: t.decode(torch.zeros(1, 144, 8), num_frames=200), "at most 128 frames"),
     (lambda t: t.decode_patches(torch.zeros(1, 144, 8), torch.zeros(1, 5, 3)), "integer coords"),
@@ -302,9 +316,11 @@ def test_trainer_uses_the_training_loss_hook(world, tmp_path, monkeypatch):
     hook = OBJECTIVES["coordtok"]
     monkeypatch.setitem(OBJECTIVES, "coordtok", Objective(hook.settings, lambda tok, *a, **k: calls.append(
         objective_of(tok).stage) or hook.loss(tok, *a, **k)))
-    base = [f"data.source={world}", "data.num_frames=8", "val_videos=2", "threads=1", "log_every=1", "batch_size=2"]
+    base = [f"data.source={world}", "data.num_frames=8", "val_videos=2", "threads=1", "log_every=1",
+            "batch_size=2"]
     first = tmp_path / "stage1"
-    cfg = load_config(TokenizerTrainConfig, TINY_CONFIG, base + [f"out={first}", "steps=3", "val_every=3", "checkpoint_every=3"])
+    cfg = load_config(TokenizerTrainConfig, TINY_CONFIG,
+                      base + [f"out={first}", "steps=3", "val_every=3", "checkpoint_every=3"])
     val = run(cfg)
     assert calls == [1, 1, 1] and math.isfinite(val["psnr"])
     assert load_video_tokenizer(first / "final").preset == "coordtok_tiny"
@@ -313,8 +329,8 @@ def test_trainer_uses_the_training_loss_hook(world, tmp_path, monkeypatch):
 
     second = tmp_path / "stage2"  # stage 2 starts from stage 1's weights
     cfg = load_config(TokenizerTrainConfig, TINY_CONFIG, base + [
-        f"out={second}", "steps=1", "val_every=1", "checkpoint_every=1", "model_overrides={stage: 2, stage2_frames: 4}",
-        f"init_from={first / 'final'}", "lr=0"])
+        f"out={second}", "steps=1", "val_every=1", "checkpoint_every=1",
+        "model_overrides={stage: 2, stage2_frames: 4}", f"init_from={first / 'final'}", "lr=0"])
     run(cfg)
     assert calls[3:] == [2]
     a, b = load_video_tokenizer(first / "final"), load_video_tokenizer(second / "final")
@@ -326,14 +342,18 @@ def test_memory_bench_reports_every_frame_count():
     from mmvid.evaluation import BENCHES
     from mmvid.evaluation.runner import BenchContext
 
-    ctx = BenchContext(model_path=None, options={"preset": "coordtok_tiny", "frames": "8,16", "repeats": "1", "threads": "1"})
+    ctx = BenchContext(model_path=None,
+                       options={"preset": "coordtok_tiny", "frames": "8,16", "repeats": "1", "threads": "1"})
     result = BENCHES["coordtok_memory"](ctx)
     m = {x.name: x.value for x in result.metrics}
     assert m["sampled_patches"] == 64 and m["T16/full_patches"] == 16 * 16
-    assert all(m[f"T{T}/{mode}_{unit}"] > 0 for T in (8, 16) for mode in ("sampled", "full") for unit in ("mib", "ms"))
+    assert all(m[f"T{T}/{mode}_{unit}"] > 0
+               for T in (8, 16) for mode in ("sampled", "full") for unit in ("mib", "ms"))
     assert m["T16/full_mib"] > m["T8/full_mib"] and m["full_growth_mib"] > 1
-    assert result.settings["table"].count("\n") == 3 and torch.get_num_threads() == 1  # restored (the fixture's 1)
+    # restored (the fixture's 1)
+    assert result.settings["table"].count("\n") == 3 and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="CoordTok preset"):
         BENCHES["coordtok_memory"](BenchContext(model_path=None, options={"preset": "vtok_tiny"}))
     with pytest.raises(ValueError, match="at most 128 frames"):
-        BENCHES["coordtok_memory"](BenchContext(model_path=None, options={"preset": "coordtok_tiny", "frames": "256"}))
+        BENCHES["coordtok_memory"](BenchContext(model_path=None,
+                                                options={"preset": "coordtok_tiny", "frames": "256"}))

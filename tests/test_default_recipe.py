@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -49,12 +48,14 @@ def test_the_attribute_curriculum_holds_only_colour_and_shape_questions(world):
     for sample in samples:
         turns = sample["conversations"]
         questions = [h["value"].replace("<video>\n", "") for h in turns[::2]]
-        assert questions and all(q.startswith(("What colour is", "What shape is")) for q in questions), questions
+        assert (questions
+                and all(q.startswith(("What colour is", "What shape is")) for q in questions)), questions
         assert turns[0]["value"].startswith("<video>\n")  # no caption round first
         every = full[sample["video"]]["conversations"]
         kept = {(h["value"].replace("<video>\n", ""), g["value"]) for h, g in zip(every[::2], every[1::2])
                 if h["value"].replace("<video>\n", "").startswith(("What colour is", "What shape is"))}
-        assert {(q, g["value"]) for q, g in zip(questions, turns[1::2])} == kept  # all of them, the same answers
+        # all of them, the same answers
+        assert {(q, g["value"]) for q, g in zip(questions, turns[1::2])} == kept
     with pytest.raises(ValueError, match="must not come from the val split"):
         attribute_conversations(world, "val")
 
@@ -63,20 +64,24 @@ def test_reading_comprehension_puts_a_caption_in_place_of_the_video(world):
     from mmvid.sft.world_data import reading_comprehension, world_texts
 
     convs = reading_comprehension(world, "train")
-    captions = {c for line in (world / "train" / "captions.jsonl").read_text().splitlines() for c in json.loads(line)["captions"]}
+    captions = {c for line in (world / "train" / "captions.jsonl").read_text().splitlines()
+                for c in json.loads(line)["captions"]}
     assert convs and all("<video>" not in turn["value"] for conv in convs for turn in conv)
     assert all(conv[0]["value"].split("\n")[0] in captions for conv in convs if "\n" in conv[0]["value"])
     assert not any("relative to" in conv[0]["value"] for conv in convs)  # captions say nothing about where
     # The tokenizer corpus is exactly the training split's captions, questions and options.
-    train_questions = [json.loads(line) for line in (world / "train" / "tv_align.jsonl").read_text().splitlines()]
-    expected = sorted(captions_list(world) + [t for q in train_questions for t in (q["question"], *q["options"])])
+    train_questions = [
+        json.loads(line) for line in (world / "train" / "tv_align.jsonl").read_text().splitlines()]
+    expected = sorted(
+        captions_list(world) + [t for q in train_questions for t in (q["question"], *q["options"])])
     assert sorted(world_texts(world, "train")) == expected
     with pytest.raises(ValueError):
         reading_comprehension(world, "val")
 
 
 def captions_list(world: Path) -> list[str]:
-    return [c for line in (world / "train" / "captions.jsonl").read_text().splitlines() for c in json.loads(line)["captions"]]
+    return [c for line in (world / "train" / "captions.jsonl").read_text().splitlines()
+            for c in json.loads(line)["captions"]]
 
 
 # ---------------------------------------------------------------- the vision tower
@@ -86,26 +91,31 @@ def test_cell_labels_follow_the_ground_truth():
     from mmvid.data.shapes import world as w
     from mmvid.vision_tower import cell_labels
 
-    scene = w.Scene(seed=0, num_frames=4, height=64, width=64, background=list(w.BACKGROUNDS)[0], texture="plain",
-                    objects=[w.ObjectSpec(shape="square", colour="red", size="large", action="stay_still", speed="slow",
-                                          x=0.3, y=0.7, angle=0.0, clockwise=True, event=None, event_frame=0)])
+    scene = w.Scene(seed=0, num_frames=4, height=64, width=64, background=list(w.BACKGROUNDS)[0],
+                    texture="plain",
+                    objects=[w.ObjectSpec(shape="square", colour="red", size="large", action="stay_still",
+                                          speed="slow",
+                                          x=0.3, y=0.7, angle=0.0, clockwise=True, event=None,
+                                          event_frame=0)])
     labels = cell_labels({"scene": scene.to_dict()}, [0], 64, 8)[0]  # (4, 8, 8)
     gy, gx = int(0.7 * 64 // 8), int(0.3 * 64 // 8)
     assert labels[2].sum() == 1 and labels[2, gy, gx] == 1  # the centre cell
-    assert labels[0, gy, gx] == 1 + list(w.COLOURS).index("red") and labels[1, gy, gx] == 1 + w.SHAPES.index("square")
+    assert labels[0, gy, gx] == 1 + list(w.COLOURS).index("red") and labels[1, gy, gx] == 1 + w.SHAPES.index(
+        "square")
     assert labels[0, 0, 7] == 0 and labels[1, 0, 7] == 0  # far away: background
     assert (labels[0] > 0).sum() >= 4  # a large square covers several cells
 
 
 @pytest.mark.parametrize("objective", ["dense", "contrastive"])
-def test_the_tower_trains_saves_and_feeds_vtok_like_a_downloaded_model(world, tmp_path, objective, one_thread):
+def test_the_tower_trains_saves_and_feeds_vtok_like_a_downloaded_model(world, tmp_path, objective,
+                                                                       one_thread):
     from transformers import AutoModel
 
     from mmvid.video_tokenizers import build_video_tokenizer
     from mmvid.vision_tower import TowerConfig, train_tower
 
-    cfg = TowerConfig(world=str(world), out=str(tmp_path / "tower"), objective=objective, image_size=32, grid=4,
-                      max_steps=3, minutes=5, batch_size=8, val_videos=4, train_videos=None)
+    cfg = TowerConfig(world=str(world), out=str(tmp_path / "tower"), objective=objective, image_size=32,
+                      grid=4, max_steps=3, minutes=5, batch_size=8, val_videos=4, train_videos=None)
     folder = train_tower(cfg)
     record = json.loads((folder / "tower.json").read_text())
     assert record["steps"] == 3 and record["config"]["objective"] == objective
@@ -123,8 +133,8 @@ def test_a_conv_tower_whose_grid_does_not_match_vtok_is_refused(world, tmp_path,
     from mmvid.video_tokenizers import build_video_tokenizer
     from mmvid.vision_tower import TowerConfig, train_tower
 
-    folder = train_tower(TowerConfig(world=str(world), out=str(tmp_path / "t"), image_size=32, grid=4, max_steps=1,
-                                     batch_size=4, val_videos=2, train_videos=4))
+    folder = train_tower(TowerConfig(world=str(world), out=str(tmp_path / "t"), image_size=32, grid=4,
+                                     max_steps=1, batch_size=4, val_videos=2, train_videos=4))
     with pytest.raises(ValueError, match="patch_size=8"):
         build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_path=str(folder), patch_size=4)
     with pytest.raises(ValueError, match="unknown tower objective"):
@@ -160,7 +170,8 @@ def test_text_pretraining_saves_an_llm_folder_that_videollm_loads(tmp_path, one_
     from mmvid.videollm import VideoLLM, VideoLLMConfig
 
     tokenizer = world_text_tokenizer(tmp_path / "text-tokenizer")
-    llm = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+    llm = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+               num_attention_heads=2,
                num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
     convs = [[{"from": "human", "value": f"a red star bounces.\nWhat colour is the star? {i}"},
               {"from": "gpt", "value": "red"}] for i in range(8)]
@@ -184,7 +195,8 @@ def test_align_steps_keep_the_llm_frozen_first():
 
     cfg = SFTConfig(warmup_steps=10, steps=100, align_steps=20, data=SFTData(curriculum_steps=0))
     llm, projector = lr_lambda(cfg, 100, delay=20), lr_lambda(cfg, 100)
-    assert [llm(s) for s in (0, 19)] == [0.0, 0.0] and llm(20) == pytest.approx(0.1) and llm(29) == pytest.approx(1.0)
+    assert ([llm(s) for s in (0, 19)] == [0.0, 0.0] and llm(20) == pytest.approx(0.1)
+            and llm(29) == pytest.approx(1.0))
     assert projector(0) == pytest.approx(0.1) and projector(15) > 0.9
     assert llm(99) < 0.01
 
@@ -201,10 +213,11 @@ def test_the_learning_curve_is_drawn_from_a_runs_files(tmp_path):
         plot_curve(run, tmp_path / "x.png")
     (run / "stages.jsonl").write_text(json.dumps({"stage": "vision_tower", "seconds": 60}) + "\n")
     points = [{"step": s, "stage": "sft", "train_seconds": 30 * s, "formulation": "cloze",
-               "metrics": {"acc": 0.25 + 0.1 * s, "colour/acc": 0.3, "acc_letter": 0.25}} for s in range(1, 4)]
+               "metrics": {"acc": 0.25 + 0.1 * s, "colour/acc": 0.3, "acc_letter": 0.25}} for s in range(
+                   1, 4)]
     (run / "curve.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "seconds": s}) + "\n"
-                                               for s in range(10)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "seconds": s})
+                                               + "\n" for s in range(10)))
     path = plot_curve(run, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
@@ -212,7 +225,8 @@ def test_the_learning_curve_is_drawn_from_a_runs_files(tmp_path):
 # ---------------------------------------------------------------- SFT data knobs: max_rounds, t2v_fraction
 
 
-def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequences(world, tmp_path, one_thread):
+def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequences(
+    world, tmp_path, one_thread):
     from mmvid.sft.data import SFTDataset
     from mmvid.sft.world_data import cloze_conversations
     from mmvid.testing import tiny_videollm
@@ -227,7 +241,8 @@ def test_max_rounds_keeps_the_first_round_and_t2v_fraction_drops_generation_sequ
     assert rounds > 3
     a, b = full[0], capped[0]
     assert len(a["encoded"]) == rounds + 1  # every round, and the video's text-to-video sequence
-    assert len(b["encoded"]) == 3 and not capped.extras  # first round + 2 drawn; no text-to-video at fraction 0
+    # first round + 2 drawn; no text-to-video at fraction 0
+    assert len(b["encoded"]) == 3 and not capped.extras
     assert b["encoded"][0].input_ids == a["encoded"][0].input_ids  # the caption round is always kept
     torch.manual_seed(1)
     draws = {tuple(tuple(e.input_ids) for e in capped[0]["encoded"]) for _ in range(6)}
@@ -249,7 +264,8 @@ def test_the_default_bpe_tokenizer_keeps_every_attribute_word_whole(world, tmp_p
 
     cfg = SFTConfig()
     assert cfg.data.text_corpus_model_type == "bpe"
-    tok = train_text_tokenizer(world_texts(world, "train"), tmp_path / "tok", vocab_size=cfg.data.text_corpus_vocab,
+    tok = train_text_tokenizer(world_texts(world, "train"), tmp_path / "tok",
+                               vocab_size=cfg.data.text_corpus_vocab,
                                model_type=cfg.data.text_corpus_model_type)
     text = " ".join(captions_list(world))
     words = [w for w in (*shapes.COLOURS, *shapes.SHAPES) if f" {w} " in text]

@@ -45,10 +45,12 @@ def _metrics(record, bench):
 def test_tv_align_loglikelihood_reports_categories_with_stderr(model, world):
     record = run_benches(["tv_align"], BenchContext(model=model, data=str(world), limit=12))
     metrics = record["results"]["tv_align"]["metrics"]
-    assert metrics["acc"]["n"] == 12 and 0 <= metrics["acc"]["value"] <= 1 and metrics["acc"]["stderr"] is not None
+    assert (metrics["acc"]["n"] == 12 and 0 <= metrics["acc"]["value"] <= 1
+            and metrics["acc"]["stderr"] is not None)
     assert "acc_norm" in metrics and any(k.endswith("/acc") for k in metrics)
     categories = {k.split("/")[0] for k in metrics if "/" in k}
-    assert categories <= {"colour", "shape", "count", "action", "spatial", "temporal"} and len(categories) >= 3
+    assert (categories <= {"colour", "shape", "count", "action", "spatial", "temporal"}
+            and len(categories) >= 3)
 
 
 def test_scoring_modes_agree_on_a_model_that_always_prefers_one_option(model, world):
@@ -60,7 +62,8 @@ def test_scoring_modes_agree_on_a_model_that_always_prefers_one_option(model, wo
 
     handle = model.llm.get_output_embeddings().register_forward_hook(prefer_b)
     try:
-        ctx = BenchContext(model=model, data=str(world), limit=12, options={"mode": "both", "max_new_tokens": "1", "option_format": "letter"},
+        ctx = BenchContext(model=model, data=str(world), limit=12,
+                           options={"mode": "both", "max_new_tokens": "1", "option_format": "letter"},
                            log_samples=True)
         record = run_benches(["tv_align"], ctx)
     finally:
@@ -78,13 +81,15 @@ def test_user_benchmark_file_with_text_answers(model, world, tmp_path):
             "options": ["yes", "no", "maybe"], "answer": "no", "category": "mine"}
     path = tmp_path / "bench.jsonl"
     path.write_text(json.dumps(line) + "\n")
-    record = run_benches(["tv_align"], BenchContext(model=model, data=str(path), options={"option_format": "text"}))
+    record = run_benches(["tv_align"],
+                         BenchContext(model=model, data=str(path), options={"option_format": "text"}))
     assert "mine/acc" in record["results"]["tv_align"]["metrics"]
     assert record["results"]["tv_align"]["settings"]["chance"] == pytest.approx(1 / 3)
 
 
 def test_malformed_benchmark_lines_name_their_line(tmp_path):
-    good = {"id": "a", "video": "v.mp4", "question": "q?", "options": ["x", "y"], "answer": "A", "category": "c"}
+    good = {"id": "a", "video": "v.mp4", "question": "q?", "options": ["x", "y"], "answer": "A",
+            "category": "c"}
     cases = {"{not json": "invalid JSON", json.dumps({**good, "answer": "Z"}): "neither a letter",
              json.dumps({k: v for k, v in good.items() if k != "options"}): "missing ['options']",
              json.dumps({**good, "options": ["only"]}): "2-26"}
@@ -139,13 +144,15 @@ def test_prototype_choice_is_the_nearest_class_mean_by_cosine():
 
 def test_fewshot_prototype_scorer_needs_no_llm(world):
     options = {"ways": "2", "shots": "1,2", "scorer": "prototype", "tokenizer": "vtok_tiny", "frames": "8"}
-    record = run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=4, options=options))
+    record = run_benches(["fewshot"],
+                         BenchContext(model_path="/nonexistent", data=str(world), limit=4, options=options))
     result = record["results"]["fewshot"]
     assert result["settings"]["scorer"] == "prototype" and result["settings"]["tokenizer"] == "vtok_tiny"
     metrics = {k: v["value"] for k, v in result["metrics"].items()}
     assert set(metrics) == {"2way_1shot/acc", "2way_2shot/acc"} and all(0 <= v <= 1 for v in metrics.values())
     words = dict(options, video_as="words", tokenizer="sweettok_tiny")
-    record = run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=2, options=words))
+    record = run_benches(["fewshot"],
+                         BenchContext(model_path="/nonexistent", data=str(world), limit=2, options=words))
     assert record["results"]["fewshot"]["settings"]["video_as"] == "words"
     with pytest.raises(ValueError, match="word ids"):
         run_benches(["fewshot"], BenchContext(model_path="/nonexistent", data=str(world), limit=1,
@@ -156,15 +163,16 @@ def test_fewshot_prototype_scorer_needs_no_llm(world):
 
 def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "eval/run.py", "--bench", "tv_align", "--model", str(saved_model), "--data", str(world),
-           "--limit", "6", "--output", str(out), "--log-samples"]
+    cmd = [sys.executable, "eval/run.py", "--bench", "tv_align", "--model", str(saved_model), "--data",
+           str(world), "--limit", "6", "--output", str(out), "--log-samples"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| tv_align" in result.stdout
     record = json.loads(out.read_text())
     assert record["schema_version"] == 1 and record["git_commit"]
     settings = record["settings"]
-    for key in ("model", "frames", "sampling", "fps", "prompt_template", "decode_backend", "seed", "data", "limit"):
+    for key in ("model", "frames", "sampling", "fps", "prompt_template", "decode_backend", "seed", "data",
+                "limit"):
         assert key in settings, key
     assert settings["frames"] == 8 and settings["prompt_template"]
     assert record["results"]["tv_align"]["metrics"]["acc"]["n"] == 6
@@ -172,11 +180,12 @@ def test_cli_writes_a_reproducible_record(saved_model, world, tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path, world):
-    run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
-                                    timeout=300)
+    run = lambda *a: subprocess.run([sys.executable, "eval/run.py", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
     missing = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data", str(world))
     assert missing.returncode == 2 and "no VideoLLM checkpoint" in missing.stderr
-    no_data = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "no-world"))
+    no_data = run("--bench", "tv_align", "--model", str(tmp_path / "none"), "--data",
+                  str(tmp_path / "no-world"))
     assert no_data.returncode == 2 and "benchmark file not found" in no_data.stderr
     default = run("--bench", "tv_align", "--model", "runs/sft-default/final-missing", "--data", str(world))
     assert default.returncode == 2
@@ -188,7 +197,8 @@ def test_evaluate_on_a_live_model_writes_the_same_json(model, world, tmp_path):
     model.train()
     record = evaluate(model, ["tv_align"], output=tmp_path / "live.json", data=str(world), limit=4)
     assert model.training  # restored
-    assert json.loads((tmp_path / "live.json").read_text())["results"] == json.loads(json.dumps(record["results"]))
+    assert json.loads((tmp_path / "live.json").read_text())["results"] == json.loads(
+        json.dumps(record["results"]))
     assert torch.is_grad_enabled()
 
 
@@ -205,7 +215,8 @@ def test_end_of_answer_scores_each_option_as_the_whole_answer(model):
     assert plain[1] < plain[0]  # the extension's probability is the prefix's times factors below 1
     tok = model.text_tokenizer
     for option, p, w in zip(options, plain, whole):
-        ids = encode_prompt(tok, messages, model.video_ids, []) + tok(option, add_special_tokens=False)["input_ids"]
+        ids = (encode_prompt(tok, messages, model.video_ids, [])
+               + tok(option, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         end = float(torch.log_softmax(logits, -1)[tok.eos_token_id])
@@ -223,7 +234,8 @@ def test_continuation_scores_do_not_depend_on_the_batch_size(model):
                "shrinks", "grows slowly", "moves up quickly", "a large blue square", "bounces"]
     with torch.no_grad():
         features = model.encode_video(world_clips(1, model.config.num_frames, model.image_size))
-    for messages, video in (([{"role": "user", "content": f"{VIDEO_TOKEN}\nWhat does the object do?"}], features),
+    for messages, video in (([{"role": "user", "content": f"{VIDEO_TOKEN}\nWhat does the object do?"}],
+                             features),
                             ([{"role": "user", "content": "What does it do?"}], None)):
         one, eight = (continuation_logprobs(model, messages, options, video, end_of_answer=True, batch_size=n)
                       for n in (1, 8))

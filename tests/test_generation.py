@@ -24,13 +24,14 @@ def workdir(tmp_path_factory):
 
 
 def flow_model(workdir, **config):
-    settings = dict(generation_head="auto", generation_head_kwargs={"width": 32, "depth": 2, "sample_steps": 4})
+    settings = dict(generation_head="auto",
+                    generation_head_kwargs={"width": 32, "depth": 2, "sample_steps": 4})
     return tiny_videollm(workdir, **{**settings, **config})
 
 
 def sweet_model(workdir, **config):
-    settings = dict(video_tokenizer="sweettok_tiny", video_tokenizer_overrides={"output": "ids"}, projector="embedding",
-                    num_frames=5, generation_head="auto")
+    settings = dict(video_tokenizer="sweettok_tiny", video_tokenizer_overrides={"output": "ids"},
+                    projector="embedding", num_frames=5, generation_head="auto")
     return tiny_videollm(workdir, **{**settings, **config})
 
 
@@ -105,7 +106,8 @@ def test_guidance_one_is_no_guidance(workdir, one_thread, monkeypatch):
     model = flow_model(workdir)
     calls = []
     original = model.generation_head.sample
-    monkeypatch.setattr(model.generation_head, "sample", lambda h, u=None, **kw: calls.append(u) or original(h, u, **kw))
+    monkeypatch.setattr(model.generation_head, "sample",
+                        lambda h, u=None, **kw: calls.append(u) or original(h, u, **kw))
     model.generate_video(PROMPT, seed=0, guidance_scale=1.0)
     assert calls and all(u is None for u in calls)  # no unconditional stream at all
     calls.clear()
@@ -117,7 +119,8 @@ def test_discrete_ids_stay_in_their_slots_and_decode(workdir, one_thread, monkey
     model = sweet_model(workdir)
     seen = []
     decode = model.video_tokenizer.decode
-    monkeypatch.setattr(model.video_tokenizer, "decode", lambda ids, num_frames=None: seen.append(ids) or decode(ids, num_frames))
+    monkeypatch.setattr(model.video_tokenizer, "decode",
+                        lambda ids, num_frames=None: seen.append(ids) or decode(ids, num_frames))
     frames = model.generate_video(PROMPT, seed=0, temperature=3.0, guidance_scale=2.0)
     ids = seen[0]
     assert ids.dtype == torch.long and ids.shape == (1, model.video_tokenizer.num_tokens(5, 32, 32))
@@ -152,7 +155,8 @@ def test_clear_errors(workdir, one_thread):
     with pytest.raises(ValueError, match="no generation head"):
         plain.generate_video(PROMPT)
     with pytest.raises(ValueError, match="generation head"):
-        plain(**plain.processor.collate([plain.processor.encode_sample(t2v_turns())], list(world_clips(1, 8, 32))))
+        plain(**plain.processor.collate([plain.processor.encode_sample(t2v_turns())],
+                                        list(world_clips(1, 8, 32))))
     with pytest.raises(ValueError, match="discrete video tokenizer"):
         tiny_videollm(workdir, generation_head="discrete")
     with pytest.raises(ValueError, match="token-by-token projector"):
@@ -162,7 +166,8 @@ def test_clear_errors(workdir, one_thread):
     model = flow_model(workdir)
     batch = t2v_batch(model, n=1)
     with pytest.raises(ValueError, match="need `videos`"):
-        model(input_ids=batch["input_ids"], video_features=model.encode_video(batch["videos"]), video_targets=batch["video_targets"])
+        model(input_ids=batch["input_ids"], video_features=model.encode_video(batch["videos"]),
+              video_targets=batch["video_targets"])
 
 
 def test_sft_data_reads_world_t2v_lines_with_prompt_dropout(workdir, one_thread, tmp_path):
@@ -174,10 +179,12 @@ def test_sft_data_reads_world_t2v_lines_with_prompt_dropout(workdir, one_thread,
     lines = []
     for k, clip in enumerate(world_clips(4, 8, 32)):
         write_video(tmp_path / "videos" / f"{k}.mp4", tensor_to_frames(clip), fps=8)
-        lines.append({"id": f"v{k}", "video": f"videos/{k}.mp4", "prompt": f"{PROMPT} {k}", "objects": [], "count": 0})
+        lines.append({"id": f"v{k}", "video": f"videos/{k}.mp4", "prompt": f"{PROMPT} {k}", "objects": [],
+                      "count": 0})
     (tmp_path / "t2v.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     sample = t2v_conversation(lines[0])
-    assert is_text_to_video(sample["conversations"]) and sample["conversations"][0]["value"].startswith(PROMPT)
+    assert is_text_to_video(sample["conversations"]) and sample["conversations"][0]["value"].startswith(
+        PROMPT)
     assert t2v_conversation({"conversations": []}) == {"conversations": []}  # other samples pass through
 
     torch.manual_seed(0)
@@ -208,17 +215,21 @@ def test_t2v_samples_join_the_understanding_sample_of_their_video(workdir, one_t
             {"from": "human", "value": "<video>\nWhat moves?"}, {"from": "gpt", "value": "a circle"},
             {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "it stops"}]})
         t2v.append({"id": f"t{k}", "video": f"videos/{k}.mp4", "prompt": f"{PROMPT} {k}"})
-    t2v.append({"id": "alone", "video": "videos/0.mp4", "prompt": "no match", "extra": 1})  # same video: joins q0 too
+    # same video: joins q0 too
+    t2v.append({"id": "alone", "video": "videos/0.mp4", "prompt": "no match", "extra": 1})
     (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(x) for x in qa[:2]))  # video 2 has no QA sample
     (tmp_path / "t2v.jsonl").write_text("\n".join(json.dumps(x) for x in t2v))
-    data = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor, split_turns=True)
+    data = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor,
+                      split_turns=True)
     assert len(data) == 3  # q0 (+ t0, alone), q1 (+ t1), t2 on its own
     first = data[0]
-    assert [e.targets for e in first["encoded"]] == [[False], [False], [True], [True]] and first["spans"] == [0, 0, 0, 0]
+    assert [e.targets for e in first["encoded"]] == [[False], [False], [True], [True]] and first["spans"] == [
+        0, 0, 0, 0]
     assert [e.targets for e in data[2]["encoded"]] == [[True]]
     batch = collate(model.processor, [data[0], data[2]])
     assert batch["videos"].shape[0] == 2 and batch["video_index"].tolist() == [0, 0, 0, 0, 1]
     out = model(**{k: v for k, v in batch.items() if k != "index"})
     assert torch.isfinite(out.gen_loss) and torch.isfinite(out.lm_loss)
-    unmerged = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor, merge_t2v=False)
+    unmerged = SFTDataset([str(tmp_path / "sft.jsonl"), str(tmp_path / "t2v.jsonl")], model.processor,
+                          merge_t2v=False)
     assert len(unmerged) == 6

@@ -38,8 +38,10 @@ def hf_greedy(model, ids, features, n):
     input_ids = torch.tensor([ids])
     embeds = model.embed(input_ids, video_features=features)
     eos = model.text_tokenizer.eos_token_id
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
-                             do_sample=False, eos_token_id=eos, pad_token_id=model.text_tokenizer.pad_token_id)
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=n,
+                             do_sample=False, eos_token_id=eos,
+                             pad_token_id=model.text_tokenizer.pad_token_id)
     tokens = out[0].tolist()
     return tokens[:tokens.index(eos)] if eos in tokens else tokens
 
@@ -65,11 +67,16 @@ def test_greedy_matches_hf_generate_token_for_token(model, videos, with_video):
 
 def test_seeded_sampling_repeats_and_top_k_one_is_greedy(model, videos):
     ids = model.prompt_ids(QUESTION, videos[0])
-    run = lambda **kw: generate(model, ids, SamplingParams(max_new_tokens=12, **kw), video_features=videos[0]).token_ids
+
+    def run(**kw):
+        params = SamplingParams(max_new_tokens=12, **kw)
+        return generate(model, ids, params, video_features=videos[0]).token_ids
+
     a = run(temperature=1.0, seed=3)
     assert run(temperature=1.0, seed=3) == a
+    # an explicit generator, same draws
     assert generate(model, ids, SamplingParams(max_new_tokens=12, temperature=1.0), video_features=videos[0],
-                    generator=torch.Generator().manual_seed(3)).token_ids == a  # an explicit generator, same draws
+                    generator=torch.Generator().manual_seed(3)).token_ids == a
     assert any(run(temperature=1.0, seed=s) != a for s in (4, 5, 6))
     assert run(temperature=1.0, top_k=1, seed=0) == run()
 
@@ -95,7 +102,8 @@ def test_a_later_turn_reuses_the_cache_and_gets_the_logits_of_a_fresh_run(model,
     cache = PromptCache()
     first = generate(model, model.prompt_ids(QUESTION, videos[0]), SamplingParams(max_new_tokens=6),
                      video_features=videos[0], cache=cache)
-    later = QUESTION + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And its colour?"}]
+    later = QUESTION + [{"role": "assistant", "content": first.text},
+                        {"role": "user", "content": "And its colour?"}]
     ids = model.prompt_ids(later, videos[0])
     reused = prefill(model, ids, videos[0], cache)
     assert cache.reused > model.tokens_per_video  # the video span and the first turn came from the cache
@@ -114,12 +122,15 @@ def test_usage_counts_cached_tokens_and_stopping_early_keeps_the_cache(model, vi
         break  # a client that goes away after the first token
     again = generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0], cache=cache)
     assert again.usage.cached_tokens == len(ids) - 1  # all the prompt but its last token
-    assert again.token_ids == generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0]).token_ids
+    fresh = generate(model, ids, SamplingParams(max_new_tokens=8), video_features=videos[0])
+    assert again.token_ids == fresh.token_ids
 
 
 def test_video_features_are_encoded_once_per_key():
     cache, calls = PromptCache(max_videos=2), []
-    encode = lambda name: lambda: calls.append(name) or torch.full((1, 2, 3), float(len(calls)))
+    def encode(name):
+        return lambda: calls.append(name) or torch.full((1, 2, 3), float(len(calls)))
+
     first = cache.video_features("a.mp4", encode("a"))
     assert cache.video_features("a.mp4", encode("a")) is first and calls == ["a"]
     cache.video_features("b.mp4", encode("b"))
@@ -131,7 +142,8 @@ def test_video_features_are_encoded_once_per_key():
 def test_sampler_and_bad_params():
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0]])
     assert sample_tokens(logits).tolist() == [1]
-    draws = sample_tokens(logits.expand(200, 4), temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    draws = sample_tokens(logits.expand(200, 4), temperature=1.0, top_k=2,
+                          generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == {1, 2}
     assert torch.isinf(filter_logits(logits, top_p=0.5)).sum() == 3
     assert SamplingParams(stop="\n").stop == ("\n",) and SamplingParams(stop=["", "x"]).stop == ("x",)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FOLDERS = ("tokenizers", "train", "eval")
@@ -27,8 +27,9 @@ def _is_hf_tokenizers(path: str) -> bool:
 
 
 def test_tokenizers_is_hugging_faces_in_this_process():
-    import tokenizers
     from transformers import AutoTokenizer  # noqa: F401
+
+    import tokenizers
 
     assert _is_hf_tokenizers(tokenizers.__file__), tokenizers.__file__
     assert hasattr(tokenizers, "Tokenizer")  # Hugging Face's API, not a namespace package
@@ -49,7 +50,8 @@ def test_tokenizers_is_hugging_faces_from_a_script_run_by_path(folder):
     script = ROOT / folder / f"_probe_{uuid.uuid4().hex}.py"
     script.write_text(PROBE)
     try:
-        out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
     finally:
         script.unlink()
     assert out.returncode == 0, out.stderr
@@ -82,7 +84,8 @@ def test_pyproject_packages_only_mmvid_and_keeps_flash_attn_optional():
     deps = config["project"]["dependencies"]
     assert not any(d.startswith("flash-attn") for d in deps)
     assert any(d.startswith("flash-attn") for d in config["project"]["optional-dependencies"]["gpu"])
-    for name in ("torch", "transformers", "deepspeed", "sentencepiece", "decord", "av", "lm-eval", "einops", "safetensors"):
+    for name in ("torch", "transformers", "deepspeed", "sentencepiece", "decord", "av", "lm-eval", "einops",
+                 "safetensors"):
         assert any(d.split(">")[0].split("=")[0] == name for d in deps), name
     # Every dependency line carries a comment naming its user.
     text = (ROOT / "pyproject.toml").read_text()

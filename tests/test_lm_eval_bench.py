@@ -50,8 +50,10 @@ def test_registered_in_lm_eval():
 
 
 def test_loglikelihood_matches_manual_and_batching(videollm):
-    one = MMVidLM(model=videollm, batch_size=1).loglikelihood(requests("loglikelihood", PAIRS), disable_tqdm=True)
-    three = MMVidLM(model=videollm, batch_size=3).loglikelihood(requests("loglikelihood", PAIRS), disable_tqdm=True)
+    one = MMVidLM(model=videollm, batch_size=1).loglikelihood(requests("loglikelihood", PAIRS),
+                                                              disable_tqdm=True)
+    three = MMVidLM(model=videollm, batch_size=3).loglikelihood(requests("loglikelihood", PAIRS),
+                                                                disable_tqdm=True)
     for (context, continuation), (ll1, greedy1), (ll3, greedy3) in zip(PAIRS, one, three):
         expected, greedy = manual_loglikelihood(videollm, context, continuation)
         assert ll1 == pytest.approx(expected, abs=1e-4)
@@ -76,7 +78,8 @@ def test_generate_until_stops_and_batches(videollm):
     assert free[0] == free[1]  # left padding changes nothing
     assert all(len(g) >= 2 for g in free[0]), free[0]
     stops = [g[len(g) // 2] for g in free[0]]  # a character each generation contains
-    stopped = requests("generate_until", [(p, {"until": [s], "max_gen_toks": 12}) for p, s in zip(prompts, stops)])
+    stopped = requests("generate_until",
+                       [(p, {"until": [s], "max_gen_toks": 12}) for p, s in zip(prompts, stops)])
     cut = MMVidLM(model=videollm).generate_until(stopped, disable_tqdm=True)
     for g, s, c in zip(free[0], stops, cut):
         assert c == g.split(s)[0] and s not in c
@@ -95,7 +98,8 @@ def test_caption_docs_deterministic():
     docs = caption_choice_docs("test", 40)
     assert docs == caption_choice_docs("test", 40)
     for doc in docs:
-        assert len(set(doc["choices"])) == 4 and doc["caption"] == f"{doc['context']} {doc['choices'][doc['label']]}"
+        assert (len(set(doc["choices"])) == 4
+                and doc["caption"] == f"{doc['context']} {doc['choices'][doc['label']]}")
 
 
 def test_from_pretrained_arg_string(videollm, tmp_path):

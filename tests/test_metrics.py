@@ -36,7 +36,8 @@ def _ssim_window_loop(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
             mu_a, mu_b = (w * pa).sum(), (w * pb).sum()
             var_a, var_b = (w * (pa - mu_a) ** 2).sum(), (w * (pb - mu_b) ** 2).sum()
             cov = (w * (pa - mu_a) * (pb - mu_b)).sum()
-            values.append(((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
+            values.append(
+                ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
     return float(np.mean(values))
 
 
@@ -60,9 +61,11 @@ def test_psnr_of_a_known_mse():
     y[1, :, 0] = 1.0  # half the values off by 1: mse 0.5 -> 10 * log10(4 / 0.5)
     out = psnr(x, y)
     assert out.dtype == torch.float64 and out.shape == (2,)
-    torch.testing.assert_close(out, torch.tensor([10 * math.log10(16), 10 * math.log10(8)], dtype=torch.float64))
+    torch.testing.assert_close(out,
+                               torch.tensor([10 * math.log10(16), 10 * math.log10(8)], dtype=torch.float64))
     # The same error in 8-bit units: a difference of 127.5 on half the values, mse 127.5**2 / 2.
-    assert psnr(x, y * 127.5, data_range=255.0)[1].item() == pytest.approx(10 * math.log10(255**2 / (127.5**2 / 2)))
+    assert psnr(x, y * 127.5, data_range=255.0)[1].item() == pytest.approx(
+        10 * math.log10(255**2 / (127.5**2 / 2)))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 20, 17), (1, 1, 16, 16), (2, 2, 3, 12, 25)])
@@ -117,11 +120,13 @@ def test_bad_shapes_raise():
 def _with_covariance(mean: np.ndarray, variances: np.ndarray, n: int, seed: int) -> np.ndarray:
     """(n, D) features whose sample mean and covariance are exactly `mean` and diag(`variances`):
     orthonormal columns, orthogonal to the constant vector, scaled."""
-    basis, _ = np.linalg.qr(np.column_stack([np.ones(n), np.random.default_rng(seed).normal(size=(n, len(mean)))]))
+    basis, _ = np.linalg.qr(np.column_stack([np.ones(n),
+                                             np.random.default_rng(seed).normal(size=(n, len(mean)))]))
     return mean + basis[:, 1:] * np.sqrt((n - 1) * variances)
 
 
-@pytest.mark.parametrize("variances_b", [[0.5, 2.0, 1.0, 4.0], [0.5, 0.0, 1.0, 0.0]])  # the second is singular
+# the second is singular
+@pytest.mark.parametrize("variances_b", [[0.5, 2.0, 1.0, 4.0], [0.5, 0.0, 1.0, 0.0]])
 def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances(variances_b):
     mean_a, mean_b = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.5])
     var_a, var_b = np.array([1.0, 3.0, 0.25, 4.0]), np.array(variances_b)

@@ -17,7 +17,8 @@ from mmvid.testing import tiny_videollm
 from mmvid.video_tokenizers import build_video_tokenizer
 from mmvid.videollm import VideoLLM
 
-SAMPLE = [{"from": "human", "value": "<video>\nWhat moves?"}, {"from": "gpt", "value": "A red circle moves left."}]
+SAMPLE = [{"from": "human", "value": "<video>\nWhat moves?"},
+          {"from": "gpt", "value": "A red circle moves left."}]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def model(workdir):
 
 def test_defaults_come_from_the_model_and_its_video_tokenizer(model):
     c = model.processor.config
-    assert (c.num_frames, c.image_size, c.max_length) == (model.config.num_frames, 32, model.config.max_length)
+    assert (c.num_frames, c.image_size, c.max_length) == (model.config.num_frames, 32,
+                                                          model.config.max_length)
     assert (c.min_frames, c.max_frames, c.sampling, c.fps) == (2, None, "uniform", None)
     assert c.tokens_per_video == model.tokens_per_video and model.processor.video_ids == model.video_ids
     assert model.processor.text_tokenizer is model.text_tokenizer
@@ -42,24 +44,28 @@ def test_same_ids_and_frames_as_the_model_settings_gave(model, make_video):
     """What the five call sites computed from model.config.num_frames and model.image_size, and what
     VideoLLM.encode_sample computed, is what the processor gives."""
     path = make_video(num_frames=24)
-    before = frames_to_tensor(read_video(path, num_frames=model.config.num_frames, size=model.image_size).frames)
+    before = frames_to_tensor(
+        read_video(path, num_frames=model.config.num_frames, size=model.image_size).frames)
     video = model.processor.load_video(path)
     assert torch.equal(video, before) and video.shape == (3, 8, 32, 32)
     assert torch.equal(model.processor.read_frames(path), read_video(path, num_frames=8, size=32).frames)
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_video(video[None]), model.encode_video(before[None]), rtol=0, atol=0)
+        torch.testing.assert_close(model.encode_video(video[None]), model.encode_video(before[None]), rtol=0,
+                                   atol=0)
     encoded = model.processor.encode_sample(SAMPLE, sample_id="s")
     reference = encode_conversation(model.text_tokenizer, SAMPLE, model.video_ids, model.tokens_per_video,
                                     model.config.max_length, "s")
     assert encoded == reference and model.processor.count_tokens({"conversations": SAMPLE}) == len(reference)
     # Per call: 4 frames at 4 fps is what read_video gives with those settings.
     fps = model.processor.load_video(path, num_frames=4, fps=4.0)
-    assert torch.equal(fps, frames_to_tensor(read_video(path, num_frames=4, fps=4.0, sampling="fps", size=32).frames))
+    assert torch.equal(fps, frames_to_tensor(read_video(path, num_frames=4, fps=4.0, sampling="fps",
+                                                        size=32).frames))
 
 
 def test_collate_pads_on_the_right(model):
     short = model.processor.encode_sample(SAMPLE)
-    long = model.processor.encode_sample([SAMPLE[0], {"from": "gpt", "value": "A red circle moves left, then stops."}])
+    long = model.processor.encode_sample([SAMPLE[0],
+                                          {"from": "gpt", "value": "A red circle moves left, then stops."}])
     batch = model.processor.collate([short, long])
     n, width = len(short), len(long)
     assert batch["input_ids"].shape == (2, width) and set(batch) == {"input_ids", "attention_mask", "labels"}
@@ -89,7 +95,8 @@ def test_saved_and_loaded_with_the_model(model, tmp_path, make_video):
 
 
 @pytest.mark.parametrize("video_tokenizer", ["vtok_tiny", "coordtok_tiny"])
-def test_a_checkpoint_without_the_file_gets_the_processor_its_config_implies(workdir, tmp_path, video_tokenizer):
+def test_a_checkpoint_without_the_file_gets_the_processor_its_config_implies(workdir, tmp_path,
+                                                                             video_tokenizer):
     """Every checkpoint saved before the processor existed has no processor_config.json."""
     model = tiny_videollm(workdir, video_tokenizer=video_tokenizer)
     model.save_pretrained(tmp_path)
@@ -100,7 +107,8 @@ def test_a_checkpoint_without_the_file_gets_the_processor_its_config_implies(wor
     loaded = VideoLLM.from_pretrained(tmp_path)
     assert loaded.processor.config == model.processor.config
     if video_tokenizer == "coordtok_tiny":  # the frame limit comes from the tokenizer's config
-        assert derived.config.max_frames == model.video_tokenizer.max_frames == model.video_tokenizer.clip_frames
+        assert (derived.config.max_frames == model.video_tokenizer.max_frames
+                == model.video_tokenizer.clip_frames)
     loaded.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / PROCESSOR_FILE).read_text())["config"]["num_frames"] == 8
     with pytest.raises(ValueError, match="not a VideoLLM config.json"):
@@ -115,7 +123,8 @@ def test_frame_counts_the_video_tokenizer_cannot_take_are_refused_before_decodin
         model.processor.load_video(missing, num_frames=1)  # VTok needs a key frame and one more
     coordtok = tiny_videollm(workdir, video_tokenizer="coordtok_tiny")
     limit = coordtok.video_tokenizer.max_frames
-    with pytest.raises(ValueError, match=rf"num_frames={limit + 1}, but the video tokenizer takes 1 to {limit} frames"):
+    with pytest.raises(ValueError,
+                       match=rf"num_frames={limit + 1}, but the video tokenizer takes 1 to {limit} frames"):
         coordtok.processor.load_video(missing, num_frames=limit + 1)
     with pytest.raises(ValueError, match="takes 1 to"):
         VideoProcessorConfig(num_frames=9, max_frames=8)
@@ -123,11 +132,11 @@ def test_frame_counts_the_video_tokenizer_cannot_take_are_refused_before_decodin
         model.processor.load_video(missing, num_frames=2)  # a valid count reaches the file
 
 
-@pytest.mark.parametrize("preset, max_frames", [("frames_tiny", None), ("vtok_tiny", None), ("coordtok_tiny", 128),
-                                                ("sweettok_tiny", None)])
+@pytest.mark.parametrize("preset, max_frames", [("frames_tiny", None), ("vtok_tiny", None),
+                                                ("coordtok_tiny", 128), ("sweettok_tiny", None)])
 def test_video_tokenizers_declare_their_longest_clip(preset, max_frames):
-    """max_frames is the processor's bound: CoordTok's clip_frames; SweetTok's clip_frames (5 here) is only what
-    decode assumes, and longer clips encode."""
+    """max_frames is the processor's bound: CoordTok's clip_frames; SweetTok's clip_frames (5 here) is only
+    what decode assumes, and longer clips encode."""
     tok = build_video_tokenizer(preset)
     assert tok.max_frames == max_frames
     if max_frames is None:
@@ -151,11 +160,15 @@ def test_bad_config_values_raise(fields, message):
 
 def test_a_processor_that_does_not_fit_the_model_is_refused(model, tmp_path):
     parts = (model.config, model.llm, model.text_tokenizer, model.video_tokenizer, model.projector)
-    wrong_size = VideoProcessor(model.text_tokenizer, dataclasses.replace(model.processor.config, image_size=48))
+    wrong_size = VideoProcessor(model.text_tokenizer,
+                                dataclasses.replace(model.processor.config, image_size=48))
     with pytest.raises(ValueError, match="reads 48x48 frames but the video tokenizer takes 32x32"):
         VideoLLM(*parts, processor=wrong_size)
-    wrong_count = VideoProcessor(model.text_tokenizer, dataclasses.replace(model.processor.config, tokens_per_video=3))
-    with pytest.raises(ValueError, match=rf"expands each <video> to 3 positions, but 8 frames give {model.tokens_per_video}"):
+    wrong_count = VideoProcessor(model.text_tokenizer,
+                                 dataclasses.replace(model.processor.config, tokens_per_video=3))
+    with pytest.raises(ValueError,
+                       match=r"expands each <video> to 3 positions, but 8 frames give "
+                             rf"{model.tokens_per_video}"):
         VideoLLM(*parts, processor=wrong_count)
     with pytest.raises(ValueError, match="the model's text tokenizer"):
         VideoLLM(*parts, processor=VideoProcessor(None, model.processor.config))

@@ -51,7 +51,8 @@ def test_registry_and_unknown_type():
     message = r"unknown projector 'mlp_huge'; known: \[.*'resampler'.*\] \(or mlp\{N\}x_gelu\)"
     with pytest.raises(KeyError, match=message):
         build_projector(ProjectorConfig(type="mlp_huge"))
-    with pytest.raises(ValueError, match="unknown projector 'mlp0x_gelu'"):  # also a ValueError, as a config field
+    # also a ValueError, as a config field
+    with pytest.raises(ValueError, match="unknown projector 'mlp0x_gelu'"):
         ProjectorConfig(type="mlp0x_gelu")
     config = ProjectorConfig()
     config.type = "qformer"  # changed after validation: build_projector still says so
@@ -59,8 +60,8 @@ def test_registry_and_unknown_type():
         build_projector(config)
 
 
-@pytest.mark.parametrize("type, expected", [("linear", 23), ("mlp2x_gelu", 23), ("mlp3x_gelu", 23), ("pool", 6),
-                                            ("resampler", 5), ("embedding", 23)])
+@pytest.mark.parametrize("type, expected", [("linear", 23), ("mlp2x_gelu", 23), ("mlp3x_gelu", 23),
+                                            ("pool", 6), ("resampler", 5), ("embedding", 23)])
 def test_output_shapes_and_num_outputs(type, expected, vtok_layout):
     projector = _build(type)
     out = projector(_inputs(type, vtok_layout), vtok_layout)
@@ -93,7 +94,8 @@ def test_pool_always_outputs_the_budget(budget, num_tokens):
 def test_pool_averages_contiguous_chunks_then_applies_the_mlp():
     projector = _build("pool", budget=2, embed_layout=False)
     x = torch.randn(1, 4, IN_DIM)
-    pooled = torch.stack([x[:, :2].mean(1), x[:, 2:].mean(1)], dim=1)  # linear first layer commutes with the mean
+    # linear first layer commutes with the mean
+    pooled = torch.stack([x[:, :2].mean(1), x[:, 2:].mean(1)], dim=1)
     torch.testing.assert_close(projector(x, None), projector.mlp(pooled))
 
 
@@ -136,7 +138,8 @@ def test_time_and_undefined_positions_are_embedded(frames_layout):
     x = torch.zeros(1, frames_layout.num_tokens, IN_DIM)
     out = projector(x, frames_layout)[0]  # (64, D): 4 frames x 16 tokens
     assert (out[0] - out[16]).abs().max() > 1e-3  # same place, next frame
-    undefined = TokenLayout(groups=("frame",), group=torch.zeros(2, dtype=torch.long), time=torch.tensor([-1, 0]),
+    undefined = TokenLayout(groups=("frame",), group=torch.zeros(2, dtype=torch.long),
+                            time=torch.tensor([-1, 0]),
                             position=torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]]))
     out = projector(torch.zeros(1, 2, IN_DIM), undefined)[0]
     assert (out[0] - out[1]).abs().max() > 1e-3  # -1 is not position 0, nor frame 0
@@ -197,7 +200,7 @@ def test_bad_inputs_say_what_was_expected(vtok_layout, frames_layout):
 def test_layouts_beyond_the_tables(frames_layout):
     with pytest.raises(ValueError, match="frame index 3 but max_frames is 2"):
         _build("linear", max_frames=2)(torch.randn(1, 64, IN_DIM), frames_layout)
-    three = TokenLayout(groups=("a", "b", "c"), group=torch.tensor([0, 1, 2]), time=torch.zeros(3, dtype=torch.long),
-                        position=torch.zeros(3, 3))
+    three = TokenLayout(groups=("a", "b", "c"), group=torch.tensor([0, 1, 2]),
+                        time=torch.zeros(3, dtype=torch.long), position=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="3 groups .* max_groups is 2"):
         _build("linear", max_groups=2)(torch.randn(1, 3, IN_DIM), three)

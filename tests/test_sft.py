@@ -1,4 +1,5 @@
-"""deepspeed train/sft.py: config, DeepSpeed JSON, 2 CPU processes under ZeRO-2/3, kill and resume, bad data."""
+"""deepspeed train/sft.py: config, DeepSpeed JSON, 2 CPU processes under ZeRO-2/3, kill and resume, bad
+data."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from mmvid.videollm import VideoLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
-TINY_LLM = ("{model_type: llama, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
-            "num_key_value_heads: 2, max_position_embeddings: 1024, tie_word_embeddings: false}")
+TINY_LLM = ("{model_type: llama, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+            "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 1024, "
+            "tie_word_embeddings: false}")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A tiny world and a config file for 32x32, 8-frame clips and a 2-layer LLM."""
     root = tmp_path_factory.mktemp("sft")
-    build_world(root / "world", WorldSettings(train=24, val=8, test=8, fewshot=0, frames=8, size=32), progress=False)
+    build_world(root / "world", WorldSettings(train=24, val=8, test=8, fewshot=0, frames=8, size=32),
+                progress=False)
     config = f"""
 model:
   llm_config: {TINY_LLM}
@@ -62,8 +65,8 @@ def _launch(tiny: Path, *overrides: str, gpus: int = 1, port: int = 29650, log: 
            str(tiny / "tiny.yaml"), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if log is not None:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -83,7 +86,8 @@ def test_deepspeed_json_is_generated_from_the_training_config():
     cfg = SFTConfig(batch_size=4, grad_accum=3, zero_stage=3, offload_optimizer=True, offload_params=True)
     ds = build_deepspeed_config(cfg, world_size=2, on_cuda=False)
     assert ds["train_batch_size"] == 4 * 3 * 2 and ds["gradient_accumulation_steps"] == 3
-    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert (ds["zero_optimization"]["stage"] == 3
+            and ds["zero_optimization"]["offload_param"]["device"] == "cpu")
     assert ds["bf16"]["enabled"] is False  # fp32 on CPU
     with pytest.raises(ValueError, match="needs CUDA"):
         build_deepspeed_config(SFTConfig(precision="bf16"), 1, on_cuda=False)
@@ -92,15 +96,18 @@ def test_deepspeed_json_is_generated_from_the_training_config():
 
 
 def test_a_users_deepspeed_json_gets_its_auto_values_resolved(tmp_path):
-    user = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+    user = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
             "zero_optimization": {"stage": "auto", "overlap_comm": True}, "bf16": {"enabled": "auto"},
             "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}}
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(user))
     cfg = SFTConfig(batch_size=3, grad_accum=2, zero_stage=2, lr=5e-4)
     ds = resolve_user_config(path, cfg, world_size=2, on_cuda=False)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 12)
-    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True} and ds["optimizer"]["params"]["lr"] == 5e-4
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+            ds["train_batch_size"]) == (3, 2, 12)
+    assert (ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+            and ds["optimizer"]["params"]["lr"] == 5e-4)
     path.write_text(json.dumps({**user, "train_micro_batch_size_per_gpu": 16}))
     with pytest.raises(ValueError, match="contradicts the training config"):
         resolve_user_config(path, cfg, world_size=2, on_cuda=False)
@@ -108,8 +115,8 @@ def test_a_users_deepspeed_json_gets_its_auto_values_resolved(tmp_path):
 
 def test_unknown_keys_and_wrong_types_fail_before_anything_starts(tiny):
     for bad, message in (("stpes=3", "did you mean 'steps'"), ("batch_size=two", "batch_size")):
-        result = subprocess.run([sys.executable, "train/sft.py", "--config", str(tiny / "tiny.yaml"), bad], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "train/sft.py", "--config", str(tiny / "tiny.yaml"), bad],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
     cfg = load_config(SFTConfig, tiny / "tiny.yaml", ["zero_stage=2", "model.projector=mlp3x_gelu"])
     assert cfg.zero_stage == 2 and cfg.model.projector == "mlp3x_gelu" and cfg.model.num_frames == 8
@@ -131,8 +138,8 @@ def test_partial_checkpoints_are_never_picked(tmp_path):
 def test_two_cpu_processes_under_zero(tiny, stage):
     out = tiny / f"zero{stage}"
     extra = ["gradient_checkpointing=true"] if stage == 3 else []
-    result = _launch(tiny, f"zero_stage={stage}", f"out={out}", "steps=8", "checkpoint_every=4", *extra, gpus=2,
-                     port=29660 + stage)
+    result = _launch(tiny, f"zero_stage={stage}", f"out={out}", "steps=8", "checkpoint_every=4", *extra,
+                     gpus=2, port=29660 + stage)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     losses = _losses(out)
     assert losses[8] < losses[1] - 0.2, losses
@@ -144,7 +151,8 @@ def test_two_cpu_processes_under_zero(tiny, stage):
 
 @pytest.mark.timeout(900)
 def test_a_killed_run_resumes_exactly(tiny):
-    # 16 steps, a checkpoint every 2, none deleted: the kill after step 4's checkpoint lands well before the end.
+    # 16 steps, a checkpoint every 2, none deleted: the kill after step 4's checkpoint lands well before the
+    # end.
     settings = ["steps=16", "checkpoint_every=2", "keep_checkpoints=20"]
     straight = tiny / "straight"
     result = _launch(tiny, f"out={straight}", *settings, port=29671)
@@ -154,7 +162,8 @@ def test_a_killed_run_resumes_exactly(tiny):
     process = _launch(tiny, f"out={killed}", *settings, port=29672, log=log)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_000004").is_dir():
-        assert process.poll() is None, f"the run ended before its step-4 checkpoint:\n{log.read_text()[-3000:]}"
+        assert process.poll() is None, \
+            f"the run ended before its step-4 checkpoint:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"no step-4 checkpoint after 300 s:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank
@@ -176,8 +185,8 @@ def test_a_killed_run_resumes_exactly(tiny):
 
 
 def test_a_curriculum_runs_first_and_a_run_resumed_inside_it_replays_exactly(tiny):
-    """data.curriculum_steps: the world's attribute file is written, its steps come first (metrics say which phase),
-    then data.train; a run resumed from a checkpoint inside the curriculum gives the same losses."""
+    """data.curriculum_steps: the world's attribute file is written, its steps come first (metrics say which
+    phase), then data.train; a run resumed from a checkpoint inside the curriculum gives the same losses."""
     import shutil
 
     attributes = tiny / "world" / "train" / "sft_attributes.jsonl"
@@ -186,9 +195,11 @@ def test_a_curriculum_runs_first_and_a_run_resumed_inside_it_replays_exactly(tin
     straight = tiny / "curriculum"
     result = _launch(tiny, f"out={straight}", *settings, port=29676)
     assert result.returncode == 0, result.stdout[-3000:]
-    questions = [t["value"] for line in attributes.read_text().splitlines() for t in json.loads(line)["conversations"][::2]]
+    questions = [t["value"] for line in attributes.read_text().splitlines()
+                 for t in json.loads(line)["conversations"][::2]]
     assert questions and all("What colour is" in q or "What shape is" in q for q in questions)
-    phases = {r["step"]: r["phase"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())}
+    phases = {r["step"]: r["phase"] for r in map(json.loads,
+                                                 (straight / "metrics.jsonl").read_text().splitlines())}
     assert phases == {1: "curriculum", 2: "curriculum", 3: "curriculum", 4: "train", 5: "train"}
     resumed = tiny / "curriculum-resumed"
     shutil.copytree(straight / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
@@ -209,13 +220,15 @@ def test_bad_samples_are_skipped_with_a_count_and_too_many_stop_the_run(tiny):
     train = [json.loads(line) for line in (tiny / "world" / "train" / "sft.jsonl").read_text().splitlines()]
     mixed = tiny / "mixed.jsonl"
     broken = [dict(train[0], id="broken-1", video="videos/missing.mp4")]
-    mixed.write_text("\n".join(json.dumps(s) for s in broken + train[:3]) + "\n")  # 4 samples: each epoch sees all
-    ok = _launch(tiny, f"out={tiny / 'mixed'}", "steps=3", f"data.train=[{mixed}]", "data.max_bad_fraction=0.5",
-                 f"data.video_root={tiny / 'world' / 'train'}", port=29681)
+    # 4 samples: each epoch sees all
+    mixed.write_text("\n".join(json.dumps(s) for s in broken + train[:3]) + "\n")
+    ok = _launch(tiny, f"out={tiny / 'mixed'}", "steps=3", f"data.train=[{mixed}]",
+                 "data.max_bad_fraction=0.5", f"data.video_root={tiny / 'world' / 'train'}", port=29681)
     assert ok.returncode == 0, ok.stdout[-3000:]
     assert "skipping sample broken-1" in ok.stdout + ok.stderr
     many = tiny / "many.jsonl"
-    many.write_text("\n".join(json.dumps(dict(s, id=f"bad-{i}", video="videos/missing.mp4")) for i, s in enumerate(train[:12]))
+    many.write_text("\n".join(
+        json.dumps(dict(s, id=f"bad-{i}", video="videos/missing.mp4")) for i, s in enumerate(train[:12]))
                     + "\n" + "\n".join(json.dumps(s) for s in train[:4]) + "\n")
     stopped = _launch(tiny, f"out={tiny / 'many'}", "steps=20", f"data.train=[{many}]",
                       f"data.video_root={tiny / 'world' / 'train'}", port=29682)
@@ -231,8 +244,10 @@ def test_per_module_learning_rates_and_schedule(tiny):
     cfg = SFTConfig(lr=1e-3, lr_projector=5e-4, lr_video_tokenizer=1e-4, warmup_steps=10, steps=100,
                     data=SFTData(curriculum_steps=0))
     groups = {g["name"]: g for g in parameter_groups(model, cfg)}
-    assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1e-3, "projector": 5e-4, "video_tokenizer": 1e-4}
-    assert sum(p.numel() for p in groups["projector"]["params"]) == sum(p.numel() for p in model.projector.parameters())
+    assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1e-3, "projector": 5e-4,
+                                                       "video_tokenizer": 1e-4}
+    assert sum(p.numel() for p in groups["projector"]["params"]) == sum(
+        p.numel() for p in model.projector.parameters())
     f = lr_lambda(cfg, 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
     frozen = tiny_videollm(tiny / "lr-model", train_video_tokenizer=False)
@@ -246,7 +261,8 @@ def test_split_rounds_gives_each_answer_its_own_sequence_with_the_video():
     from mmvid.sft.data import split_rounds
 
     conv = [{"from": "system", "value": "Be brief."},
-            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "A red star bounces."},
+            {"from": "human", "value": "<video>\nWhat happens?"},
+            {"from": "gpt", "value": "A red star bounces."},
             {"from": "human", "value": "What colour is the star?"}, {"from": "gpt", "value": "red"}]
     rounds = split_rounds(conv)
     assert [[t["value"] for t in r] for r in rounds] == [
@@ -273,7 +289,8 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
     whole = SFTDataset(files, model.processor, split_turns=False)
     items = [split[0], split[1]]
     rounds = [len(split.items[i][0]["conversations"]) // 2 for i in (0, 1)]
-    assert [len(item["encoded"]) for item in items] == rounds and all(len(item["videos"]) == 1 for item in items)
+    assert [len(item["encoded"]) for item in items] == rounds and all(
+        len(item["videos"]) == 1 for item in items)
     batch = collate(model.processor, items)
     assert batch["video_index"].tolist() == [0] * rounds[0] + [1] * rounds[1]
     assert batch["videos"].shape[0] == 2 and batch["input_ids"].shape[0] == sum(rounds)
@@ -291,7 +308,8 @@ def test_split_turns_dataset_shares_one_video_per_sample(tiny):
 
 @pytest.fixture(scope="module")
 def accumulated(tiny, one_rank) -> tuple[list[dict], list[float]]:
-    """Two optimizer steps of two micro-batches of 2 samples, each forward slowed by 1 s: (metrics, micro losses)."""
+    """Two optimizer steps of two micro-batches of 2 samples, each forward slowed by 1 s: (metrics, micro
+    losses)."""
     import torch
 
     from mmvid.sft.trainer import run
@@ -308,7 +326,8 @@ def accumulated(tiny, one_rank) -> tuple[list[dict], list[float]]:
     with pytest.MonkeyPatch.context() as patch, one_rank():
         patch.setattr(VideoLLM, "forward", slow_forward)
         torch.set_num_threads(1)
-        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2", "eval_every=0",
+        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2",
+                                                        "eval_every=0",
                                                          "data.val_bench=null", "checkpoint_every=100"]))
         torch.set_num_threads(threads)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], losses
@@ -327,7 +346,8 @@ def test_samples_per_second_times_the_whole_optimizer_step(accumulated):
     assert all(r["samples_per_s"] <= 2.0 for r in records), records
 
 
-def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(tiny, one_rank, one_thread):
+def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_differ(
+    tiny, one_rank, one_thread):
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -340,7 +360,8 @@ def test_init_from_refuses_weights_that_do_not_match_unless_told_which_part_may_
     kept = {k: v for k, v in weights.items() if not k.startswith("projector.")}
     save_file({**kept, "projector.old_layer.weight": torch.zeros(2)}, str(source / "model.safetensors"))
     settings = [f"init_from={source}", "steps=1", "eval_every=0", "data.val_bench=null"]
-    with pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"), one_rank():
+    with (pytest.raises(ValueError, match=r"missing.*projector\.mlp.*unexpected.*projector\.old_layer"),
+          one_rank()):
         run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={tiny / 'init-strict'}", *settings]))
     assert not (tiny / "init-strict" / "final").exists()
     with one_rank():

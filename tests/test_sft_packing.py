@@ -54,7 +54,8 @@ def test_packed_row_holds_the_prefix_once_then_each_round(workdir, one_thread):
     rounds, packed = rounds_and_packed(model, conversation())
     P = packed.prefix_length
     assert len(packed) == P + sum(end - start for start, end in packed.segments) < sum(len(r) for r in rounds)
-    assert packed.input_ids.index(model.video_ids.end) < P and packed.num_videos == 1 and packed.targets == [False]
+    assert packed.input_ids.index(model.video_ids.end) < P and packed.num_videos == 1 and packed.targets == [
+        False]
     for r, (start, end) in zip(rounds, packed.segments):
         assert packed.input_ids[:P] == r.input_ids[:P] and packed.input_ids[start:end] == r.input_ids[P:]
         assert packed.labels[start:end] == r.labels[P:] and packed.labels[start] == IGNORE_INDEX
@@ -64,7 +65,8 @@ def test_packed_row_holds_the_prefix_once_then_each_round(workdir, one_thread):
     assert sum(len(r) for r in rounds) - len(packed) == (K - 1) * P > (K - 1) * model.tokens_per_video
     # Rounds that differ before their video cannot share it.
     apart = [model.processor.encode_sample([{"from": "human", "value": f"{word} <video>"},
-                                            {"from": "gpt", "value": "ok"}]) for word in ("Look:", "Watch this:")]
+                                            {"from": "gpt", "value": "ok"}]) for word in ("Look:", "Watch "
+                                                                                                   "this:")]
     with pytest.raises(ValueError, match="does not hold the whole video"):
         pack_rounds(apart, model.video_ids)
 
@@ -81,12 +83,15 @@ def test_packed_answers_score_exactly_as_split_ones(workdir, one_thread, attn, t
     assert together["attention_mask"].shape == (1, 1, len(packed), len(packed))
     with torch.no_grad():
         split_out, packed_out = model(**split), model(**together)
-    expected = torch.cat([answer_logprobs(split_out.logits[i], split["labels"][i]) for i in range(len(rounds))])
+    expected = torch.cat(
+        [answer_logprobs(split_out.logits[i], split["labels"][i]) for i in range(len(rounds))])
     got = answer_logprobs(packed_out.logits[0], together["labels"][0])
     assert len(expected) == sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rounds)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.sum(), expected.sum(), atol=1e-4, rtol=1e-5)  # summed answer log-likelihood
-    torch.testing.assert_close(packed_out.loss, split_out.loss, atol=1e-5, rtol=1e-5)  # mean over the same tokens
+    # summed answer log-likelihood
+    torch.testing.assert_close(got.sum(), expected.sum(), atol=1e-4, rtol=1e-5)
+    # mean over the same tokens
+    torch.testing.assert_close(packed_out.loss, split_out.loss, atol=1e-5, rtol=1e-5)
 
 
 def test_a_round_never_sees_another_rounds_text(workdir, one_thread):
@@ -95,7 +100,8 @@ def test_a_round_never_sees_another_rounds_text(workdir, one_thread):
     _, a = rounds_and_packed(model, conversation())
     changed = conversation("Which shape is there?", "A large blue square blinks twice, then stops.")
     _, b = rounds_and_packed(model, changed)
-    assert a.segments[0][1] - a.segments[0][0] != b.segments[0][1] - b.segments[0][0]  # round 1 changed, length too
+    # round 1 changed, length too
+    assert a.segments[0][1] - a.segments[0][0] != b.segments[0][1] - b.segments[0][0]
     with torch.no_grad():
         logits_a = model(**model.processor.collate([a], videos=[video])).logits[0]
         logits_b = model(**model.processor.collate([b], videos=[video])).logits[0]
@@ -113,7 +119,8 @@ def test_a_round_never_sees_another_rounds_text(workdir, one_thread):
 def test_a_batch_mixing_packed_plain_and_text_to_video_rows_trains(workdir, one_thread):
     model = tiny_videollm(workdir, generation_head="auto", generation_head_kwargs={"width": 32, "depth": 2})
     _, packed = rounds_and_packed(model, conversation())
-    plain = model.processor.encode_sample(conversation() + [{"from": "human", "value": "And then?"},  # unsplit, 4 rounds
+    # unsplit, 4 rounds
+    plain = model.processor.encode_sample(conversation() + [{"from": "human", "value": "And then?"},
                                                             {"from": "gpt", "value": "The circle stops."}])
     t2v = model.processor.encode_sample([{"from": "human", "value": "A red circle moves left."},
                                          {"from": "gpt", "value": "<video>"}])
@@ -122,7 +129,8 @@ def test_a_batch_mixing_packed_plain_and_text_to_video_rows_trains(workdir, one_
     assert batch["video_targets"].tolist() == [False, False, True]
     assert batch["position_ids"].shape == batch["input_ids"].shape
     assert len(packed) < batch["input_ids"].shape[1]  # the packed row is padded too
-    assert batch["attention_mask"].any(-1).all()  # every query, padding too, attends somewhere (an empty row: NaN)
+    # every query, padding too, attends somewhere (an empty row: NaN)
+    assert batch["attention_mask"].any(-1).all()
     # In eval, every row's logits are those it has in a batch of its own kind (plain rows: the 2D-mask batch).
     with torch.no_grad():
         mixed = model(**batch).logits
@@ -150,7 +158,8 @@ def test_dataset_packs_a_videos_rounds_and_keeps_the_rest_apart(workdir, one_thr
     for k, clip in enumerate(world_clips(3, 8, 32)):
         write_video(tmp_path / "videos" / f"{k}.mp4", tensor_to_frames(clip), fps=8)
     qa = [{"id": "q0", "video": "videos/0.mp4", "conversations": conversation()},
-          {"id": "q1", "video": "videos/1.mp4", "conversations": conversation()[:3]}]  # one round: nothing to pack
+          # q1: one round, nothing to pack
+          {"id": "q1", "video": "videos/1.mp4", "conversations": conversation()[:3]}]
     t2v = [{"id": "t0", "video": "videos/0.mp4", "prompt": "A red circle moves left."},  # joins q0
            {"id": "t2", "video": "videos/2.mp4", "prompt": "A blue square blinks."}]
     (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(x) for x in qa))
@@ -182,7 +191,8 @@ def test_flash_attention_cannot_take_packed_rows(workdir, one_thread, monkeypatc
     rounds, packed = rounds_and_packed(model, conversation())
     video = world_clips(1, model.config.num_frames, model.image_size)[0]
     block = model.processor.collate([packed], videos=[video])
-    (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q", "video": "v.mp4", "conversations": conversation()}))
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q", "video": "v.mp4",
+                                                    "conversations": conversation()}))
     monkeypatch.setattr(model.llm.config, "_attn_implementation", "flash_attention_2")
     cfg = SFTConfig(data=SFTData(train=[str(tmp_path / "sft.jsonl")], split_turns=True, pack_questions=True,
                                  curriculum_steps=0))

@@ -50,8 +50,10 @@ def test_scene_constraints_hold_over_many_seeds():
             objects[obj.action] += 1
             r = world.SIZES[obj.size] * st.scale
             v = st.visible
-            assert np.all((st.x - r >= world.MARGIN - 1e-9)[v]) and np.all((st.x + r <= 1 - world.MARGIN + 1e-9)[v])
-            assert np.all((st.y - r >= world.MARGIN - 1e-9)[v]) and np.all((st.y + r <= 1 - world.MARGIN + 1e-9)[v])
+            assert np.all((st.x - r >= world.MARGIN - 1e-9)[v]) and np.all(
+                (st.x + r <= 1 - world.MARGIN + 1e-9)[v])
+            assert np.all((st.y - r >= world.MARGIN - 1e-9)[v]) and np.all(
+                (st.y + r <= 1 - world.MARGIN + 1e-9)[v])
             assert not (obj.action == "spin" and obj.shape == "circle")
             if obj.event:
                 assert obj.action in world.EVENT_ACTIONS and v.mean() >= 0.6
@@ -59,7 +61,8 @@ def test_scene_constraints_hold_over_many_seeds():
             for j in range(i):
                 both = states[i].visible & states[j].visible
                 gap = np.hypot(states[i].x - states[j].x, states[i].y - states[j].y)
-                need = world.SIZES[scene.objects[i].size] * states[i].scale + world.SIZES[scene.objects[j].size] * states[j].scale
+                need = (world.SIZES[scene.objects[i].size] * states[i].scale
+                        + world.SIZES[scene.objects[j].size] * states[j].scale)
                 assert np.all((gap >= need)[both])
     assert set(objects) == set(world.ACTIONS)
     events = sum(o.event is not None for s in range(300) for o in world.sample_scene(s).objects)
@@ -81,7 +84,8 @@ def test_bad_arguments_raise():
 # ---------------------------------------------------------------- analyzer
 
 
-def _single(action: str, shape: str = "square", colour: str = "red", speed: str = "slow", event=None) -> world.Scene:
+def _single(action: str, shape: str = "square", colour: str = "red", speed: str = "slow",
+            event=None) -> world.Scene:
     obj = world.ObjectSpec(shape=shape, colour=colour, size="large", action=action, speed=speed, x=0.5, y=0.5)
     if action in world.MOVES:  # start where the move stays inside the frame
         dx, dy = world.MOVES[action]
@@ -92,7 +96,8 @@ def _single(action: str, shape: str = "square", colour: str = "red", speed: str 
         obj.x = 0.3
     if event:
         obj.event, obj.event_frame = event, 5 if event == "appear" else 11
-    return world.Scene(seed=0, num_frames=16, height=64, width=64, background="navy", texture="noise", objects=[obj])
+    return world.Scene(seed=0, num_frames=16, height=64, width=64, background="navy", texture="noise",
+                       objects=[obj])
 
 
 @pytest.mark.parametrize("action", world.ACTIONS)
@@ -253,7 +258,8 @@ def test_analyzer_command_on_a_built_world(tiny_world):
 def test_action_distractors_follow_the_held_out_setting(tmp_path):
     out = tmp_path / "w"
     held_out = ("zigzag", "orbit", "shake", "spin", "bounce")  # bounce held out, pulse in the main world
-    build_world(out, WorldSettings(train=0, val=40, test=0, fewshot=0, frames=16, size=32, held_out=held_out), progress=False)
+    build_world(out, WorldSettings(train=0, val=40, test=0, fewshot=0, frames=16, size=32, held_out=held_out),
+                progress=False)
     options = {o for line in (out / "val" / "tv_align.jsonl").read_text().splitlines()
                for row in [json.loads(line)] if row["category"] == "action" for o in row["options"]}
     assert "bounces" not in options and "pulses" in options

@@ -13,12 +13,16 @@ import torch.nn.functional as F
 
 from mmvid.data.shapes.text import LEXICON
 from mmvid.testing import world_clips
-from mmvid.video_tokenizers import ARCHITECTURES, VIDEO_TOKENIZERS, build_video_tokenizer, load_video_tokenizer
+from mmvid.video_tokenizers import (
+    ARCHITECTURES,
+    VIDEO_TOKENIZERS,
+    build_video_tokenizer,
+    load_video_tokenizer,
+)
 from mmvid.video_tokenizers.objectives import OBJECTIVES, Objective, set_proxy_targets, training_loss
 from mmvid.video_tokenizers.sweettok import MLCQuantizer, SweetTok
 from mmvid.video_tokenizers.vocabulary import (
     PARTS,
-    Vocabulary,
     build_vocabulary,
     default_vocabulary,
     load_vocabulary,
@@ -27,7 +31,8 @@ from mmvid.video_tokenizers.vocabulary import (
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_tiny.yaml"
-COMPACT_MILLIONS = 130.26  # parameters of sweettok_compact (the third-party count for the released model: 128M)
+# parameters of sweettok_compact (the third-party count for the released model: 128M)
+COMPACT_MILLIONS = 130.26
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +49,8 @@ def _tiny(**overrides) -> SweetTok:
 
 # A hand-made vocabulary: two graph components, {cat, big} and {dog, red}, {fish, small, tiny}.
 TOY = dict(noun=["cat", "dog", "fish"], adjective=["big", "red", "small", "tiny"], verb=["runs", "swims"],
-           adverb=["fast", "slowly"], spatial_edges=[["big", "cat"], ["red", "dog"], ["small", "fish"], ["tiny", "fish"]],
+           adverb=["fast", "slowly"],
+           spatial_edges=[["big", "cat"], ["red", "dog"], ["small", "fish"], ["tiny", "fish"]],
            temporal_edges=[["fast", "runs"], ["slowly", "swims"]])
 
 
@@ -52,7 +58,8 @@ TOY = dict(noun=["cat", "dog", "fish"], adjective=["big", "red", "small", "tiny"
 
 
 def test_exact_token_counts_tiny_and_compact_on_meta():
-    assert {n for n in VIDEO_TOKENIZERS if n.startswith("sweettok")} == {"sweettok_tiny", "sweettok_base", "sweettok_compact"}
+    assert {n for n in VIDEO_TOKENIZERS if n.startswith("sweettok")} == {"sweettok_tiny", "sweettok_base",
+                                                                         "sweettok_compact"}
     assert ARCHITECTURES["sweettok"] is SweetTok
     tok = _tiny()
     for T in (1, 2, 5, 8, 17, 128):  # 4 spatial + 16 temporal (one per 8x8 location of 32x32) for any T
@@ -77,7 +84,8 @@ def test_layouts_describe_tokens_and_ids():
     assert layout.groups == ("spatial", "temporal") and not layout.discrete and layout.words is None
     assert layout.group.tolist() == [0] * 4 + [1] * 16
     assert layout.time.tolist() == [0] * 4 + [-1] * 16  # paper reading: spatial tokens are the first frame's
-    assert layout.position[4].tolist() == [-1.0, 0.125, 0.125] and layout.position[5].tolist() == [-1.0, 0.125, 0.375]
+    assert layout.position[4].tolist() == [-1.0, 0.125, 0.125] and layout.position[5].tolist() == [
+        -1.0, 0.125, 0.375]
     assert _tiny(reading="released").token_layout(5, 32, 32).time[:4].tolist() == [-1] * 4
     ids = tok.id_layout(5, 32, 32)
     vocab = tok.vocabulary
@@ -102,20 +110,25 @@ def test_default_vocabulary_is_the_worlds_caption_words():
         assert all(LEXICON[w] == part for w in vocab.words[start:stop])
         assert list(getattr(vocab, part)) == sorted(getattr(vocab, part))
     assert {"star", "red", "large", "bounces", "zigzags", "quickly"} <= set(vocab.words)  # held-out verbs too
-    assert "the" not in vocab.words and ("red", "star") in vocab.spatial_edges and ("quickly", "moves") in vocab.temporal_edges
+    assert ("the" not in vocab.words and ("red", "star") in vocab.spatial_edges
+            and ("quickly", "moves") in vocab.temporal_edges)
     assert _tiny().config.vocabulary == vocab.to_dict()  # stored in the config, so checkpoints carry it
 
 
 def test_vocabulary_from_user_captions_and_word_list(tmp_path):
-    (tmp_path / "captions.txt").write_text("A big cat runs fast.\nA tiny red fish swims slowly.\n\nThe small dog runs.\n")
-    (tmp_path / "words.tsv").write_text("# word list\ncat\tNOUN\nfish\tnoun\ndog\tNOUN\nbig\tADJ\ntiny\tadjective\n"
+    (tmp_path / "captions.txt").write_text("A big cat runs fast.\nA tiny red fish swims slowly.\n\nThe "
+                                           "small dog runs.\n")
+    (tmp_path / "words.tsv").write_text("# word "
+                                        "list\ncat\tNOUN\nfish\tnoun\ndog\tNOUN\nbig\tADJ\ntiny\tadjective\n"
                                         "red\tADJ\nsmall\tADJ\nruns\tVERB\nswims\tverb\nfast\tADV\nslowly\tadverb\na\tDET\n")
-    tok = _tiny(captions_path=str(tmp_path / "captions.txt"), parts_of_speech_path=str(tmp_path / "words.tsv"))
+    tok = _tiny(captions_path=str(tmp_path / "captions.txt"),
+                parts_of_speech_path=str(tmp_path / "words.tsv"))
     vocab = tok.vocabulary
     assert vocab.noun == ("cat", "dog", "fish") and vocab.adjective == ("big", "red", "small", "tiny")
     assert vocab.offsets == {"noun": 0, "adjective": 3, "verb": 7, "adverb": 9}
     assert ("big", "cat") in vocab.spatial_edges and ("big", "fish") not in vocab.spatial_edges
-    assert set(vocab.temporal_edges) == {("fast", "runs"), ("slowly", "swims")}  # "the small dog runs": no adverb
+    # "the small dog runs": no adverb
+    assert set(vocab.temporal_edges) == {("fast", "runs"), ("slowly", "swims")}
     near = build_vocabulary(["tiny red fish and a big cat", "it runs fast and swims slowly"],
                             read_parts_of_speech(tmp_path / "words.tsv"), window=2)
     assert ("tiny", "fish") in near.spatial_edges and ("tiny", "cat") not in near.spatial_edges
@@ -127,7 +140,8 @@ def test_vocabulary_from_user_captions_and_word_list(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.tsv:2: 'cat' is tagged both"):
         read_parts_of_speech(tmp_path / "bad.tsv")
     with pytest.raises(ValueError, match="at least"):
-        build_vocabulary(["a big cat runs fast slowly"], read_parts_of_speech(tmp_path / "words.tsv"))  # 1 adjective
+        # 1 adjective
+        build_vocabulary(["a big cat runs fast slowly"], read_parts_of_speech(tmp_path / "words.tsv"))
 
 
 # ---------------------------------------------------------------- the quantizer and its graph
@@ -140,13 +154,16 @@ def test_quantizer_picks_nearest_codewords():
         z = F.normalize(torch.randn(2, 7, 2 * C, generator=torch.Generator().manual_seed(1)), dim=-1)
         out, ids, codebook_loss, commitment, _ = quantizer(z)
         codebook = quantizer.codebook().detach()
-        attribute_d = ((z[..., None, :C] - codebook[None, None, E:]) ** 2).sum(-1)  # (2, 7, attributes), brute force
+        # (2, 7, attributes), brute force
+        attribute_d = ((z[..., None, :C] - codebook[None, None, E:]) ** 2).sum(-1)
         entity_d = ((z[..., None, C:] - codebook[None, None, :E]) ** 2).sum(-1)
         order = attribute_d.argsort(-1)
         assert torch.equal(ids[..., 0], order[..., 0] + E) and torch.equal(ids[..., 1], order[..., 1] + E)
         assert torch.equal(ids[..., 2], entity_d.argmin(-1))
-        expected = torch.cat([(codebook[ids[..., 0]] + codebook[ids[..., 1]]) / 2, codebook[ids[..., 2]]], dim=-1)
-        torch.testing.assert_close(out, expected)  # forward value: the codewords (straight-through for gradients)
+        expected = torch.cat([(codebook[ids[..., 0]] + codebook[ids[..., 1]]) / 2, codebook[ids[..., 2]]],
+                             dim=-1)
+        # forward value: the codewords (straight-through for gradients)
+        torch.testing.assert_close(out, expected)
         torch.testing.assert_close(codebook_loss, F.mse_loss(expected, z))
         torch.testing.assert_close(commitment, codebook_loss)
 
@@ -183,8 +200,10 @@ def test_ids_words_ids_round_trip_and_decoding_from_ids():
     words = tok.ids_to_words(ids[0])
     assert len(words) == 60 and torch.equal(tok.words_to_ids(words), ids[0])
     vocab = tok.vocabulary
-    assert all(w in vocab.adjective for w in words[0:12:3] + words[1:12:3]) and all(w in vocab.noun for w in words[2:12:3])
-    assert all(w in vocab.adverb for w in words[12::3] + words[13::3]) and all(w in vocab.verb for w in words[14::3])
+    assert all(w in vocab.adjective for w in words[0:12:3] + words[1:12:3]) and all(
+        w in vocab.noun for w in words[2:12:3])
+    assert all(w in vocab.adverb for w in words[12::3] + words[13::3]) and all(
+        w in vocab.verb for w in words[14::3])
     text = tok.video_to_text(video[:1])
     assert text == " ".join(words) and torch.equal(tok.words_to_ids(text), ids[0])
     with torch.no_grad():
@@ -201,7 +220,8 @@ def test_ids_words_ids_round_trip_and_decoding_from_ids():
     (lambda t: t.encode(torch.zeros(3, 5, 32, 32)), "rank 5"),
     (lambda t: t.decode(torch.zeros(1, 19, 16)), r"\(B, 20, 16\)"),
     (lambda t: t.decode_ids(torch.zeros(1, 59, dtype=torch.long)), r"long \(B, 60\)"),
-    (lambda t: t.decode_ids(torch.zeros(1, 60, dtype=torch.long)), r"id 0 at position 0 of video 0 .* \(adjective: ids 9"),
+    (lambda t: t.decode_ids(torch.zeros(1, 60, dtype=torch.long)),
+     r"id 0 at position 0 of video 0 .* \(adjective: ids 9"),
     (lambda t: t.decode_ids(torch.full((1, 60), 10_000)), "outside its slot"),
     (lambda t: t.words_to_ids("red star flies"), r"not in the vocabulary: \['flies'\]"),
     (lambda t: t.ids_to_words(torch.zeros(2, 3, dtype=torch.long)), "1-D"),
@@ -216,8 +236,10 @@ def test_bad_inputs_raise_clear_errors(call, match):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"reading": "both"}, "unknown reading"), ({"output": "logits"}, "unknown output"),
-    ({"patch_size": 7}, "multiple of patch_size"), ({"vocabulary_path": "a.json", "captions_path": "b.txt"}, "not both"),
-    ({"parts_of_speech_path": "w.tsv"}, "captions_path"), ({"vocabulary": {**TOY, "adjective": ["big"]}}, "at least"),
+    ({"patch_size": 7}, "multiple of patch_size"),
+    ({"vocabulary_path": "a.json", "captions_path": "b.txt"}, "not both"),
+    ({"parts_of_speech_path": "w.tsv"}, "captions_path"),
+    ({"vocabulary": {**TOY, "adjective": ["big"]}}, "at least"),
     ({"vocabulary": {**TOY, "spatial_edges": [["cat", "big"]]}}, r"\(adjective, noun\) pairs"),
     ({"vocabulary": {**TOY, "verb": ["runs", "cat"]}}, "both a noun and a verb"),
 ])
@@ -301,7 +323,8 @@ def test_word_vectors_from_an_llm_embedding_table(text_tokenizer, tmp_path):
     tok.save_pretrained(tmp_path / "tok")  # the checkpoint carries the vectors: loading never reads the LLM
     again = load_video_tokenizer(tmp_path / "tok")
     assert again.config.hf_path is None
-    torch.testing.assert_close(again.spatial_quantizer.word_vectors, tok.spatial_quantizer.word_vectors, rtol=0, atol=0)
+    torch.testing.assert_close(again.spatial_quantizer.word_vectors, tok.spatial_quantizer.word_vectors,
+                               rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- training
@@ -372,7 +395,8 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
     record = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=2, options=options))
     result = record["results"]["fewshot"]
     assert set(result["metrics"]) == {"2way_1shot/acc", "2way_1shot/acc_norm"}
-    assert result["settings"]["words_tokenizer"] == "sweettok_tiny" and result["settings"]["words_per_video"] == 60
+    assert (result["settings"]["words_tokenizer"] == "sweettok_tiny"
+            and result["settings"]["words_per_video"] == 60)
     # The same LLM over videos (SweetTok's quantized vectors through the projector) still runs.
     video_mode = run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=1,
                                                        options={"ways": "2", "shots": "1"}))
@@ -380,15 +404,18 @@ def test_fewshot_words_mode(world, text_tokenizer, tmp_path):
     # A model without words takes a saved SweetTok; words_top keeps the most frequent words.
     plain = tiny_videollm(workdir, video_tokenizer="vtok_tiny")
     folder = _tiny().save_pretrained(tmp_path / "sweettok")
-    options = {"ways": "2", "shots": "1", "video_as": "text", "words_tokenizer": str(folder), "words_top": "5"}
+    options = {"ways": "2", "shots": "1", "video_as": "text", "words_tokenizer": str(folder),
+               "words_top": "5"}
     record = run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=2, options=options))
     settings = record["results"]["fewshot"]["settings"]
-    assert settings["video_as"] == "words" and settings["words_frames"] == 5 and settings["words_per_video"] <= 5
+    assert (settings["video_as"] == "words" and settings["words_frames"] == 5
+            and settings["words_per_video"] <= 5)
     with pytest.raises(ValueError, match="words_tokenizer=PATH"):
-        run_benches(["fewshot"], BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
+        run_benches(["fewshot"],
+                    BenchContext(model=plain, data=str(world), limit=1, options={"video_as": "words"}))
 
 
-# ---------------------------------------------------------------- the codebook-usage regulariser (not in the paper)
+# ---------------------------------------------------------- the codebook-usage regulariser (not in the paper)
 
 
 USAGE_CONFIG = ROOT / "tokenizers" / "sweettok" / "sweettok_base_usage.yaml"
@@ -445,7 +472,8 @@ def test_usage_loss_is_lower_when_a_batch_spreads_over_many_words():
         return loss
 
     many, one = usage(picks % E, picks % A), usage(torch.zeros_like(picks), torch.zeros_like(picks))
-    assert many.item() == pytest.approx(-math.log(E) - math.log(A), abs=0.05)  # every word of both groups, evenly
+    # every word of both groups, evenly
+    assert many.item() == pytest.approx(-math.log(E) - math.log(A), abs=0.05)
     assert one.item() == pytest.approx(0.0, abs=0.05)
 
 
@@ -496,6 +524,7 @@ def test_usage_yaml_is_the_base_config_plus_the_term():
 
     base = load_config(TokenizerTrainConfig, ROOT / "tokenizers" / "sweettok" / "sweettok_base.yaml")
     usage = load_config(TokenizerTrainConfig, USAGE_CONFIG)
-    assert usage.model_overrides == {"usage_weight": 0.1, "usage_temperature": 0.01} and usage.out == "runs/tokenizer-sweettok_base_usage"
+    assert (usage.model_overrides == {"usage_weight": 0.1, "usage_temperature": 0.01}
+            and usage.out == "runs/tokenizer-sweettok_base_usage")
     base.model_overrides, base.out = usage.model_overrides, usage.out
     assert usage == base

@@ -28,7 +28,8 @@ DECLARATIONS = [
 ]
 
 
-@pytest.mark.parametrize("preset, overrides, clip_frames, discrete, codebook, words, decode_state", DECLARATIONS)
+@pytest.mark.parametrize("preset, overrides, clip_frames, discrete, codebook, words, decode_state",
+                         DECLARATIONS)
 def test_each_tokenizer_declares_what_callers_need(preset, overrides, clip_frames, discrete, codebook, words,
                                                    decode_state):
     tok = build_video_tokenizer(preset, **overrides).eval()
@@ -75,8 +76,10 @@ def test_vtok_keeps_a_frozen_hf_feature_extractor_frozen():
     clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                             image_size=32, patch_size=8).to_dict()
     for freeze in (True, False):
-        tok = build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_config=clip, freeze_features=freeze)
-        tok.requires_grad_(False).requires_grad_(True)  # what VideoLLM.apply_trainable does with train_video_tokenizer
+        tok = build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_config=clip,
+                                    freeze_features=freeze)
+        # what VideoLLM.apply_trainable does with train_video_tokenizer
+        tok.requires_grad_(False).requires_grad_(True)
         assert all(p.requires_grad != freeze for p in tok.features.parameters())
         assert all(p.requires_grad for p in tok.to_tokens.parameters())
 
@@ -114,7 +117,8 @@ def tokenizer_probes(source: str, names: set[str]) -> list[str]:
 
 def test_the_probe_finder_finds_the_old_probes():
     probes = ['hasattr(tokenizer, "video_to_text")', 'getattr(tokenizer.config, "num_frames", None)',
-              'inspect.signature(tokenizer.encode)', 'getattr(self.video_tokenizer.config, "feature_extractor", None)',
+              'inspect.signature(tokenizer.encode)',
+              'getattr(self.video_tokenizer.config, "feature_extractor", None)',
               'getattr(self.video_tokenizer, "id_ranges", None)']
     others = ['getattr(tokenizer, "chat_template", None)', 'getattr(m.text_tokenizer, "chat_template", None)',
               'inspect.signature(llm.forward)', 'getattr(model.config, "num_frames", None)']

@@ -37,7 +37,8 @@ def _config(world: Path, out: Path, *overrides: str) -> TokenizerTrainConfig:
 
 def test_train_script_runs_by_path_and_saves_a_loadable_tokenizer(world, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "tokenizers/train.py", "--config", str(CONFIG), f"data.source={world}", f"out={out}",
+    cmd = [sys.executable, "tokenizers/train.py", "--config", str(CONFIG), f"data.source={world}",
+           f"out={out}",
            "steps=4", "val_every=2", "checkpoint_every=2", "val_videos=4", "threads=1", "log_every=1"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -65,10 +66,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(world, tmp_path):
     (resumed / "checkpoints" / ".step_000005.partial-999").mkdir()
     assert latest_checkpoint(resumed).name == "step_000003"
     run(_config(world, resumed, "steps=6", "checkpoint_every=3", "val_every=100"))
-    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(
+        resumed / "final" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
-    losses = lambda p: [m["loss"] for m in map(json.loads, (p / "metrics.jsonl").read_text().splitlines()) if "loss" in m]  # noqa: E731
+    losses = lambda p: [m["loss"] for m in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                        if "loss" in m]
     assert losses(straight)[3:] == pytest.approx(losses(resumed)[3:], abs=1e-5)
 
 
@@ -83,9 +86,10 @@ def test_time_budget_stops_training(world, tmp_path):
 def test_two_processes_with_torchrun_on_cpu(world, tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "tokenizers/train.py", "--config", str(CONFIG),
-           f"data.source={world}", f"out={out}", "steps=3", "batch_size=2", "val_every=3", "checkpoint_every=3",
-           "val_videos=2", "threads=1"]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "tokenizers/train.py",
+           "--config", str(CONFIG),
+           f"data.source={world}", f"out={out}", "steps=3", "batch_size=2", "val_every=3",
+           "checkpoint_every=3", "val_videos=2", "threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

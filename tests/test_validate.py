@@ -12,7 +12,8 @@ from mmvid.data.validate import validate_file
 
 
 def _sample(id, video="a.mp4", question="<video>\nWhat moves?", answer="a circle"):
-    sample = {"id": id, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    sample = {"id": id,
+              "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
     if video is not None:
         sample["video"] = video
     return sample
@@ -29,7 +30,8 @@ def test_check_sample_finds_each_problem():
     assert kinds(_sample("x", answer="<video> echo")) == ["placeholder"]
     assert kinds(_sample("x", question="")) == ["empty_question", "placeholder"]
     assert kinds({"id": "x", "video": "a.mp4", "conversations": []}) == ["malformed"]
-    assert kinds({"id": "x", "video": 3, "conversations": [{"from": "human", "value": "<video>"}]}) == ["malformed"]
+    assert kinds({"id": "x", "video": 3, "conversations": [{"from": "human", "value": "<video>"}]}) == [
+        "malformed"]
     swapped = _sample("x")
     swapped["conversations"].reverse()
     assert "malformed" in kinds(swapped)

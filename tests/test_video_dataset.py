@@ -189,7 +189,8 @@ def test_sampler_order_is_seeded_and_changes_per_epoch():
 
 @pytest.mark.parametrize("num_items,world_size", [(10, 3), (12, 4), (7, 7), (5, 2)])
 def test_sampler_ranks_are_disjoint_and_cover(num_items, world_size):
-    dropped = [list(ResumableSampler(num_items, seed=1, rank=r, world_size=world_size)) for r in range(world_size)]
+    dropped = [
+        list(ResumableSampler(num_items, seed=1, rank=r, world_size=world_size)) for r in range(world_size)]
     assert all(len(s) == num_items // world_size for s in dropped)
     union = [i for s in dropped for i in s]
     assert len(set(union)) == len(union) == (num_items // world_size) * world_size
@@ -232,6 +233,7 @@ def test_sampler_rejects_mismatched_state_and_bad_arguments():
     sampler = ResumableSampler(4)
     with pytest.raises(ValueError, match="end of the epoch"):
         sampler.advance(5)
-    for kwargs in (dict(num_items=0), dict(num_items=4, rank=2, world_size=2), dict(num_items=2, world_size=3)):
+    for kwargs in (dict(num_items=0), dict(num_items=4, rank=2, world_size=2),
+                   dict(num_items=2, world_size=3)):
         with pytest.raises(ValueError):
             ResumableSampler(**kwargs)

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-
 import mmvid.data.video_io as video_io
-from mmvid.testing import frame_index_of, indexed_frames, write_offset_video
 from mmvid.data import (
     VideoDecodeError,
     VideoTooShortError,
@@ -19,10 +17,12 @@ from mmvid.data import (
     tensor_to_frames,
     write_video,
 )
+from mmvid.testing import frame_index_of, indexed_frames, write_offset_video
 
 BACKENDS = available_backends()
 backend_params = pytest.mark.parametrize(
-    "backend", [pytest.param(b, marks=pytest.mark.skipif(b not in BACKENDS, reason=f"{b} missing")) for b in ("decord", "pyav")]
+    "backend", [pytest.param(b, marks=pytest.mark.skipif(b not in BACKENDS, reason=f"{b} missing"))
+                for b in ("decord", "pyav")]
 )
 
 
@@ -284,9 +284,9 @@ def test_crf_trades_size_for_quality(tmp_path):
 
 def test_the_same_frames_always_give_the_same_file(tmp_path):
     """A world rebuilt from its settings must be the same world. On a CPU with AVX-512, libx264's AVX-512 code
-    gave some of these clips (the tiny test world's training videos) one of several bitstreams from one encode to
-    the next (see video_io._x264_reproducible). How often depends on the process: with 16 rounds this test failed
-    in 20 of 20 processes before the fix, with 8 in 8 of 10. Without AVX-512 nothing is capped."""
+    gave some of these clips (the tiny test world's training videos) one of several bitstreams from one encode
+    to the next (see video_io._x264_reproducible). How often depends on the process: with 16 rounds this test
+    failed in 20 of 20 processes before the fix, with 8 in 8 of 10. Without AVX-512 nothing is capped."""
     from mmvid.data.shapes import world
     from mmvid.data.shapes.build import WorldSettings, scene_for
 
@@ -295,7 +295,8 @@ def test_the_same_frames_always_give_the_same_file(tmp_path):
     files: list[set[bytes]] = [set() for _ in clips]
     for _ in range(16):
         for clip, seen in zip(clips, files):
-            seen.add(write_video(tmp_path / "clip.mp4", clip, fps=settings.fps, crf=settings.crf).read_bytes())
+            seen.add(
+                write_video(tmp_path / "clip.mp4", clip, fps=settings.fps, crf=settings.crf).read_bytes())
     assert [len(seen) for seen in files] == [1] * len(clips)
 
 

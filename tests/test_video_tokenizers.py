@@ -19,7 +19,8 @@ FRAME_COUNTS = (8, 16, 32, 64, 128)
 
 def _video(batch=2, frames=8, size=32, seed=0) -> torch.Tensor:
     """A batch of synthetic-world clips in the model layout."""
-    return torch.stack([frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
+    return torch.stack(
+        [frames_to_tensor(render(sample_scene(seed + i, frames, size, size))) for i in range(batch)])
 
 
 # ---------------------------------------------------------------- registry and counts
@@ -171,8 +172,10 @@ def test_aligned_decoder_puts_each_key_token_on_its_own_cell(key_pool):
 # ---------------------------------------------------------------- save / load / training
 
 
-@pytest.mark.parametrize("name, overrides", [("frames_tiny", {}), ("frames_tiny", {"pool": "queries", "pool_size": 3}),
-                                             ("vtok_tiny", {}), ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2}),
+@pytest.mark.parametrize("name, overrides", [("frames_tiny", {}),
+                                             ("frames_tiny", {"pool": "queries", "pool_size": 3}),
+                                             ("vtok_tiny", {}),
+                                             ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2}),
                                              ("vtok_tiny", {"decoder_input": "memory"})])
 def test_save_then_load_gives_identical_outputs(tmp_path, name, overrides):
     tok = build_video_tokenizer(name, **overrides).eval()
@@ -189,7 +192,8 @@ def test_load_rejects_what_is_not_a_checkpoint(tmp_path):
         load_video_tokenizer(tmp_path)
 
 
-@pytest.mark.parametrize("name, overrides", [("frames_tiny", {}), ("vtok_tiny", {}), ("vtok_tiny", {"decoder_input": "memory"})])
+@pytest.mark.parametrize("name, overrides",
+                         [("frames_tiny", {}), ("vtok_tiny", {}), ("vtok_tiny", {"decoder_input": "memory"})])
 def test_one_batch_overfits(name, overrides):
     torch.manual_seed(0)
     tok = build_video_tokenizer(name, **overrides)
@@ -215,8 +219,8 @@ def tiny_clip():
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=16)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
     model = CLIPVisionModel(config).eval()
     folder = tempfile.mkdtemp(prefix="tiny-clip-")
     model.save_pretrained(folder)

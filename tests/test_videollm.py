@@ -14,13 +14,16 @@ from mmvid.testing import world_text_tokenizer
 from mmvid.videollm import VideoLLM, VideoLLMConfig, choose_attn_implementation
 
 FAMILIES = {
-    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False),
-    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
     # GPT-NeoX: parallel attention/MLP residual, LayerNorm with bias, partial rotary embeddings.
     "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=512, use_parallel_residual=True, rotary_pct=0.25),
+                     num_attention_heads=4, max_position_embeddings=512, use_parallel_residual=True,
+                     rotary_pct=0.25),
 }
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -33,8 +36,8 @@ def tokenizer_dir(tmp_path_factory):
 
 def _model(tokenizer_dir, family="llama", **overrides) -> VideoLLM:
     torch.manual_seed(0)
-    settings = dict(llm_config=dict(FAMILIES[family]), text_tokenizer=str(tokenizer_dir), video_tokenizer="vtok_tiny",
-                    num_frames=8, max_length=256)
+    settings = dict(llm_config=dict(FAMILIES[family]), text_tokenizer=str(tokenizer_dir),
+                    video_tokenizer="vtok_tiny", num_frames=8, max_length=256)
     config = VideoLLMConfig(**{**settings, **overrides})
     return VideoLLM.build(config)
 
@@ -106,7 +109,8 @@ def test_sequences_sharing_a_video_equal_the_video_repeated(tokenizer_dir):
     as passing the videos repeated, one per span."""
     model = _model(tokenizer_dir).eval()
     encode = model.processor.encode_sample
-    encoded = [encode(_sample()), encode(_sample("A blue circle stays still.")), encode(_sample("A red star bounces."))]
+    encoded = [encode(_sample()), encode(_sample("A blue circle stays still.")),
+               encode(_sample("A red star bounces."))]
     shared = model.processor.collate(encoded, videos=[_video(0), _video(1)], video_index=[1, 0, 1])
     repeated = model.processor.collate(encoded, videos=[_video(1), _video(0), _video(1)])
     with torch.no_grad():
@@ -128,14 +132,16 @@ def test_span_loss_weighs_each_answer_once(tokenizer_dir):
     labels[0, 1:4] = torch.tensor([1, 2, 3])  # one 3-token answer (predicted from positions 0-2)
     labels[1, 2] = 4  # one 1-token answer
     labels[1, 5] = 0  # and another
-    token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1), reduction="none")
+    token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1),
+                                              reduction="none")
     token = token.view(2, 5)
     by_hand = (token[0, 0:3].mean() + token[1, 1] + token[1, 4]) / 3
     torch.testing.assert_close(answer_span_loss(logits, labels), by_hand)
     equal = torch.full((2, 6), IGNORE_INDEX)
     equal[0, 2], equal[1, 4] = 1, 3
     torch.testing.assert_close(answer_span_loss(logits, equal),
-                               torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), equal[:, 1:].reshape(-1)))
+                               torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5),
+                                                                 equal[:, 1:].reshape(-1)))
     assert answer_span_loss(logits, torch.full((2, 6), IGNORE_INDEX)).item() == 0.0
 
     model = _model(tokenizer_dir).eval()
@@ -143,7 +149,8 @@ def test_span_loss_weighs_each_answer_once(tokenizer_dir):
     with torch.no_grad():
         out = model(**batch, text_loss="span")
         torch.testing.assert_close(out.loss, answer_span_loss(out.logits, batch["labels"]))
-        assert not torch.allclose(out.loss, model(**batch).loss)  # a caption and a one-word answer: not the token mean
+        # a caption and a one-word answer: not the token mean
+        assert not torch.allclose(out.loss, model(**batch).loss)
     with pytest.raises(ValueError, match="unknown text_loss"):
         model(**batch, text_loss="sequence")
 
@@ -155,7 +162,8 @@ def test_projector_output_norm_puts_video_at_the_text_scale(tokenizer_dir, tmp_p
     ratio = float(video.norm(dim=-1).mean() / text.norm(dim=-1).mean())
     assert 0.7 < ratio < 1.4, ratio
     plain = _model(tokenizer_dir).encode_video(_video()[None]).detach()
-    assert torch.allclose(video.mean(-1), torch.zeros(1), atol=1e-4) and not torch.allclose(plain.mean(-1), torch.zeros(1), atol=1e-4)
+    assert torch.allclose(video.mean(-1), torch.zeros(1), atol=1e-4) and not torch.allclose(
+        plain.mean(-1), torch.zeros(1), atol=1e-4)
     reloaded = VideoLLM.from_pretrained(model.save_pretrained(tmp_path / "m"))
     torch.testing.assert_close(reloaded.encode_video(_video()[None]), video)
 
@@ -167,7 +175,8 @@ def test_merge_refuses_a_count_mismatch(tokenizer_dir):
     model = _model(tokenizer_dir)
     batch = model.processor.collate([model.processor.encode_sample(_sample())])
     features = model.encode_video(torch.stack([_video(0), _video(1)]))  # two videos for one span
-    with pytest.raises(ValueError, match=rf"tokens: {model.tokens_per_video}, features: {2 * model.tokens_per_video}"):
+    with pytest.raises(ValueError,
+                       match=rf"tokens: {model.tokens_per_video}, features: {2 * model.tokens_per_video}"):
         model(input_ids=batch["input_ids"], video_features=features)
 
 
@@ -189,7 +198,8 @@ def test_each_llm_family_trains(tokenizer_dir, family):
 
 
 @pytest.mark.parametrize("projector, kwargs", [("linear", {}), ("mlp2x_gelu", {}), ("mlp3x_gelu", {}),
-                                               ("pool", {"budget": 6}), ("resampler", {"num_queries": 4, "depth": 1})])
+                                               ("pool", {"budget": 6}),
+                                               ("resampler", {"num_queries": 4, "depth": 1})])
 def test_each_projector_feeds_the_llm(tokenizer_dir, projector, kwargs):
     model = _model(tokenizer_dir, projector=projector, projector_kwargs=kwargs)
     if projector in ("pool", "resampler"):
@@ -258,7 +268,8 @@ def test_generate_with_and_without_a_cached_video(tokenizer_dir):
     model = _model(tokenizer_dir).eval()
     video = _video()
     direct = model.generate(video, "What moves?", max_new_tokens=6)
-    cached = model.generate(prompt="What moves?", video_features=model.encode_video(video[None]), max_new_tokens=6)
+    cached = model.generate(prompt="What moves?", video_features=model.encode_video(video[None]),
+                            max_new_tokens=6)
     assert direct == cached
 
     class Collect(BaseStreamer):
@@ -289,10 +300,12 @@ def test_llm_from_a_local_pretrained_folder(tokenizer_dir, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = dict(FAMILIES["llama"])
-    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), vocab_size=len(tokenizer), **data))
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"),
+                                                                vocab_size=len(tokenizer), **data))
     llm.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
-    model = VideoLLM.build(VideoLLMConfig(llm=str(tmp_path / "llm"), video_tokenizer="vtok_tiny", num_frames=8))
+    model = VideoLLM.build(VideoLLMConfig(llm=str(tmp_path / "llm"), video_tokenizer="vtok_tiny",
+                                          num_frames=8))
     torch.testing.assert_close(model.llm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
     batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video()])
     assert torch.isfinite(model(**batch).loss)

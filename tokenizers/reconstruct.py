@@ -1,6 +1,7 @@
-"""Reconstruction quality of a trained video tokenizer on a data split: PSNR, SSIM, tokens per video.
+r"""Reconstruction quality of a trained video tokenizer on a data split: PSNR, SSIM, tokens per video.
 
-    python tokenizers/reconstruct.py runs/vtok-base/final --data data/shapes --split test [--frames 16] [--limit 500]
+    python tokenizers/reconstruct.py runs/vtok-base/final --data data/shapes --split test \
+        [--frames 16] [--limit 500]
 """
 
 import argparse

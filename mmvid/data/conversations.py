@@ -95,7 +95,9 @@ def check_sample(sample, placeholder: str = VIDEO_PLACEHOLDER) -> list[Problem]:
             continue
         role = turn.get("from")
         if role not in (HUMAN, GPT, SYSTEM) or (role == SYSTEM and i != 0):
-            problems.append(Problem("malformed", f"turn {i} has role {role!r}; expected 'human'/'gpt' ('system' only first)"))
+            problems.append(Problem("malformed",
+                                    f"turn {i} has role {role!r}; expected 'human'/'gpt' ('system' only "
+                                    "first)"))
             continue
         roles.append(role)
         if role == GPT and not turn["value"].strip():
@@ -109,13 +111,15 @@ def check_sample(sample, placeholder: str = VIDEO_PLACEHOLDER) -> list[Problem]:
     dialogue = roles[1:] if roles[0] == SYSTEM else roles
     expected = [HUMAN if i % 2 == 0 else GPT for i in range(len(dialogue))]
     if dialogue != expected:
-        problems.append(Problem("malformed", f"turns must alternate human/gpt starting with human, got {dialogue}"))
+        problems.append(Problem("malformed",
+                                f"turns must alternate human/gpt starting with human, got {dialogue}"))
     if dialogue and dialogue[-1] != GPT:
         problems.append(Problem("empty_answer", "the last human turn has no gpt answer"))
     count = sum(t["value"].count(placeholder) for t in turns if t.get("from") == HUMAN)
     videos = sample_videos(sample)
     if count != len(videos):
         problems.append(
-            Problem("placeholder", f"{count} {placeholder} placeholder(s) in the human turns but {len(videos)} video(s)")
+            Problem("placeholder",
+                    f"{count} {placeholder} placeholder(s) in the human turns but {len(videos)} video(s)")
         )
     return problems

@@ -125,11 +125,14 @@ def format_report(report: Report, show: int = 5) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmvid.data.validate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mmvid.data.validate",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
-    parser.add_argument("--video-root", help="folder the video paths are relative to (default: each data file's folder)")
+    parser.add_argument("--video-root",
+                        help="folder the video paths are relative to (default: each data file's folder)")
     parser.add_argument("--no-decode", action="store_true", help="only check that videos exist")
-    parser.add_argument("--placeholder", default=VIDEO_PLACEHOLDER, help="the video placeholder (default %(default)s)")
+    parser.add_argument("--placeholder", default=VIDEO_PLACEHOLDER,
+                        help="the video placeholder (default %(default)s)")
     parser.add_argument("--show", type=int, default=5, help="examples shown per problem kind")
     parser.add_argument("--report", help="also write the full report as JSON here")
     args = parser.parse_args(argv)
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     status, reports = 0, []
     for data in args.data:
         try:
-            report = validate_file(data, args.video_root, decode=not args.no_decode, placeholder=args.placeholder)
+            report = validate_file(data, args.video_root, decode=not args.no_decode,
+                                   placeholder=args.placeholder)
         except (FileNotFoundError, DataFormatError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 2

@@ -3,9 +3,16 @@
 `BENCHES` maps each bench name to its `run(ctx) -> BenchResult` function.
 """
 
-from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, evaluate, format_table, run_benches, write_results
-
 from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align, tv_align_gen
+from mmvid.evaluation.runner import (
+    BenchContext,
+    BenchResult,
+    Metric,
+    evaluate,
+    format_table,
+    run_benches,
+    write_results,
+)
 
 
 def _lm_eval(ctx: BenchContext) -> BenchResult:
@@ -24,4 +31,5 @@ BENCHES = {
     "lm_eval": _lm_eval,
 }
 
-__all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches", "write_results"]
+__all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches",
+           "write_results"]

@@ -13,7 +13,8 @@ from mmvid.evaluation.runner import DEFAULT_MODEL, BenchContext, format_table, r
 OPTIONS = {
     "split": "tv_align/recon: world split (default test)",
     "mode": "tv_align: loglikelihood | generate | both (default loglikelihood)",
-    "option_format": "tv_align: comma list of cloze | letter | text; the first is the headline acc (default cloze,letter)",
+    "option_format": "tv_align: comma list of cloze | letter | text; the first is the headline acc (default "
+                     "cloze,letter)",
     "video_root": "tv_align: folder the benchmark's video paths are relative to",
     "max_new_tokens": "tv_align generate mode: answer length (default 8)",
     "ways": "fewshot: N classes per episode (default 5)",
@@ -40,8 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", "--batch_size", type=int, default=8, dest="batch_size")
-    parser.add_argument("--output", "--output_path", help="results JSON (default runs/eval/<benches>-<time>.json)")
-    parser.add_argument("--log-samples", "--log_samples", action="store_true", help="store per-item records in the JSON")
+    parser.add_argument("--output", "--output_path",
+                        help="results JSON (default runs/eval/<benches>-<time>.json)")
+    parser.add_argument("--log-samples", "--log_samples", action="store_true",
+                        help="store per-item records in the JSON")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any bench option")
     for key, text in OPTIONS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", f"--{key}", dest=key, help=text)

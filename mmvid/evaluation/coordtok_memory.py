@@ -1,7 +1,8 @@
-"""CoordTok training cost against video length: random-patch sampling vs decoding every patch.
+r"""CoordTok training cost against video length: random-patch sampling vs decoding every patch.
 
-    python eval/run.py --bench coordtok_memory                                  # coordtok_base at 16,32,64,128 frames
-    python eval/run.py --bench coordtok_memory --frames 16,128 --option preset=coordtok_tiny --option threads=1
+    python eval/run.py --bench coordtok_memory          # coordtok_base at 16,32,64,128 frames
+    python eval/run.py --bench coordtok_memory --frames 16,128 --option preset=coordtok_tiny \
+        --option threads=1
     python eval/run.py --bench coordtok_memory --option preset=coordtok_l --option videos=4   # on a GPU
 
 For each frame count T of `--frames` (default 16,32,64,128; each at most the preset's clip length), one
@@ -91,7 +92,8 @@ def _run(ctx: BenchContext, preset: str, frame_counts: list[int], repeats: int, 
 
     metrics = [Metric("sampled_patches", float(objective_of(model).num_samples(c)))]
     _, rows, cols = c.decoder_grid
-    table = ["| frames | patches (full) | sampled MiB | full MiB | sampled ms | full ms |", "|---:|---:|---:|---:|---:|---:|"]
+    table = ["| frames | patches (full) | sampled MiB | full MiB | sampled ms | full ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for T in frame_counts:
         (s_ms, s_mib), (f_ms, f_mib) = results[T, "sampled"], results[T, "full"]
         full_patches = T // c.decoder_temporal_patch_size * rows * cols
@@ -107,7 +109,8 @@ def _run(ctx: BenchContext, preset: str, frame_counts: list[int], repeats: int, 
         Metric("full_growth_mib", results[high, "full"][1] / results[low, "full"][1]),
     ]
     memory = ("cuda max_memory_allocated" if device.type == "cuda" else
-              "cpu: bytes saved for backward (distinct storages) + 4 x parameter bytes; a lower bound of the peak")
+              "cpu: bytes saved for backward (distinct storages) + 4 x parameter bytes; a lower bound of "
+              "the peak")
     settings = {
         "preset": preset,
         "frames": frame_counts,

@@ -1,4 +1,4 @@
-"""`fewshot`: N-way K-shot episodic action recognition on the held-out action classes.
+r"""`fewshot`: N-way K-shot episodic action recognition on the held-out action classes.
 
     python eval/run.py --bench fewshot [--data data/shapes] [--ways 5] [--shots 1,5] [--episodes 20]
 
@@ -16,7 +16,8 @@ the model's video tokenizer when it has words, else `--option words_tokenizer=PA
 read at that tokenizer's `clip_frames` and `image_size`. `--option words_top=K` keeps each clip's K
 most frequent words (most frequent first) to fit long word lists in the context; 0 (default) keeps all.
 
-    python eval/run.py --bench fewshot --video-as words --option words_tokenizer=runs/tokenizer-sweettok_base/final
+    python eval/run.py --bench fewshot --video-as words \
+        --option words_tokenizer=runs/tokenizer-sweettok_base/final
 
 Prototype scorer (`--option scorer=prototype`): no LLM; each class's support videos are averaged
 into a prototype and the query goes to the nearest one by cosine similarity, a probe of what the
@@ -26,7 +27,8 @@ with words, its bag of words (counts over the vocabulary). The tokenizer is `--o
 compares SweetTok's words with its own continuous vectors without a pretrained LLM:
 
     python eval/run.py --bench fewshot --option scorer=prototype --option tokenizer=runs/tok/final
-    python eval/run.py --bench fewshot --option scorer=prototype --video-as words --option tokenizer=runs/tok/final
+    python eval/run.py --bench fewshot --option scorer=prototype --video-as words \
+        --option tokenizer=runs/tok/final
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def load_fewshot(ctx: BenchContext) -> tuple[Path, list[dict]]:
     data = Path(ctx.data or DEFAULT_DATA)
     path = data if data.suffix == ".jsonl" else data / "fewshot" / "fewshot.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"few-shot file not found: {path} (build the world with `python -m mmvid.data.shapes`)")
+        raise FileNotFoundError(f"few-shot file not found: {path} (build the world with `python -m "
+                                "mmvid.data.shapes`)")
     items = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -69,7 +72,8 @@ def load_fewshot(ctx: BenchContext) -> tuple[Path, list[dict]]:
     return path, items
 
 
-def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) -> list[tuple[list[dict], dict, list[str]]]:
+def episodes(items: list[dict], ways: int, shots: int, count: int,
+             seed: int) -> list[tuple[list[dict], dict, list[str]]]:
     """Fixed episodes: (support items, query item, the N class labels in a fixed order)."""
     by_label: dict[str, list[dict]] = defaultdict(list)
     for item in items:
@@ -96,18 +100,22 @@ def episodes(items: list[dict], ways: int, shots: int, count: int, seed: int) ->
 
 def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, VideoProcessor, str]:
     """The words mode's tokenizer: (tokenizer, the processor that reads its videos, name) — the model's
-    when it has words (`has_words`), else `words_tokenizer=` (a saved folder or a preset) at its clip_frames."""
+    when it has words (`has_words`), else `words_tokenizer=` (a saved folder or a preset) at its
+    clip_frames."""
     spec = ctx.option("words_tokenizer")
     if spec is None:
         tokenizer = model.video_tokenizer
         if not tokenizer.has_words:
-            raise ValueError(f"--video-as words needs a video tokenizer with video_to_text() (SweetTok); the model's "
-                             f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved SweetTok folder)")
+            raise ValueError("--video-as words needs a video tokenizer with video_to_text() (SweetTok); "
+                             "the model's "
+                             f"{tokenizer.preset!r} has none: pass --option words_tokenizer=PATH (a saved "
+                             "SweetTok folder)")
         return tokenizer, model.processor, str(tokenizer.preset)
-    tokenizer = video_tokenizer_from(spec)  # a preset is untrained: its words say nothing, but the plumbing runs
+    # a preset is untrained: its words say nothing, but the plumbing runs
+    tokenizer = video_tokenizer_from(spec)
     if not tokenizer.has_words:
-        raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without video_to_text() "
-                         f"(use a SweetTok)")
+        raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without "
+                         f"video_to_text() (use a SweetTok)")
     tokenizer.eval().to(model._device())
     frames = tokenizer.clip_frames or model.processor.config.num_frames
     return tokenizer, VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames)), spec
@@ -128,8 +136,8 @@ def prototype_choice(support: list[torch.Tensor], support_labels: list[str], que
     return max(range(len(labels)), key=sims.__getitem__), sims
 
 
-def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, shot_list: list[int], count: int,
-                  video_as: str) -> BenchResult:
+def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, shot_list: list[int],
+                  count: int, video_as: str) -> BenchResult:
     spec = ctx.option("tokenizer") or ctx.option("words_tokenizer")
     if spec is None:
         model = ctx.load_model()
@@ -137,7 +145,8 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
     else:
         tokenizer, name = video_tokenizer_from(spec).eval(), spec
         frames = tokenizer.clip_frames or int(ctx.option("frames", "16"))
-        processor = VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames))  # videos only
+        # videos only
+        processor = VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames))
     if video_as == "words" and not tokenizer.has_words:
         raise ValueError(f"the prototype scorer's words mode needs a tokenizer with word ids (SweetTok); "
                          f"{name!r} is a {tokenizer.architecture} tokenizer")
@@ -167,13 +176,13 @@ def run_prototype(ctx: BenchContext, path: Path, items: list[dict], ways: int, s
             choice, sims = prototype_choice([vector(i) for i in support], [i["label"] for i in support],
                                             vector(query), labels)
             hits.append(float(labels[choice] == query["label"]))
-            samples.append({"shots": shots, "query": query["video"], "label": query["label"], "labels": labels,
-                            "similarities": sims, "choice": labels[choice]})
+            samples.append({"shots": shots, "query": query["video"], "label": query["label"],
+                            "labels": labels, "similarities": sims, "choice": labels[choice]})
         value, stderr = mean_stderr(hits)
         metrics.append(Metric(f"{ways}way_{shots}shot/acc", value, stderr, len(hits)))
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
-                "scorer": "prototype", "chance": 1 / ways, "tokenizer": name, "frames": processor.config.num_frames,
-                "size": processor.config.image_size}
+                "scorer": "prototype", "chance": 1 / ways, "tokenizer": name,
+                "frames": processor.config.num_frames, "size": processor.config.image_size}
     return BenchResult("fewshot", metrics, settings, samples)
 
 
@@ -194,7 +203,8 @@ def run(ctx: BenchContext) -> BenchResult:
     video_as = ctx.option("video_as", "video")
     video_as = "words" if video_as == "text" else video_as
     if video_as not in VIDEO_AS:
-        raise ValueError(f"video_as must be one of {list(VIDEO_AS)} (or text, an alias of words), got {video_as!r}")
+        raise ValueError(f"video_as must be one of {list(VIDEO_AS)} (or text, an alias of words), got "
+                         f"{video_as!r}")
     scorer = ctx.option("scorer", "llm")
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {list(SCORERS)}, got {scorer!r}")
@@ -226,7 +236,8 @@ def run(ctx: BenchContext) -> BenchResult:
     metrics, samples = [], []
     for shots in shot_list:
         hits: dict[str, list[float]] = {"acc": [], "acc_norm": []}
-        for support, query, labels in tqdm(episodes(items, ways, shots, count, ctx.seed), desc=f"fewshot {ways}-way {shots}-shot"):
+        for support, query, labels in tqdm(episodes(items, ways, shots, count, ctx.seed),
+                                           desc=f"fewshot {ways}-way {shots}-shot"):
             messages, videos = [], []
             for item in support + [query]:
                 if video_as == "words":
@@ -243,8 +254,8 @@ def run(ctx: BenchContext) -> BenchResult:
             answer = labels.index(query["label"])
             hits["acc"].append(float(raw == answer))
             hits["acc_norm"].append(float(norm == answer))
-            samples.append({"shots": shots, "query": query["video"], "label": query["label"], "labels": labels,
-                            "loglikelihoods": scores, "choice": labels[raw]})
+            samples.append({"shots": shots, "query": query["video"], "label": query["label"],
+                            "labels": labels, "loglikelihoods": scores, "choice": labels[raw]})
         for name, values in hits.items():
             value, stderr = mean_stderr(values)
             metrics.append(Metric(f"{ways}way_{shots}shot/{name}", value, stderr, len(values)))

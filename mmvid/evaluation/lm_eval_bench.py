@@ -80,13 +80,15 @@ NUM_CHOICES = 4
 
 
 def _scene_captions(split: str, num_scenes: int):
-    """(index, scene, its three captions) of the default world, exactly as `build.write_text_files` writes them."""
+    """(index, scene, its three captions) of the default world, exactly as `build.write_text_files` writes
+    them."""
     from mmvid.data.shapes import build, text
 
     settings = build.WorldSettings()
     for i in range(num_scenes):
         scene = build.scene_for(settings, split, i)
-        rng = np.random.default_rng([settings.seed, build.SPLIT_IDS[split], i, 1])  # the text seed of the world build
+        # the text seed of the world build
+        rng = np.random.default_rng([settings.seed, build.SPLIT_IDS[split], i, 1])
         yield i, scene, text.captions(scene, rng)
 
 
@@ -105,7 +107,8 @@ def caption_choice_docs(split: str = "test", num_scenes: int = 500) -> list[dict
         if caption is None:
             continue
         head, tail = caption.split(":", 1)
-        found.append({"id": f"{split}-{i:06d}", "index": i, "context": head + ":", "continuation": tail.strip(),
+        found.append({"id": f"{split}-{i:06d}", "index": i, "context": head + ":",
+                      "continuation": tail.strip(),
                       "kind": head.split()[0], "num_objects": len(scene.objects), "caption": caption})
     docs = []
     for item in found:
@@ -149,8 +152,10 @@ class MMVidLM(TemplateLM):
     """
 
     def __init__(self, model=None, pretrained: str | None = None, batch_size: int | str = 8,
-                 max_length: int | None = None, max_gen_toks: int = 256, add_bos_token: bool | str | None = None, device: str | None = None,
-                 max_batch_size: int | None = None):  # max_batch_size: sent by lm-eval, unused (no auto batch size)
+                 max_length: int | None = None, max_gen_toks: int = 256,
+                 add_bos_token: bool | str | None = None, device: str | None = None,
+                 # max_batch_size: sent by lm-eval, unused (no auto batch size)
+                 max_batch_size: int | None = None):
         super().__init__()
         if (model is None) == (pretrained is None):
             raise ValueError("give exactly one of model (a VideoLLM) and pretrained (a checkpoint folder)")
@@ -170,7 +175,8 @@ class MMVidLM(TemplateLM):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         positions = getattr(self.llm.config, "max_position_embeddings", None) or model.config.max_length
-        self._max_length = int(max_length) if max_length is not None else min(model.config.max_length, positions)
+        self._max_length = int(max_length) if max_length is not None else min(model.config.max_length,
+                                                                              positions)
         if isinstance(add_bos_token, str):
             add_bos_token = add_bos_token.lower() in ("1", "true", "yes")
         has_bos = self.tokenizer.bos_token_id is not None
@@ -206,8 +212,10 @@ class MMVidLM(TemplateLM):
             ids = [self.tokenizer.bos_token_id] + ids
         return ids
 
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+    def apply_chat_template(self, chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
                                                   continue_final_message=not add_generation_prompt)
 
     # -- scoring -----------------------------------------------------------------------------------
@@ -219,14 +227,16 @@ class MMVidLM(TemplateLM):
             if not 1 <= len(continuation) <= self.max_length:
                 raise ValueError(f"a continuation of {len(continuation)} tokens cannot be scored "
                                  f"with max_length {self.max_length}")
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))  # longest first
+        # longest first
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         with self._eval_mode(), tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm) as bar:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                sequences = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in chunk]  # the last tokens
-                scores = score_sequences(self._logits, sequences, [len(requests[i][2]) for i in chunk], self._pad_id,
-                                         self._device)
+                # the last tokens
+                sequences = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in chunk]
+                scores = score_sequences(self._logits, sequences, [len(requests[i][2]) for i in chunk],
+                                         self._pad_id, self._device)
                 for i, score in zip(chunk, scores):
                     results[i] = score
                     if requests[i][0] is not None:
@@ -237,8 +247,8 @@ class MMVidLM(TemplateLM):
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 keep: int) -> torch.Tensor:
         extra = {"logits_to_keep": keep} if self._keeps_logits else {}
-        return self.llm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                        **extra).logits
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=False, **extra).logits
 
     @property
     def _pad_id(self) -> int:
@@ -250,7 +260,8 @@ class MMVidLM(TemplateLM):
         for index, (string,) in enumerate(req.args for req in requests):
             tokens = self.tok_encode(string, add_special_tokens=False)
             for context, continuation in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)):
+                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                    context_len=1)):
                 windows.append((None, context, continuation))
                 owners.append(index)
         scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
@@ -292,7 +303,8 @@ class MMVidLM(TemplateLM):
         sampling = {k: kwargs.pop(k) for k in ("top_p", "top_k", "seed") if k in kwargs}
         if kwargs:
             log.warning("generation kwargs %s are not supported by the mmvid model; ignored", sorted(kwargs))
-        return SamplingParams(temperature=temperature, max_new_tokens=max_gen_toks, stop=tuple(until), **sampling)
+        return SamplingParams(temperature=temperature, max_new_tokens=max_gen_toks, stop=tuple(until),
+                              **sampling)
 
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -361,12 +373,14 @@ def _metrics(results: dict) -> list[Metric]:
     for task, values in results["results"].items():
         n = counts.get(task, {}).get("effective")
         for key, value in values.items():
-            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)) or isinstance(
+                value, bool):
                 continue  # alias, sample counts, stderrs (attached below)
             metric, filter_name = key.split(",", 1)
             stderr = values.get(f"{metric}_stderr,{filter_name}")
             name = f"{task}/{metric}" if filter_name == "none" else f"{task}/{metric},{filter_name}"
-            metrics.append(Metric(name, float(value), float(stderr) if isinstance(stderr, (int, float)) else None, n))
+            metrics.append(Metric(name, float(value),
+                                  float(stderr) if isinstance(stderr, (int, float)) else None, n))
     return metrics
 
 
@@ -391,12 +405,15 @@ def run(ctx: BenchContext) -> BenchResult:
     apply_chat_template = flags.get(chat.lower(), chat)  # or the name of one of the tokenizer's templates
     lm = _build_model(ctx, model_args)
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=ctx.limit, task_manager=_task_manager(tasks, include_path),
+        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=ctx.limit,
+        task_manager=_task_manager(tasks, include_path),
         log_samples=ctx.log_samples, apply_chat_template=apply_chat_template, random_seed=ctx.seed,
         numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
     settings = {
         "tasks": tasks, "num_fewshot": num_fewshot, "limit": ctx.limit, "model_args": model_args,
-        "apply_chat_template": apply_chat_template, "add_bos_token": lm.add_bos_token, "max_length": lm.max_length,
-        "task_versions": results.get("versions", {}), "lm_eval_version": importlib.metadata.version("lm_eval"),
+        "apply_chat_template": apply_chat_template, "add_bos_token": lm.add_bos_token,
+        "max_length": lm.max_length,
+        "task_versions": results.get("versions", {}),
+        "lm_eval_version": importlib.metadata.version("lm_eval"),
     }
     return BenchResult("lm_eval", _metrics(results), settings, _samples(results) if ctx.log_samples else None)

@@ -1,7 +1,7 @@
 """The evaluation runner behind `python eval/run.py --bench NAME[,NAME...]`.
 
-A bench is a function `run(ctx: BenchContext) -> BenchResult` in the `mmvid.evaluation.BENCHES` dict. The runner
-loads the model once, runs each bench, prints one table and writes one JSON that also records
+A bench is a function `run(ctx: BenchContext) -> BenchResult` in the `mmvid.evaluation.BENCHES` dict. The
+runner loads the model once, runs each bench, prints one table and writes one JSON that also records
 everything needed to reproduce the numbers (model, frames, sampling, prompt template, decode
 backend, seed, git commit). `evaluate(model, benches, ...)` does the same on a live model, e.g.
 every N training steps, without loading a second copy.
@@ -86,8 +86,8 @@ def mean_stderr(values: list[float]) -> tuple[float, float | None]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -168,14 +168,18 @@ def format_table(record: dict) -> str:
             if isinstance(value, float) and not value.is_integer():
                 text = f"{value:.4f}"
             else:
-                text = str(int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
-            rows.append((bench, name, text, "" if m["stderr"] is None else f"{m['stderr']:.4f}", "" if m["n"] is None else str(m["n"])))
+                text = str(int(value)) if isinstance(value, (int, float)) and math.isfinite(value) else str(
+                    value)
+            rows.append((bench, name, text, "" if m["stderr"] is None else f"{m['stderr']:.4f}",
+                         "" if m["n"] is None else str(m["n"])))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for bench, result in record["results"].items():  # what each score means, where a bench says (tv_align's formulations)
+    # what each score means, where a bench says (tv_align's formulations)
+    for bench, result in record["results"].items():
         settings = result.get("settings") or {}
         if settings.get("headline"):
             also = "; ".join(f"{k} = {v}" for k, v in (settings.get("also_reported") or {}).items())
-            lines.append(f"{bench}: {settings['headline']}" + (f"; {also}" if also else "") + " (acc_norm*: per byte)")
+            lines.append(f"{bench}: {settings['headline']}" + (f"; {also}" if also else "") + " (acc_norm*: "
+                                                                                              "per byte)")
     return "\n".join(lines)

@@ -62,7 +62,8 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
     scores = []
     for start in range(0, len(pieces), size):
         chunk = pieces[start:start + size]
-        scored = score_sequences(forward, [context + p for p in chunk], [len(p) for p in chunk], tok.pad_token_id, device)
+        scored = score_sequences(forward, [context + p for p in chunk], [len(p) for p in chunk],
+                                 tok.pad_token_id, device)
         scores += [total for total, _ in scored]
     return scores
 
@@ -82,12 +83,14 @@ def score_sequences(forward: Callable[..., torch.Tensor], sequences: list[list[i
     """
     input_ids, attention_mask, position_ids = left_pad([seq[:-1] for seq in sequences], pad_id, device)
     keep = max(num_scored)
-    logprobs = forward(input_ids, attention_mask, position_ids, keep)[:, -keep:].float().log_softmax(-1)  # (B, keep, V)
+    # (B, keep, V)
+    logprobs = forward(input_ids, attention_mask, position_ids, keep)[:, -keep:].float().log_softmax(-1)
     scores = []
     for row, (seq, n) in enumerate(zip(sequences, num_scored)):
         target = torch.tensor(seq[-n:], device=logprobs.device)
         picked = logprobs[row, keep - n:]  # (n, V): the last n positions predict the last n tokens
-        scores.append((float(picked.gather(-1, target[:, None]).sum()), bool((picked.argmax(-1) == target).all())))
+        scores.append((float(picked.gather(-1, target[:, None]).sum()),
+                       bool((picked.argmax(-1) == target).all())))
     return scores
 
 

@@ -1,6 +1,7 @@
-"""`tv_align`: the TV-Align-style multiple-choice benchmark, per category and overall.
+r"""`tv_align`: the TV-Align-style multiple-choice benchmark, per category and overall.
 
-    python eval/run.py --bench tv_align [--data data/shapes] [--split test] [--mode loglikelihood|generate|both]
+    python eval/run.py --bench tv_align [--data data/shapes] [--split test] \
+        [--mode loglikelihood|generate|both]
     python eval/run.py --bench tv_align --data my_bench.jsonl [--video-root DIR]
 
 Data: a synthetic world's `{split}/tv_align.jsonl` (default: the test split), or any JSONL of
@@ -77,7 +78,8 @@ def load_questions(path: str | Path) -> list[dict]:
     questions = []
     for where, item in read_records(path, REQUIRED):
         options = item["options"]
-        if not (isinstance(options, list) and 2 <= len(options) <= 26 and all(isinstance(o, str) and o for o in options)):
+        if not (isinstance(options, list) and 2 <= len(options) <= 26
+                and all(isinstance(o, str) and o for o in options)):
             raise BenchmarkFormatError(f"{where}: 'options' must be a list of 2-26 non-empty strings")
         letters = list(string.ascii_uppercase[: len(options)])
         answer = item["answer"]
@@ -86,7 +88,8 @@ def load_questions(path: str | Path) -> list[dict]:
         elif answer in options:
             item["answer_index"] = options.index(answer)
         else:
-            raise BenchmarkFormatError(f"{where}: answer {answer!r} is neither a letter in {letters} nor an option")
+            raise BenchmarkFormatError(f"{where}: answer {answer!r} is neither a letter in {letters} nor an "
+                                       "option")
         questions.append(item)
     if not questions:
         raise BenchmarkFormatError(f"{path}: no questions")
@@ -124,15 +127,18 @@ def run(ctx: BenchContext) -> BenchResult:
             cache.clear()  # questions of one video are adjacent; keep one video's features
             cache[video_path] = model.encode_video(model.processor.load_video(video_path)[None])
         features = cache[video_path]
-        messages = [{"role": "user", "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
+        messages = [{"role": "user",
+                     "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
         letters = list(string.ascii_uppercase[: len(q["options"])])
         record = {"id": q["id"], "category": q["category"], "answer": letters[q["answer_index"]]}
         if mode in ("loglikelihood", "both"):
             for k, fmt in enumerate(formats):
                 suffix = "" if k == 0 else f"_{fmt}"
-                prompt = messages if fmt != "cloze" else [{"role": "user", "content": f"{VIDEO_TOKEN}\n{q['question']}"}]
+                prompt = messages if fmt != "cloze" else [{"role": "user",
+                                                           "content": f"{VIDEO_TOKEN}\n{q['question']}"}]
                 choices = letters if fmt == "letter" else q["options"]
-                scores = continuation_logprobs(model, prompt, choices, features, end_of_answer=end_of_answer == "turn")
+                scores = continuation_logprobs(model, prompt, choices, features,
+                                               end_of_answer=end_of_answer == "turn")
                 raw, norm = pick(scores, choices)
                 for name, choice in ((f"acc{suffix}", raw), (f"acc_norm{suffix}", norm)):
                     hit = float(choice == q["answer_index"])
@@ -141,7 +147,8 @@ def run(ctx: BenchContext) -> BenchResult:
                 record[f"loglikelihoods{suffix}"] = scores
                 record[f"choice{suffix}"] = letters[raw]
         if mode in ("generate", "both"):
-            text = model.generate(messages=messages, video_features=features, max_new_tokens=int(ctx.option("max_new_tokens", "8")))
+            text = model.generate(messages=messages, video_features=features,
+                                  max_new_tokens=int(ctx.option("max_new_tokens", "8")))
             choice = parse_choice(text, q["options"], letters)
             hit = float(choice == q["answer_index"])
             hits["gen_acc"]["overall"].append(hit)
@@ -153,9 +160,10 @@ def run(ctx: BenchContext) -> BenchResult:
     for name, groups in hits.items():
         for group in ["overall"] + sorted(g for g in groups if g != "overall"):
             value, stderr = mean_stderr(groups[group])
-            metrics.append(Metric(name if group == "overall" else f"{group}/{name}", value, stderr, len(groups[group])))
-    settings = {"file": str(path), "mode": mode, "option_format": formats[0], "headline": f"acc = {formats[0]} formulation",
-                "end_of_answer": end_of_answer,
-                "also_reported": {f"acc_{f}": f"{f} formulation" for f in formats[1:]}, "questions": len(questions),
-                "chance": 1 / len(questions[0]["options"])}
+            metrics.append(Metric(name if group == "overall" else f"{group}/{name}", value, stderr,
+                                  len(groups[group])))
+    settings = {"file": str(path), "mode": mode, "option_format": formats[0],
+                "headline": f"acc = {formats[0]} formulation", "end_of_answer": end_of_answer,
+                "also_reported": {f"acc_{f}": f"{f} formulation" for f in formats[1:]},
+                "questions": len(questions), "chance": 1 / len(questions[0]["options"])}
     return BenchResult("tv_align", metrics, settings, samples)

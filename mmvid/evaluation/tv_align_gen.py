@@ -1,7 +1,9 @@
-"""`tv_align_gen`: text-to-video alignment, scored from the generated pixels by the synthetic world's analyzer.
+r"""`tv_align_gen`: text-to-video alignment, scored from the generated pixels by the synthetic world's
+analyzer.
 
     python eval/run.py --bench tv_align_gen [--data data/shapes] [--split test] [--limit N]
-    python eval/run.py --bench tv_align_gen --option guidance=5 --option steps=50 --option save=runs/t2v-samples
+    python eval/run.py --bench tv_align_gen --option guidance=5 --option steps=50 \
+        --option save=runs/t2v-samples
 
 Data: a synthetic world's `{split}/t2v.jsonl` (default: the test split; or a `.jsonl` given as `--data`,
 video paths relative to its folder), one `{"id", "video", "prompt", "objects"}` per line, `objects` the
@@ -113,7 +115,8 @@ def load_prompts(path: str | Path) -> list[dict]:
         objects = item["objects"]
         if not (isinstance(objects, list) and objects
                 and all(isinstance(o, dict) and all(k in o for k in OBJECT_KEYS) for o in objects)):
-            raise BenchmarkFormatError(f"{where}: 'objects' must be a non-empty list of objects with {list(OBJECT_KEYS)}")
+            raise BenchmarkFormatError(f"{where}: 'objects' must be a non-empty list of objects with "
+                                       f"{list(OBJECT_KEYS)}")
         items.append(item)
     if not items:
         raise BenchmarkFormatError(f"{path}: no prompts")
@@ -169,7 +172,8 @@ def category_metrics(per_prompt: list[dict[str, list[bool]]], prefix: str = "") 
 
 
 def frame_features(frames) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> float64 (T, 56): 4x4 average-pooled RGB in [0, 1] and an 8-cell colour histogram."""
+    """uint8 (T, H, W, 3) -> float64 (T, 56): 4x4 average-pooled RGB in [0, 1] and an 8-cell colour
+    histogram."""
     x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).double() / 255.0  # (T, 3, H, W)
     pooled = F.adaptive_avg_pool2d(x, 4).flatten(1)  # (T, 48)
     bits = (x >= 128 / 255).long()  # (T, 3, H, W): each channel's half
@@ -264,11 +268,12 @@ def run(ctx: BenchContext) -> BenchResult:
         start = time.perf_counter()
         try:
             with torch.no_grad():
-                frames = generate(item["prompt"], guidance_scale=guidance, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, steps=steps, seed=seed + k)
+                frames = generate(item["prompt"], guidance_scale=guidance, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, steps=steps, seed=seed + k)
             frames = _as_frames(frames, item["id"])  # on the CPU: the timing includes the device's work
         except NotImplementedError as e:
-            raise GenerationUnavailableError(f"{type(model).__name__}.generate_video is not implemented ({e}); {FIX}") from e
+            raise GenerationUnavailableError(f"{type(model).__name__}.generate_video is not implemented "
+                                             f"({e}); {FIX}") from e
         seconds.append(time.perf_counter() - start)
         real = processor.read_frames(root / item["video"])
         generated_analysis, real_analysis = analyze(frames.numpy()), analyze(real.numpy())
@@ -283,12 +288,15 @@ def run(ctx: BenchContext) -> BenchResult:
             write_video(save / name, frames, fps=SAVE_FPS)
             saved.append({"id": item["id"], "file": name, "prompt": item["prompt"], "seed": seed + k})
         samples.append({"id": item["id"], "prompt": item["prompt"], "seed": seed + k, "seconds": seconds[-1],
-                        "hits": hits["generated"][-1], "real_hits": hits["real"][-1], "found": _found(generated_analysis)})
+                        "hits": hits["generated"][-1], "real_hits": hits["real"][-1],
+                        "found": _found(generated_analysis)})
     if saved:
         (save / "prompts.jsonl").write_text("".join(json.dumps(s) + "\n" for s in saved))
-    # Chance level: each real video scored against the objects of a prompt it does not show (a fixed derangement).
+    # Chance level: each real video scored against the objects of a prompt it does not show (a fixed
+    # derangement).
     n = len(items)
-    hits["shuffled"] = [score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)] if n > 1 else []
+    hits["shuffled"] = ([score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)]
+                        if n > 1 else [])
 
     metrics = category_metrics(hits["generated"])
     for reference in REFERENCES:
@@ -301,8 +309,10 @@ def run(ctx: BenchContext) -> BenchResult:
         "file": str(path), "prompts": n, "guidance": guidance, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "steps": steps, "seed": seed, "frames": processor.config.num_frames,
         "image_size": processor.config.image_size,
-        "chance": "shuffled/*: real videos scored against another prompt's objects; real/*: the analyzer's ceiling",
-        "features": "per frame: 4x4 average-pooled RGB + 8-cell colour histogram; frechet halves A/B, ridge 1e-6",
+        "chance": "shuffled/*: real videos scored against another prompt's objects; real/*: the analyzer's "
+                  "ceiling",
+        "features": "per frame: 4x4 average-pooled RGB + 8-cell colour histogram; frechet halves A/B, ridge "
+                    "1e-6",
         "saved": str(save) if saved else None,
     }
     return BenchResult("tv_align_gen", metrics, settings, samples)

@@ -15,7 +15,8 @@ from typing import ClassVar
 
 from mmvid.videollm import VideoLLMConfig
 
-TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=4,
                   num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
 
 
@@ -34,44 +35,55 @@ class SFTData:
     # A world's train/sft_cloze.jsonl (every benchmark question of each training video, answered with the
     # option text, after one caption round) is written when missing (mmvid.sft.world_data); sft.jsonl
     # holds the same videos' letter-answered conversations.
-    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_cloze.jsonl", "data/shapes/train/t2v.jsonl"])
+    train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_cloze.jsonl",
+                                                      "data/shapes/train/t2v.jsonl"])
     video_root: str | None = None  # default: each data file's folder
-    # A curriculum: the first `curriculum_steps` optimizer steps draw from these files instead of `train` (same
-    # format). A world's train/sft_attributes.jsonl (only the colour and shape questions of each training video, about
-    # every object; no caption) is written when missing. Measured (issue 17): on the full mixture the LLM ignores
-    # colour and shape (val 0.21 / 0.26, chance 0.25) while it learns count and action; the attribute questions alone
-    # cross from chance within ~250 steps, and that ability survives the switch to the mixture.
+    # A curriculum: the first `curriculum_steps` optimizer steps draw from these files instead of `train`
+    # (same format). A world's train/sft_attributes.jsonl (only the colour and shape questions of each
+    # training video, about every object; no caption) is written when missing. Measured (issue 17): on the
+    # full mixture the LLM ignores colour and shape (val 0.21 / 0.26, chance 0.25) while it learns count and
+    # action; the attribute questions alone cross from chance within ~250 steps, and that ability survives the
+    # switch to the mixture.
     curriculum: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_attributes.jsonl"])
     curriculum_steps: int = 300  # 0: no curriculum (a run of fewer steps must set it lower or to 0)
-    val_bench: str | None = "data/shapes/val/tv_align.jsonl"  # tv_align file evaluated at the end (and every eval_every)
+    # tv_align file evaluated at the end (and every eval_every)
+    val_bench: str | None = "data/shapes/val/tv_align.jsonl"
     test_bench: str | None = "data/shapes/test/tv_align.jsonl"
-    # model.text_tokenizer, trained on the training text when missing. BPE (the default): every world word is one
-    # piece with its leading space (600 of the 791 pieces the default world's text supports). "unigram" at 400, the
-    # earlier default, leaves 130 learned pieces and splits words ("colour" -> " c", "o", "l", "our"): 36 % more
-    # tokens for the same text.
+    # model.text_tokenizer, trained on the training text when missing. BPE (the default): every world word is
+    # one piece with its leading space (600 of the 791 pieces the default world's text supports). "unigram" at
+    # 400, the earlier default, leaves 130 learned pieces and splits words ("colour" -> " c", "o", "l",
+    # "our"): 36 % more tokens for the same text.
     text_corpus_vocab: int = 600
     text_corpus_model_type: str = "bpe"  # "bpe" or "unigram"
-    # The pretrained-LLM stand-in: with model.llm unset, the model.llm_config LLM is first pretrained on the world's
-    # training text (reading comprehension: caption + question -> answer; mmvid.sft.text_pretrain) into this folder
-    # when it is missing, and then loaded from it as model.llm. None: the LLM starts from scratch in SFT.
+    # The pretrained-LLM stand-in: with model.llm unset, the model.llm_config LLM is first pretrained on the
+    # world's training text (reading comprehension: caption + question -> answer; mmvid.sft.text_pretrain)
+    # into this folder when it is missing, and then loaded from it as model.llm. None: the LLM starts from
+    # scratch in SFT.
     pretrained_llm: str | None = "runs/sft-default/llm"
     llm_pretrain_minutes: float = 3.0
     llm_pretrain_steps: int | None = None  # also stop after this many steps (tests)
-    # The pretrained-vision-tower stand-in (mmvid.vision_tower), trained when missing and given to the video tokenizer
-    # config as its frozen feature extractor (feature_extractor=hf, hf_path=this folder). None: no tower.
+    # The pretrained-vision-tower stand-in (mmvid.vision_tower), trained when missing and given to the video
+    # tokenizer config as its frozen feature extractor (feature_extractor=hf, hf_path=this folder). None: no
+    # tower.
     vision_tower: str | None = "runs/sft-default/vision-tower"
-    vision_tower_objective: str = "dense"  # dense (ground-truth attribute maps) | contrastive (captions, SigLIP-style)
+    # dense (ground-truth attribute maps) | contrastive (captions, SigLIP-style)
+    vision_tower_objective: str = "dense"
     vision_tower_minutes: float = 1.0  # saturated: per-cell val colour/shape 0.97/0.97 after 60 s
     vision_tower_steps: int | None = None  # also stop after this many steps (tests)
-    split_turns: bool = True  # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
-    pack_questions: bool = True  # the split rounds of one video as one row (block mask): its positions computed once (sdpa/eager)
-    prompt_dropout: float = 0.1  # text-to-video samples: the prompt emptied this often (for classifier-free guidance)
-    max_rounds: int | None = 8  # split_turns: the first round + a random draw of the others, at most this many per read
-    t2v_fraction: float = 0.25  # share of the videos whose text-to-video sequence is trained (merged into their item)
-    # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer config
-    # (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode what the LLM generates.
-    # The default's: vtok_base with the middle frame as key frame (every world object is on screen then; the paper's
-    # first-frame key is tokenizers/vtok/vtok_base.yaml).
+    # each question/answer round its own sequence, sharing one video encoding (see mmvid.sft.data)
+    split_turns: bool = True
+    # the split rounds of one video as one row (block mask): its positions computed once (sdpa/eager)
+    pack_questions: bool = True
+    # text-to-video samples: the prompt emptied this often (for classifier-free guidance)
+    prompt_dropout: float = 0.1
+    # split_turns: the first round + a random draw of the others, at most this many per read
+    max_rounds: int | None = 8
+    # share of the videos whose text-to-video sequence is trained (merged into their item)
+    t2v_fraction: float = 0.25
+    # When model.video_tokenizer is a folder that does not exist yet, train it first with this tokenizer
+    # config (tokenizers/train.py's), for this many minutes of training, then use it: frozen, it can decode
+    # what the LLM generates. The default's: vtok_base with the middle frame as key frame (every world object
+    # is on screen then; the paper's first-frame key is tokenizers/vtok/vtok_base.yaml).
     video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base_midkey.yaml"
     video_tokenizer_minutes: float = 1.0
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
@@ -83,7 +95,8 @@ class SFTConfig:
     model: VideoLLMConfig = field(default_factory=default_model)
     data: SFTData = field(default_factory=SFTData)
     out: str = "runs/sft-default"  # run folder: config.yaml, metrics.jsonl, checkpoints/, final/
-    steps: int = 800  # optimizer steps, data.curriculum_steps included (the CPU default: see README for the measured time)
+    # optimizer steps, data.curriculum_steps included (the CPU default: see README for the measured time)
+    steps: int = 800
     epochs: float | None = None  # alternatively: passes over the data (overrides steps)
     batch_size: int = 8  # samples per micro-batch per process
     grad_accum: int = 1
@@ -92,9 +105,11 @@ class SFTConfig:
     lr_video_tokenizer: float | None = 3e-4
     lr_generation_head: float | None = None
     warmup_steps: int = 50
-    align_steps: int = 0  # LLaVA's stage 1 first: this many steps with the LLM frozen (lr 0), projector (and heads) only
-    # The answer tokens' loss (VideoLLM.forward, TEXT_LOSSES): "token" averages over supervised tokens (Hugging Face's
-    # default), so a long caption outweighs the one-word answers of a packed row; "span" averages each answer first.
+    # LLaVA's stage 1 first: this many steps with the LLM frozen (lr 0), projector (and heads) only
+    align_steps: int = 0
+    # The answer tokens' loss (VideoLLM.forward, TEXT_LOSSES): "token" averages over supervised tokens
+    # (Hugging Face's default), so a long caption outweighs the one-word answers of a packed row; "span"
+    # averages each answer first.
     text_loss: str = "span"
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.0
@@ -106,9 +121,10 @@ class SFTConfig:
     deepspeed: str | None = None  # a DeepSpeed JSON of your own; "auto" values are filled from this config
     gradient_checkpointing: bool = False
     init_from: str | None = None  # weights of a VideoLLM folder (a previous stage); fresh optimizer
-    # init_from loads strictly: a weight missing from the folder, or one there the model lacks, is an error listing
-    # them, except under the modules named here, which keep what the model has: e.g. [generation_head] when this
-    # stage adds a text-to-video head the previous one did not have (it starts from its fresh initialisation).
+    # init_from loads strictly: a weight missing from the folder, or one there the model lacks, is an error
+    # listing them, except under the modules named here, which keep what the model has: e.g. [generation_head]
+    # when this stage adds a text-to-video head the previous one did not have (it starts from its fresh
+    # initialisation).
     init_from_partial: list[str] = field(default_factory=list)
     resume: bool = True  # continue from the newest checkpoint in `out` when there is one
     checkpoint_every: int = 200
@@ -142,8 +158,8 @@ class SFTConfig:
         if self.data.curriculum_steps < 0:
             raise ValueError(f"data.curriculum_steps must be >= 0, got {self.data.curriculum_steps}")
         if self.epochs is None and self.data.curriculum_steps >= self.steps:
-            raise ValueError(f"data.curriculum_steps ({self.data.curriculum_steps}) must be fewer than the run's steps "
-                             f"({self.steps}); set data.curriculum_steps=0 for no curriculum")
+            raise ValueError(f"data.curriculum_steps ({self.data.curriculum_steps}) must be fewer than the "
+                             f"run's steps ({self.steps}); set data.curriculum_steps=0 for no curriculum")
         if self.data.curriculum_steps and not self.data.curriculum:
             raise ValueError("data.curriculum_steps > 0 needs data.curriculum files")
         from mmvid.text_tokenizer import MODEL_TYPES

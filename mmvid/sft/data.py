@@ -55,7 +55,8 @@ class SFTDataset(Dataset):
         if not 0.0 <= prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         if pack_questions and not split_turns:
-            raise ValueError("pack_questions packs the rounds that split_turns makes: it needs split_turns=True")
+            raise ValueError("pack_questions packs the rounds that split_turns makes: it needs "
+                             "split_turns=True")
         self.processor = processor  # a VideoProcessor: frames, ids, max_length
         self.split_turns = split_turns
         self.pack_questions = pack_questions
@@ -88,7 +89,8 @@ class SFTDataset(Dataset):
             if not (isinstance(sample, dict) and isinstance(sample.get("conversations"), list)):
                 return None, False  # malformed: left for load() to report
             videos = sample_videos(sample)
-            return (str(root / videos[0]) if len(videos) == 1 else None), is_text_to_video(sample["conversations"])
+            return (str(root / videos[0]) if len(videos) == 1 else None), is_text_to_video(
+                sample["conversations"])
 
         keys = [one_video(sample, root) for sample, root in self.items]
         owner: dict[str, int] = {}
@@ -115,28 +117,32 @@ class SFTDataset(Dataset):
         name = str(sample.get("id", index))
         videos = [root / v for v in sample_videos(sample)]
         if is_text_to_video(sample["conversations"]):
-            encoded = [self.processor.encode_sample(self._drop_prompt(sample["conversations"]), sample_id=name,
-                                                    num_videos=len(videos))]
+            encoded = [self.processor.encode_sample(self._drop_prompt(sample["conversations"]),
+                                                    sample_id=name, num_videos=len(videos))]
         elif self.split_turns and len(videos) == 1:
             rounds = split_rounds(sample["conversations"])
             chosen = list(range(len(rounds)))
             if self.max_rounds and len(rounds) > self.max_rounds:
-                # the first round (in LLaVA data the description request, the densest target) and a fresh random
-                # draw of the others each time the sample is read (torch RNG: a resumed run replays it)
-                chosen = [0] + (torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1).sort().values.tolist()
-            # Each round's ids are rendered once and kept: the chat template is re-rendered per assistant turn, which
-            # costs as much as a third of a CPU step when a sample has many rounds.
+                # the first round (in LLaVA data the description request, the densest target) and a fresh
+                # random draw of the others each time the sample is read (torch RNG: a resumed run replays it)
+                others = torch.randperm(len(rounds) - 1)[: self.max_rounds - 1] + 1
+                chosen = [0] + others.sort().values.tolist()
+            # Each round's ids are rendered once and kept: the chat template is re-rendered per assistant
+            # turn, which costs as much as a third of a CPU step when a sample has many rounds.
             encoded = [self._encode_round(index, k, rounds[k], name) for k in chosen]
             if self.pack_questions and len(encoded) > 1:
                 packed = pack_rounds(encoded, self.processor.video_ids, name)
                 encoded = [packed] if len(packed) <= self.processor.config.max_length else encoded
         else:
-            encoded = [self.processor.encode_sample(sample["conversations"], sample_id=name, num_videos=len(videos))]
-        encoded += [self.processor.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v", num_videos=1)
+            encoded = [self.processor.encode_sample(sample["conversations"], sample_id=name,
+                                                    num_videos=len(videos))]
+        encoded += [self.processor.encode_sample(self._drop_prompt(turns), sample_id=f"{name}/t2v",
+                                                 num_videos=1)
                     for turns in self.extras.get(index, [])]
         frames = [self.processor.load_video(v) for v in videos]
         # One entry per <video> span of the sample's sequences, indexing `frames`.
-        spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(e.num_videos for e in encoded)
+        spans = [k for e in encoded for k in range(e.num_videos)] if len(videos) > 1 else [0] * sum(
+            e.num_videos for e in encoded)
         return {"encoded": encoded, "videos": frames, "spans": spans, "id": name, "index": index}
 
     def _encode_round(self, index: int, k: int, turns: list[dict], name: str):
@@ -163,7 +169,8 @@ class SFTDataset(Dataset):
                 if name not in self.bad:
                     log.warning("skipping sample %s (%s): %s", name, root, e)
                 self.bad[name] = str(e)
-        raise RuntimeError(f"no usable sample among {len(self.items)}; first problems: {list(self.bad.values())[:3]}")
+        raise RuntimeError(f"no usable sample among {len(self.items)}; first problems: "
+                           f"{list(self.bad.values())[:3]}")
 
     def bad_fraction(self) -> float:
         return len(self.bad) / max(1, self.seen)
@@ -172,7 +179,8 @@ class SFTDataset(Dataset):
 def t2v_conversation(sample: dict) -> dict:
     """A world `t2v.jsonl` line ({"video", "prompt"}, no "conversations") -> a text-to-video conversation;
     any other sample unchanged."""
-    if isinstance(sample, dict) and "conversations" not in sample and isinstance(sample.get("prompt"), str) and "video" in sample:
+    if (isinstance(sample, dict) and "conversations" not in sample and isinstance(sample.get("prompt"), str)
+        and "video" in sample):
         turns = [{"from": HUMAN, "value": sample["prompt"]}, {"from": GPT, "value": VIDEO_PLACEHOLDER}]
         return {"id": sample.get("id"), "video": sample["video"], "conversations": turns}
     return sample
@@ -202,7 +210,8 @@ def split_rounds(conversations: list[dict]) -> list[list[dict]]:
 
 def collate(processor, items: list[dict]) -> dict:
     """Batch for `VideoLLM.forward` plus the sample indices (for the data position). A packed item is one
-    row; with one in the batch, `attention_mask` is 4D and `position_ids` are set (see VideoProcessor.collate)."""
+    row; with one in the batch, `attention_mask` is 4D and `position_ids` are set (see
+    VideoProcessor.collate)."""
     videos, index = [], []
     for item in items:
         index += [len(videos) + k for k in item["spans"]]

@@ -60,13 +60,14 @@ def resolve_user_config(path: str | Path, cfg: SFTConfig, world_size: int, on_cu
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from e
     ours = build_deepspeed_config(cfg, world_size, on_cuda)
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping"):
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                "gradient_clipping"):
         value = user.get(key, "auto")
         if value == "auto":
             user[key] = ours[key]
         elif key != "gradient_clipping" and value != ours[key]:
-            raise ValueError(f"{path}: {key}={value} contradicts the training config ({ours[key]}); set it to \"auto\" "
-                             f"or change batch_size / grad_accum")
+            raise ValueError(f"{path}: {key}={value} contradicts the training config ({ours[key]}); set it "
+                             f"to \"auto\" or change batch_size / grad_accum")
     zero = user.setdefault("zero_optimization", {})
     if zero.get("stage", "auto") == "auto":
         zero["stage"] = cfg.zero_stage
@@ -77,7 +78,8 @@ def resolve_user_config(path: str | Path, cfg: SFTConfig, world_size: int, on_cu
     for block in (user.get("optimizer", {}).get("params", {}), user.get("scheduler", {}).get("params", {})):
         for key, value in list(block.items()):
             if value == "auto":
-                block[key] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup_num_steps": cfg.warmup_steps,
+                block[key] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                              "warmup_num_steps": cfg.warmup_steps,
                               "total_num_steps": cfg.steps, "warmup_max_lr": cfg.lr}.get(key, value)
                 if block[key] == "auto":
                     raise ValueError(f"{path}: cannot resolve \"auto\" for {key}")

@@ -57,7 +57,13 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mmvid.prompting import IGNORE_INDEX, VideoTokenIds, encode_conversation
-    from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN, add_video_special_tokens, ensure_chat_template
+    from mmvid.text_tokenizer import (
+        VIDEO_END,
+        VIDEO_START,
+        VIDEO_TOKEN,
+        add_video_special_tokens,
+        ensure_chat_template,
+    )
 
     out = Path(cfg.out)
     if is_pretrained(out):
@@ -90,7 +96,8 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
     step, history, start = 0, [], time.perf_counter()
     bar = tqdm(desc="text pretraining", unit="step", total=cfg.max_steps)
     while time.perf_counter() - start < budget and (cfg.max_steps is None or step < cfg.max_steps):
-        batch = [example(i) for i in rng.sample(range(len(conversations)), min(cfg.batch_size, len(conversations)))]
+        batch = [example(i) for i in rng.sample(range(len(conversations)),
+                                                min(cfg.batch_size, len(conversations)))]
         width = max(len(e) for e in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), IGNORE_INDEX)
@@ -109,14 +116,15 @@ def pretrain_llm(cfg: TextPretrainConfig, conversations: list[list[dict]]) -> Pa
         bar.update()
         if step == 1 or step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            history.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4)})
+            history.append({"step": step, "seconds": round(time.perf_counter() - start, 1),
+                            "loss": round(loss.item(), 4)})
     bar.close()
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    record = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1), "examples": len(conversations),
-              "examples_read": len(encoded),
+    record = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1),
+              "examples": len(conversations), "examples_read": len(encoded),
               "final_loss": history[-1]["loss"] if history else None, "history": history}
     (out / "pretrain.json").write_text(json.dumps(record, indent=1))
     log.info("text pretraining: %d steps in %.0f s (loss %.3f) -> %s", step, seconds, loss.item(), out)

@@ -1,7 +1,8 @@
-"""The SFT loop, through DeepSpeed (ZeRO 0-3; gloo on CPU, NCCL on CUDA).
+r"""The SFT loop, through DeepSpeed (ZeRO 0-3; gloo on CPU, NCCL on CUDA).
 
     deepspeed train/sft.py                                     # the built-in default, end to end on CPU
-    deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml steps=400 data.curriculum_steps=150
+    deepspeed --num_gpus 2 train/sft.py --config train/configs/default.yaml \
+        steps=400 data.curriculum_steps=150
 
 Steps: prepare the default data and text tokenizer (rank 0, once) -> build the VideoLLM -> per-module
 learning rates -> deepspeed.initialize -> the loop (`run`: accumulate micro-batches, step, log to
@@ -64,7 +65,8 @@ def prepare_default_data(cfg: SFTConfig) -> None:
 
 
 def _stage_log(cfg: SFTConfig, name: str, seconds: float, **extra) -> None:
-    """One line per finished preparation stage in out/stages.jsonl (wall time for the learning curve and README)."""
+    """One line per finished preparation stage in out/stages.jsonl (wall time for the learning curve and
+    README)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "stages.jsonl").open("a") as f:
@@ -77,8 +79,10 @@ def write_world_cloze(cfg: SFTConfig) -> None:
     from mmvid.sft.world_data import attribute_conversations, cloze_conversations
 
     train = Path(cfg.data.world) / "train"
-    wanted = [str(Path(f)) for f in [*cfg.data.train, *(cfg.data.curriculum if cfg.data.curriculum_steps else [])]]
-    for target, make in ((train / "sft_cloze.jsonl", cloze_conversations), (train / "sft_attributes.jsonl", attribute_conversations)):
+    wanted = [str(Path(f)) for f in [*cfg.data.train,
+                                     *(cfg.data.curriculum if cfg.data.curriculum_steps else [])]]
+    for target, make in ((train / "sft_cloze.jsonl", cloze_conversations),
+                         (train / "sft_attributes.jsonl", attribute_conversations)):
         if str(target) not in wanted or target.is_file():
             continue
         samples = make(cfg.data.world, "train", seed=cfg.seed)
@@ -111,9 +115,10 @@ def prepare_text_tokenizer(cfg: SFTConfig) -> None:
         texts += world_texts(cfg.data.world, "train")
     rng = np.random.default_rng(cfg.seed)
     texts = [texts[i] for i in rng.permutation(len(texts))[:50000]]
-    log.info("training a %d-piece %s sentencepiece tokenizer on %d training texts", cfg.data.text_corpus_vocab,
-             cfg.data.text_corpus_model_type, len(texts))
-    train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab, model_type=cfg.data.text_corpus_model_type)
+    log.info("training a %d-piece %s sentencepiece tokenizer on %d training texts",
+             cfg.data.text_corpus_vocab, cfg.data.text_corpus_model_type, len(texts))
+    train_text_tokenizer(texts, folder, vocab_size=cfg.data.text_corpus_vocab,
+                         model_type=cfg.data.text_corpus_model_type)
     _stage_log(cfg, "text_tokenizer", time.perf_counter() - start)
 
 
@@ -125,12 +130,13 @@ def prepare_vision_tower(cfg: SFTConfig) -> None:
     if not folder or (Path(folder) / "tower.json").is_file():
         return
     if not cfg.data.world:
-        raise FileNotFoundError(f"data.vision_tower={folder} does not exist and there is no data.world to train it on")
+        raise FileNotFoundError(f"data.vision_tower={folder} does not exist and there is no data.world to "
+                                "train it on")
     start = time.perf_counter()
     size = json.loads((Path(cfg.data.world) / "world.json").read_text())["settings"]["size"]
     train_tower(TowerConfig(world=cfg.data.world, out=folder, objective=cfg.data.vision_tower_objective,
-                            minutes=cfg.data.vision_tower_minutes, max_steps=cfg.data.vision_tower_steps, seed=cfg.seed,
-                            image_size=size, grid=size // 8))
+                            minutes=cfg.data.vision_tower_minutes, max_steps=cfg.data.vision_tower_steps,
+                            seed=cfg.seed, image_size=size, grid=size // 8))
     _stage_log(cfg, "vision_tower", time.perf_counter() - start, objective=cfg.data.vision_tower_objective)
 
 
@@ -143,14 +149,16 @@ def prepare_llm(cfg: SFTConfig) -> None:
     if cfg.model.llm is not None or not target or is_pretrained(target):
         return
     if not cfg.data.world:
-        raise FileNotFoundError(f"data.pretrained_llm={target} does not exist and there is no data.world to pretrain it on")
+        raise FileNotFoundError(f"data.pretrained_llm={target} does not exist and there is no data.world to "
+                                "pretrain it on")
     from mmvid.sft.world_data import reading_comprehension
 
     start = time.perf_counter()
     conversations = reading_comprehension(cfg.data.world, "train", seed=cfg.seed)
-    pretrain_llm(TextPretrainConfig(out=target, tokenizer=cfg.model.text_tokenizer, llm_config=dict(cfg.model.llm_config),
-                                    minutes=cfg.data.llm_pretrain_minutes, max_steps=cfg.data.llm_pretrain_steps,
-                                    seed=cfg.seed), conversations)
+    pretrain_llm(TextPretrainConfig(out=target, tokenizer=cfg.model.text_tokenizer,
+                                    llm_config=dict(cfg.model.llm_config),
+                                    minutes=cfg.data.llm_pretrain_minutes,
+                                    max_steps=cfg.data.llm_pretrain_steps, seed=cfg.seed), conversations)
     _stage_log(cfg, "llm_pretrain", time.perf_counter() - start)
 
 
@@ -175,20 +183,21 @@ def prepare_video_tokenizer(cfg: SFTConfig) -> None:
     if cfg.model.video_tokenizer in VIDEO_TOKENIZERS or (target / "config.json").is_file():
         return
     if not cfg.data.video_tokenizer_config:
-        raise FileNotFoundError(f"model.video_tokenizer={target} is neither a preset nor a saved tokenizer folder, and "
-                                "data.video_tokenizer_config is not set to train one")
+        raise FileNotFoundError(f"model.video_tokenizer={target} is neither a preset nor a saved tokenizer "
+                                "folder, and data.video_tokenizer_config is not set to train one")
     from mmvid.config import load_config
     from mmvid.video_tokenizers.trainer import TokenizerTrainConfig
     from mmvid.video_tokenizers.trainer import run as train_tokenizer
 
     start = time.perf_counter()
     tcfg = load_config(TokenizerTrainConfig, cfg.data.video_tokenizer_config,
-                       [f"out={target}-run", f"max_minutes={cfg.data.video_tokenizer_minutes}", "data.num_workers=1",
-                        f"seed={cfg.seed}", f"data.num_frames={cfg.model.num_frames}"])
+                       [f"out={target}-run", f"max_minutes={cfg.data.video_tokenizer_minutes}",
+                        "data.num_workers=1", f"seed={cfg.seed}", f"data.num_frames={cfg.model.num_frames}"])
     if cfg.data.vision_tower:
-        tcfg.model_overrides = {**tcfg.model_overrides, "feature_extractor": "hf", "hf_path": str(cfg.data.vision_tower)}
-    log.info("training the video tokenizer %s (%s, %.1f minutes) -> %s", tcfg.model, cfg.data.video_tokenizer_config,
-             cfg.data.video_tokenizer_minutes, target)
+        tcfg.model_overrides = {**tcfg.model_overrides, "feature_extractor": "hf",
+                                "hf_path": str(cfg.data.vision_tower)}
+    log.info("training the video tokenizer %s (%s, %.1f minutes) -> %s", tcfg.model,
+             cfg.data.video_tokenizer_config, cfg.data.video_tokenizer_minutes, target)
     train_tokenizer(tcfg, distributed=False)
     shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
     _stage_log(cfg, "video_tokenizer", time.perf_counter() - start)
@@ -201,7 +210,8 @@ def parameter_groups(model, cfg: SFTConfig) -> list[dict]:
         part = getattr(model, name)
         params = [p for p in part.parameters() if p.requires_grad] if part is not None else []
         if params:
-            groups.append({"params": params, "lr": rates[name], "name": name, "weight_decay": cfg.weight_decay})
+            groups.append({"params": params, "lr": rates[name], "name": name,
+                           "weight_decay": cfg.weight_decay})
     return groups
 
 
@@ -240,15 +250,16 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def build_model(cfg: SFTConfig, device: torch.device, rank: int):
-    """The VideoLLM, with the weights of `init_from` (a previous stage's export) when set: all of them, strictly,
-    but for the modules in `init_from_partial`."""
+    """The VideoLLM, with the weights of `init_from` (a previous stage's export) when set: all of them,
+    strictly, but for the modules in `init_from_partial`."""
     from mmvid.videollm import WEIGHTS_FILE, VideoLLM
 
     model = VideoLLM.build(cfg.model, device=device)
     if cfg.init_from:
         load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial)
         if rank == 0:
-            partial = f"; {', '.join(cfg.init_from_partial)}: only what the folder has" if cfg.init_from_partial else ""
+            partial = (f"; {', '.join(cfg.init_from_partial)}: only what the folder has"
+                       if cfg.init_from_partial else "")
             log.info("init_from %s: weights loaded%s", cfg.init_from, partial)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable()
@@ -267,7 +278,8 @@ class Phase:
 def build_phases(cfg: SFTConfig, model, rank: int, world_size: int) -> dict[str, Phase]:
     """"train" (data.train), and with data.curriculum_steps > 0 "curriculum" (data.curriculum), which the
     first data.curriculum_steps optimizer steps draw from (`phase_at`)."""
-    files = {"train": cfg.data.train, **({"curriculum": cfg.data.curriculum} if cfg.data.curriculum_steps else {})}
+    files = {"train": cfg.data.train,
+             **({"curriculum": cfg.data.curriculum} if cfg.data.curriculum_steps else {})}
     if cfg.data.pack_questions:
         model.check_block_mask()  # packed rows need an attention that takes a block mask
     phases = {}
@@ -275,8 +287,10 @@ def build_phases(cfg: SFTConfig, model, rank: int, world_size: int) -> dict[str,
         dataset = SFTDataset(paths, model.processor, cfg.data.video_root, split_turns=cfg.data.split_turns,
                              prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
                              t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
-        sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank,
+                                   world_size=world_size)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                            num_workers=cfg.data.num_workers,
                             collate_fn=partial(collate, model.processor), drop_last=True)
         phases[name] = Phase(dataset, sampler, _passes(loader, sampler))
     return phases
@@ -296,12 +310,14 @@ def total_steps(cfg: SFTConfig, train: ResumableSampler) -> int:
     """`steps`, or with `epochs` the curriculum's steps + that many passes over data.train."""
     if cfg.epochs is None:
         return cfg.steps
-    return cfg.data.curriculum_steps + max(1, int(cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
+    return cfg.data.curriculum_steps + max(1,
+                                           int(cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
 
 
 def build_engine(cfg: SFTConfig, model, steps: int, rank: int, world_size: int, out: Path):
     """(engine, scheduler): AdamW (DeepSpeedCPUAdam with offload_optimizer) over the per-module groups, their
-    schedule, and DeepSpeed on the config generated from `cfg` (or the user's, "auto" filled), saved beside."""
+    schedule, and DeepSpeed on the config generated from `cfg` (or the user's, "auto" filled), saved
+    beside."""
     import deepspeed
 
     groups = parameter_groups(model, cfg)
@@ -314,14 +330,16 @@ def build_engine(cfg: SFTConfig, model, steps: int, rank: int, world_size: int, 
     if cfg.align_steps >= steps:
         raise ValueError(f"align_steps ({cfg.align_steps}) must be fewer than the run's steps ({steps})")
     # Align (LLaVA's stage 1) then SFT in one run: the LLM's group waits align_steps at lr 0.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(cfg, steps, cfg.align_steps if g["name"] == "llm" else 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(
+        cfg, steps, cfg.align_steps if g["name"] == "llm" else 0)
                                                               for g in groups])
     on_cuda = torch.cuda.is_available()
     ds_config = (resolve_user_config(cfg.deepspeed, cfg, world_size, on_cuda) if cfg.deepspeed
                  else build_deepspeed_config(cfg, world_size, on_cuda))
     if rank == 0:
         (out / "deepspeed.json").write_text(json.dumps(ds_config, indent=1))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=ds_config)
     return engine, scheduler
 
 
@@ -331,7 +349,8 @@ def build_engine(cfg: SFTConfig, model, steps: int, rank: int, world_size: int, 
 
 
 def run(cfg: SFTConfig) -> dict:
-    """Train (or resume from the newest checkpoint in `out`), export `out/final` and evaluate it; the summary."""
+    """Train (or resume from the newest checkpoint in `out`), export `out/final` and evaluate it; the
+    summary."""
     rank, world_size, device = init_distributed()
     out = Path(cfg.out)
     if rank == 0:
@@ -352,7 +371,8 @@ def run(cfg: SFTConfig) -> dict:
 
     board = _tensorboard(out) if rank == 0 else None
     bar = tqdm(total=steps, initial=state.step, desc="sft", unit="step", disable=rank != 0)
-    start_time, eval_seconds = time.perf_counter(), 0.0  # periodic evaluations are left out of the curve's time
+    # periodic evaluations are left out of the curve's time
+    start_time, eval_seconds = time.perf_counter(), 0.0
     while state.step < steps:
         name = phase_at(cfg, state.step)
         phase = phases[name]
@@ -365,14 +385,17 @@ def run(cfg: SFTConfig) -> dict:
             engine.step()  # the optimizer steps, on grads clipped to grad_clip, at the last micro-batch only
             phase.sampler.advance(len(index))
             stop_on_bad_samples(phase.dataset, cfg, rank)
-            losses.append({k: output[k].detach() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None})
+            losses.append(
+                {k: output[k].detach() for k in ("loss", "lm_loss", "gen_loss") if output.get(k) is not None})
             samples, seconds = samples + len(index) * world_size, seconds + time.perf_counter() - start
-        state.step, state.samples_seen, state.seconds = state.step + 1, state.samples_seen + samples, state.seconds + seconds
+        state.step, state.samples_seen, state.seconds = (state.step + 1, state.samples_seen + samples,
+                                                         state.seconds + seconds)
         bar.update()
         if rank == 0 and state.step % cfg.log_every == 0:
             log_step(out, board, bar, {"step": state.step, "phase": name, **_mean(losses),
                                        "lr": scheduler.get_last_lr()[0], "samples_per_s": samples / seconds,
-                                       "samples_seen": state.samples_seen, "bad_samples": len(phase.dataset.bad),
+                                       "samples_seen": state.samples_seen,
+                                       "bad_samples": len(phase.dataset.bad),
                                        "seconds": time.perf_counter() - start_time})
         if state.step % cfg.checkpoint_every == 0 or state.step == steps:
             checkpointer.save(state, config_to_dict(cfg), engine=engine)
@@ -396,14 +419,17 @@ def stop_on_bad_samples(dataset: SFTDataset, cfg: SFTConfig, rank: int) -> None:
 
 
 def _mean(losses: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """The step's loss, and its text and video-token parts (with a generation head): means over its micro-batches."""
+    """The step's loss, and its text and video-token parts (with a generation head): means over its
+    micro-batches."""
     names = dict.fromkeys(name for micro in losses for name in micro)
-    return {name: torch.stack([micro[name] for micro in losses if name in micro]).mean().item() for name in names}
+    return {
+        name: torch.stack([micro[name] for micro in losses if name in micro]).mean().item() for name in names}
 
 
 def log_step(out: Path, board, bar: tqdm, record: dict) -> None:
     """A line of out/metrics.jsonl, the progress bar's numbers, and TensorBoard's scalars."""
-    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{record['samples_per_s']:.1f}")
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    samples_s=f"{record['samples_per_s']:.1f}")
     with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
     if board is not None:
@@ -416,35 +442,40 @@ def log_step(out: Path, board, bar: tqdm, record: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: int, train_seconds: float) -> float:
-    """tv_align on data.val_bench (eval_limit questions) to out/eval-step_N.json and a point of the learning curve;
-    under ZeRO-3 rank 0 evaluates a whole export. Returns the seconds the evaluation took."""
+def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: int,
+                             train_seconds: float) -> float:
+    """tv_align on data.val_bench (eval_limit questions) to out/eval-step_N.json and a point of the learning
+    curve; under ZeRO-3 rank 0 evaluates a whole export. Returns the seconds the evaluation took."""
     from mmvid.evaluation import evaluate
 
     target = model if cfg.zero_stage < 3 else export(model, out / "export-eval", cfg, rank, reload=rank == 0)
     start = time.perf_counter()
     if rank == 0:
-        record = evaluate(target, ["tv_align"], output=out / f"eval-step_{step:06d}.json", data=cfg.data.val_bench,
-                          limit=cfg.eval_limit)
+        record = evaluate(target, ["tv_align"], output=out / f"eval-step_{step:06d}.json",
+                          data=cfg.data.val_bench, limit=cfg.eval_limit)
         model.train()
         _curve_point(out, cfg, step, train_seconds, record)
-        tqdm.write(f"step {step}: val tv_align acc {record['results']['tv_align']['metrics']['acc']['value']:.3f}")
+        tqdm.write(f"step {step}: val tv_align acc "
+                   f"{record['results']['tv_align']['metrics']['acc']['value']:.3f}")
     seconds = time.perf_counter() - start
     dist.barrier()
     return seconds
 
 
-def finish(model, cfg: SFTConfig, out: Path, state: TrainState, rank: int, phases: dict[str, Phase], start_time: float,
-           eval_seconds: float) -> dict:
+def finish(model, cfg: SFTConfig, out: Path, state: TrainState, rank: int, phases: dict[str, Phase],
+           start_time: float, eval_seconds: float) -> dict:
     """Export out/final, evaluate it on the validation bench (printed per category), and write the summary."""
     from mmvid.evaluation import evaluate
 
     final = export(model, out / "final", cfg, rank, reload=rank == 0 and cfg.zero_stage == 3)
-    summary = {"steps": state.step, "seconds": round(time.perf_counter() - start_time, 1), "samples_seen": state.samples_seen,
-               "bad_samples": sum(len(p.dataset.bad) for p in phases.values()), "peak_rss_gib": _peak_rss_gib()}
+    summary = {"steps": state.step, "seconds": round(time.perf_counter() - start_time, 1),
+               "samples_seen": state.samples_seen,
+               "bad_samples": sum(len(p.dataset.bad) for p in phases.values()),
+               "peak_rss_gib": _peak_rss_gib()}
     if rank == 0 and cfg.data.val_bench:
         # Under ZeRO-3 the live parameters are partitioned across ranks, so rank 0 evaluates the export.
-        record = evaluate(final if final is not None else model, ["tv_align"], output=out / "final" / "eval-val.json",
+        record = evaluate(final if final is not None else model, ["tv_align"],
+                          output=out / "final" / "eval-val.json",
                           data=cfg.data.val_bench, limit=cfg.eval_limit)
         summary["val"] = {k: v["value"] for k, v in record["results"]["tv_align"]["metrics"].items()}
         _curve_point(out, cfg, state.step, summary["seconds"] - eval_seconds, record)
@@ -468,7 +499,8 @@ def _curve_point(out: Path, cfg: SFTConfig, step: int, train_seconds: float, rec
     """One validation point of the learning curve in out/curve.jsonl (plotted by `python -m mmvid.plots`)."""
     result = record["results"]["tv_align"]
     metrics = {k: v["value"] for k, v in result["metrics"].items()}
-    stage = "align" if step <= cfg.align_steps else "curriculum" if step <= cfg.data.curriculum_steps else "sft"
+    stage = ("align" if step <= cfg.align_steps else "curriculum" if step <= cfg.data.curriculum_steps
+             else "sft")
     point = {"step": step, "stage": stage, "train_seconds": round(train_seconds, 1),
              "formulation": result["settings"]["option_format"], "metrics": metrics}
     with (out / "curve.jsonl").open("a") as f:

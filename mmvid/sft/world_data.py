@@ -1,8 +1,11 @@
 """Training text for the built-in default, drawn from a synthetic world's *training* split only.
 
-    conversations = cloze_conversations("data/shapes", "train")   # LLaVA samples: caption + every question
-    curriculum = attribute_conversations("data/shapes", "train")  # colour and shape questions only (data.curriculum)
-    pairs = reading_comprehension("data/shapes", "train")         # (caption + question, answer) for text pretraining
+    # LLaVA samples: caption + every question
+    conversations = cloze_conversations("data/shapes", "train")
+    # colour and shape questions only (data.curriculum)
+    curriculum = attribute_conversations("data/shapes", "train")
+    # (caption + question, answer) for text pretraining
+    pairs = reading_comprehension("data/shapes", "train")
 
 Answers are option *texts* (the cloze formulation), not letters: a small LLM trained from scratch
 cannot learn multiple-choice symbol binding in minutes (measured: the 4-layer default stays at
@@ -22,13 +25,15 @@ import numpy as np
 from mmvid.data.conversations import GPT, HUMAN, VIDEO_PLACEHOLDER
 
 CAPTION_REQUEST = "Describe the video."
-TEXT_ONLY_CATEGORIES = ("colour", "shape", "count", "action", "temporal")  # a caption does not say where things are
+# a caption does not say where things are
+TEXT_ONLY_CATEGORIES = ("colour", "shape", "count", "action", "temporal")
 
 
 def _questions_by_video(world: Path, split: str) -> dict[str, list[dict]]:
     path = world / split / "tv_align.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; build the world with python -m mmvid.data.shapes --out {world}")
+        raise FileNotFoundError(f"{path} is missing; build the world with python -m mmvid.data.shapes --out "
+                                f"{world}")
     by_video: dict[str, list[dict]] = defaultdict(list)
     for line in path.read_text().splitlines():
         if line.strip():
@@ -39,7 +44,8 @@ def _questions_by_video(world: Path, split: str) -> dict[str, list[dict]]:
 
 def _captions_by_video(world: Path, split: str) -> dict[str, list[str]]:
     path = world / split / "captions.jsonl"
-    return {item["video"]: item["captions"] for item in map(json.loads, path.read_text().splitlines()) if item}
+    return {
+        item["video"]: item["captions"] for item in map(json.loads, path.read_text().splitlines()) if item}
 
 
 def object_questions(scene) -> list[tuple[str, str, str]]:
@@ -65,7 +71,8 @@ def object_questions(scene) -> list[tuple[str, str, str]]:
         for b in objects:
             relation = text._spatial_relation(a, b, scene) if a is not b else None
             if relation is not None:
-                out.append(("spatial", f"Where is {text._the(a)} relative to {text._the(b)} at the start?", relation))
+                out.append(("spatial", f"Where is {text._the(a)} relative to {text._the(b)} at the start?",
+                            relation))
     for shape in world.SHAPES:
         count = sum(o.shape == shape for o in objects)
         if count:
@@ -119,7 +126,8 @@ def _training_split(world: str | Path, split: str, seed: int):
     if split in ("val", "test"):
         raise ValueError(f"training text must not come from the {split} split")
     world = Path(world)
-    return world, _questions_by_video(world, split), _captions_by_video(world, split), np.random.default_rng(seed)
+    return world, _questions_by_video(world, split), _captions_by_video(world, split), np.random.default_rng(
+        seed)
 
 
 def _scene(world: Path, split: str, video: str):
@@ -144,8 +152,10 @@ def reading_comprehension(world: str | Path, split: str = "train", seed: int = 0
         for category, question, answer in pairs:
             if category in TEXT_ONLY_CATEGORIES:
                 caption = options[int(rng.integers(len(options)))]
-                out.append([{"from": HUMAN, "value": f"{caption}\n{question}"}, {"from": GPT, "value": answer}])
-        out.append([{"from": HUMAN, "value": CAPTION_REQUEST}, {"from": GPT, "value": options[int(rng.integers(len(options)))]}])
+                out.append([{"from": HUMAN, "value": f"{caption}\n{question}"},
+                            {"from": GPT, "value": answer}])
+        out.append([{"from": HUMAN, "value": CAPTION_REQUEST},
+                    {"from": GPT, "value": options[int(rng.integers(len(options)))]}])
     return out
 
 

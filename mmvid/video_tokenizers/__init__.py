@@ -19,12 +19,39 @@ from pathlib import Path
 
 import torch
 
-from mmvid.video_tokenizers.base import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, TokenLayout, VideoTokenizer, config_from_dict
-from mmvid.video_tokenizers.coordtok import (CoordTok, CoordTokConfig, coordtok_b, coordtok_base, coordtok_l, coordtok_l_3072,
-                                             coordtok_s, coordtok_tiny)
-from mmvid.video_tokenizers.frames import FramesConfig, FramesTokenizer, frames_base, frames_base_full, frames_tiny
+from mmvid.video_tokenizers.base import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    TokenLayout,
+    VideoTokenizer,
+    config_from_dict,
+)
+from mmvid.video_tokenizers.coordtok import (
+    CoordTok,
+    CoordTokConfig,
+    coordtok_b,
+    coordtok_base,
+    coordtok_l,
+    coordtok_l_3072,
+    coordtok_s,
+    coordtok_tiny,
+)
+from mmvid.video_tokenizers.frames import (
+    FramesConfig,
+    FramesTokenizer,
+    frames_base,
+    frames_base_full,
+    frames_tiny,
+)
 from mmvid.video_tokenizers.objectives import build_objective, objective_fields, split_objective
-from mmvid.video_tokenizers.sweettok import SweetTok, SweetTokConfig, sweettok_base, sweettok_compact, sweettok_tiny
+from mmvid.video_tokenizers.sweettok import (
+    SweetTok,
+    SweetTokConfig,
+    sweettok_base,
+    sweettok_compact,
+    sweettok_tiny,
+)
 from mmvid.video_tokenizers.vtok import VTok, VTokConfig, vtok_base, vtok_clip_l336, vtok_tiny
 
 VIDEO_TOKENIZERS = {
@@ -60,7 +87,8 @@ def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
     return tokenizer
 
 
-def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> VideoTokenizer:
+def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                         **overrides) -> VideoTokenizer:
     """Rebuild a tokenizer saved with `save_pretrained` and load its weights (safetensors, strict).
 
     `overrides` change config fields that leave the weights as they are (e.g. SweetTok's
@@ -71,10 +99,12 @@ def load_video_tokenizer(path: str | os.PathLike, map_location: str | torch.devi
 
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a video tokenizer checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise FileNotFoundError(f"{path} is not a video tokenizer checkpoint (needs {CONFIG_FILE} and "
+                                f"{WEIGHTS_FILE})")
     record = json.loads((path / CONFIG_FILE).read_text())
     if record.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > {FORMAT_VERSION})")
+        raise ValueError(f"{path} was written by a newer mmvid (format {record['format_version']} > "
+                         f"{FORMAT_VERSION})")
     try:
         tokenizer = video_tokenizer_from_record(record, **overrides)
     except ValueError as e:

@@ -44,7 +44,8 @@ class TokenLayout:
         return int(self.group.numel())
 
     def to(self, device: torch.device | str) -> "TokenLayout":
-        return replace(self, group=self.group.to(device), time=self.time.to(device), position=self.position.to(device))
+        return replace(self, group=self.group.to(device), time=self.time.to(device),
+                       position=self.position.to(device))
 
     def to_dict(self) -> dict:
         """A JSON-ready manifest (lists, not tensors)."""
@@ -170,13 +171,16 @@ class VideoTokenizer(nn.Module):
     def check_video(self, video: torch.Tensor) -> tuple[int, int, int, int]:
         """Validate a model-layout video; returns (B, T, H, W)."""
         if not isinstance(video, torch.Tensor) or not video.is_floating_point():
-            raise ValueError(f"expected a float video tensor (B, C, T, H, W) in [-1, 1], got {_describe(video)}")
+            raise ValueError("expected a float video tensor (B, C, T, H, W) in [-1, 1], got "
+                             f"{_describe(video)}")
         if video.ndim != 5:
             raise ValueError(f"expected a video of rank 5 (B, C, T, H, W), got shape {tuple(video.shape)}; "
-                             f"add a batch dimension with video[None] or convert frames with mmvid.data.frames_to_tensor")
+                             "add a batch dimension with video[None] or convert frames with "
+                             "mmvid.data.frames_to_tensor")
         B, C, T, H, W = video.shape
         if C != 3:
-            raise ValueError(f"expected 3 colour channels in dimension 1 of (B, C, T, H, W), got {C} (shape {tuple(video.shape)})")
+            raise ValueError(f"expected 3 colour channels in dimension 1 of (B, C, T, H, W), got {C} (shape "
+                             f"{tuple(video.shape)})")
         if T < self.min_frames:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_frames} frames, got {T}")
         self.check_size(H, W)

@@ -205,8 +205,10 @@ class CoordTok(VideoTokenizer):
         self.vit_norm = nn.LayerNorm(D)
         self.cross_pos_embed = nn.Parameter(torch.empty(1, Tq, Hq * Wq, D))  # added to the features as memory
         # Encoder, part B: learned query planes, patchified, cross/self-attending to the features.
-        self.query_planes = nn.ParameterDict({n: nn.Parameter(torch.empty(1, C, *c.plane_shapes[n])) for n in PLANES})
-        self.plane_patchify = nn.ModuleDict({n: nn.Conv2d(C, D, kernel_size=c.plane_patches[n], stride=c.plane_patches[n])
+        self.query_planes = nn.ParameterDict(
+            {n: nn.Parameter(torch.empty(1, C, *c.plane_shapes[n])) for n in PLANES})
+        self.plane_patchify = nn.ModuleDict({n: nn.Conv2d(C, D, kernel_size=c.plane_patches[n],
+                                                          stride=c.plane_patches[n])
                                              for n in PLANES})
         # cross-attention to the (un-normalised) features, self-attention, MLP; no attention biases
         self.blocks = nn.ModuleList([QueryBlock(D, c.num_heads, context_norm=False, bias=False, eps=1e-6)
@@ -217,7 +219,8 @@ class CoordTok(VideoTokenizer):
         Dd = c.decoder_dim
         self.decoder_embed = nn.Linear(3 * C, Dd)
         self.decoder_pos = nn.Parameter(torch.empty(*c.decoder_grid, Dd))  # (T/pt_d, H/p, W/p, Dd)
-        self.decoder_blocks = nn.ModuleList([Block(Dd, c.decoder_heads, qkv_bias=True) for _ in range(c.decoder_depth)])
+        self.decoder_blocks = nn.ModuleList(
+            [Block(Dd, c.decoder_heads, qkv_bias=True) for _ in range(c.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(Dd)
         self.decoder_head = nn.Linear(Dd, 3 * c.decoder_temporal_patch_size * c.decoder_patch_size ** 2)
         self.initialize_weights()
@@ -257,8 +260,10 @@ class CoordTok(VideoTokenizer):
     def check_frames(self, num_frames: int) -> None:
         c = self.config
         if not 1 <= num_frames <= c.num_frames:
-            raise ValueError(f"CoordTok is built for clips of at most {c.num_frames} frames (shorter ones are "
-                             f"padded), got {num_frames}; build it with num_frames={num_frames} or cut the video")
+            raise ValueError(f"CoordTok is built for clips of at most {c.num_frames} frames (shorter ones "
+                             "are "
+                             f"padded), got {num_frames}; build it with num_frames={num_frames} or cut the "
+                             "video")
         if num_frames % c.decoder_temporal_patch_size:
             raise ValueError(f"num_frames {num_frames} must be a multiple of decoder_temporal_patch_size "
                              f"{c.decoder_temporal_patch_size}")
@@ -284,15 +289,20 @@ class CoordTok(VideoTokenizer):
         c = self.config
         self.check_size(height, width)
         self.check_frames(num_frames)
-        side = self._axis_fraction(c.plane_size, c.image_size, c.decoder_patch_size)  # (H',) row / column fractions
+        # (H',) row / column fractions
+        side = self._axis_fraction(c.plane_size, c.image_size, c.decoder_patch_size)
         frames = self._row_frames(num_frames)  # (T',) frame index, -1 for padding rows
-        t = torch.where(frames >= 0, self._row_frame_positions().clamp(max=num_frames - 1) / max(1, num_frames - 1),
+        t = torch.where(frames >= 0,
+                        self._row_frame_positions().clamp(max=num_frames - 1) / max(1, num_frames - 1),
                         torch.tensor(-1.0, dtype=torch.float64)).float()
         S, T_ = c.plane_size, c.plane_frames
         none_s, none_t = torch.full((S,), -1.0), torch.full((T_,), -1.0)
-        xy = torch.stack([none_s[:, None].expand(S, S), side[:, None].expand(S, S), side[None, :].expand(S, S)], -1)
-        yt = torch.stack([t[:, None].expand(T_, S), none_t[:, None].expand(T_, S), side[None, :].expand(T_, S)], -1)
-        xt = torch.stack([t[:, None].expand(T_, S), side[None, :].expand(T_, S), none_t[:, None].expand(T_, S)], -1)
+        xy = torch.stack(
+            [none_s[:, None].expand(S, S), side[:, None].expand(S, S), side[None, :].expand(S, S)], -1)
+        yt = torch.stack(
+            [t[:, None].expand(T_, S), none_t[:, None].expand(T_, S), side[None, :].expand(T_, S)], -1)
+        xt = torch.stack(
+            [t[:, None].expand(T_, S), side[None, :].expand(T_, S), none_t[:, None].expand(T_, S)], -1)
         row_time = frames[:, None].expand(T_, S).reshape(-1)
         return TokenLayout(
             groups=PLANES,
@@ -316,14 +326,16 @@ class CoordTok(VideoTokenizer):
         return coordinate * (n - 1) * pt + (pt - 1) / 2
 
     def _row_frames(self, num_frames: int) -> torch.Tensor:
-        """(T',) long: each temporal row's frame in a video of `num_frames`, -1 where no real frame reads it."""
+        """(T',) long: each temporal row's frame in a video of `num_frames`, -1 where no real frame reads
+        it."""
         c = self.config
         pt = c.decoder_temporal_patch_size
         f = self._row_frame_positions()
         spacing = (c.decoder_grid[0] - 1) * pt / max(1, c.plane_frames - 1)  # frames between rows
         last = num_frames - 1 - (pt - 1) / 2  # the last real temporal patch's centre
         read = f < last + spacing - 1e-9
-        return torch.where(read, f.round().clamp(max=num_frames - 1), torch.tensor(-1.0, dtype=torch.float64)).long()
+        return torch.where(read, f.round().clamp(max=num_frames - 1),
+                           torch.tensor(-1.0, dtype=torch.float64)).long()
 
     # -- encode ------------------------------------------------------------------------------------
 
@@ -344,7 +356,8 @@ class CoordTok(VideoTokenizer):
         x = rearrange(x, "b t s d -> b (t s) d")  # (B, Tq S, D)
         padding = self._padding_mask(num_valid_frames, B, T, Tq, x.shape[1] // Tq, video.device)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
-        vit_padding = None if padding is None else F.pad(padding, (1, 0), value=False)  # the class token is real
+        # the class token is real
+        vit_padding = None if padding is None else F.pad(padding, (1, 0), value=False)
         for block in self.vit_blocks:
             x = block(x, vit_padding)
         memory = self.vit_norm(x)[:, 1:] + rearrange(self.cross_pos_embed[:, :Tq], "o t s d -> o (t s) d")
@@ -360,7 +373,8 @@ class CoordTok(VideoTokenizer):
             (rows, cols), (kr, kc) = c.plane_shapes[n], c.plane_patches[n]
             count = (rows // kr) * (cols // kc)
             z = self.plane_heads[n](queries[:, start:start + count])  # (B, count, kr kc C)
-            tokens.append(rearrange(z, "b (gr gc) (kr kc c) -> b (gr kr gc kc) c", gr=rows // kr, kr=kr, kc=kc))
+            tokens.append(rearrange(z, "b (gr gc) (kr kc c) -> b (gr kr gc kc) c", gr=rows // kr, kr=kr,
+                                    kc=kc))
             start += count
         return torch.cat(tokens, dim=1)
 
@@ -373,7 +387,8 @@ class CoordTok(VideoTokenizer):
         if valid.shape != (B,) or int(valid.min()) < 1 or int(valid.max()) > T:
             raise ValueError(f"num_valid_frames must be (B,) = ({B},) with values in [1, {T}], "
                              f"got {valid.tolist()}")
-        real_patches = (valid + self.config.temporal_patch_size - 1) // self.config.temporal_patch_size  # partial = real
+        # partial = real
+        real_patches = (valid + self.config.temporal_patch_size - 1) // self.config.temporal_patch_size
         padded = torch.arange(Tq, device=device)[None, :] >= real_patches[:, None]  # (B, Tq)
         return padded.repeat_interleave(S, dim=1)
 
@@ -381,7 +396,8 @@ class CoordTok(VideoTokenizer):
         """Tokens (B, N, C) -> {"xy": (B, C, H', W'), "yt": (B, C, T', W'), "xt": (B, C, T', H')}."""
         c = self.config
         if tokens.ndim != 3 or tokens.shape[1:] != (c.num_plane_tokens, c.plane_channels):
-            raise ValueError(f"expected tokens (B, {c.num_plane_tokens}, {c.plane_channels}), got {tuple(tokens.shape)}")
+            raise ValueError(f"expected tokens (B, {c.num_plane_tokens}, {c.plane_channels}), got "
+                             f"{tuple(tokens.shape)}")
         out, start = {}, 0
         for n in PLANES:
             rows, cols = c.plane_shapes[n]
@@ -405,9 +421,10 @@ class CoordTok(VideoTokenizer):
         c = self.config
         planes = self.planes(tokens)
         grid = c.decoder_grid
-        if coords.ndim != 3 or coords.shape[0] != tokens.shape[0] or coords.shape[2] != 3 or coords.is_floating_point():
-            raise ValueError(f"expected integer coords (B, M, 3) = ({tokens.shape[0]}, M, 3) of (t, x, y) patch "
-                             f"indices, got {coords.dtype} {tuple(coords.shape)}")
+        if (coords.ndim != 3 or coords.shape[0] != tokens.shape[0] or coords.shape[2] != 3
+            or coords.is_floating_point()):
+            raise ValueError(f"expected integer coords (B, M, 3) = ({tokens.shape[0]}, M, 3) of (t, x, y) "
+                             f"patch indices, got {coords.dtype} {tuple(coords.shape)}")
         limit = torch.tensor(grid, device=coords.device)
         if bool((coords < 0).any()) or bool((coords >= limit).any()):
             raise ValueError(f"coords must lie in the clip's patch grid (t, x, y) < {grid}")
@@ -427,10 +444,12 @@ class CoordTok(VideoTokenizer):
         x (rows) then y (columns): the order `decode` reassembles."""
         c = self.config
         _, rows, cols = c.decoder_grid
-        axes = [torch.arange(n, device=device) for n in (num_frames // c.decoder_temporal_patch_size, rows, cols)]
+        axes = [torch.arange(n, device=device) for n in (num_frames // c.decoder_temporal_patch_size, rows,
+                                                         cols)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
-    def decode(self, tokens: torch.Tensor, num_frames: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, num_frames: int | None = None,
+               chunk_size: int | None = None) -> torch.Tensor:
         """Tokens (B, N, C) -> video (B, 3, T, H, W), T = num_frames (default the clip's).
 
         Every patch of the T frames is decoded in one decoder sequence (as the paper evaluates), or,
@@ -478,13 +497,15 @@ def coordtok_base(**overrides) -> CoordTok:
 
 def coordtok_s(**overrides) -> CoordTok:
     """The paper's S (Table 5): 8 ViT / 8 cross-self / 8 decoder layers, width 512, 8 heads; 1280 tokens."""
-    defaults = dict(dim=512, vit_depth=8, depth=8, num_heads=8, decoder_dim=512, decoder_depth=8, decoder_heads=8)
+    defaults = dict(dim=512, vit_depth=8, depth=8, num_heads=8, decoder_dim=512, decoder_depth=8,
+                    decoder_heads=8)
     return CoordTok(CoordTokConfig(**{**defaults, **overrides}))
 
 
 def coordtok_b(**overrides) -> CoordTok:
     """The paper's B (Table 5): 8 / 12 / 12 layers, width 768, 12 heads; 1280 tokens."""
-    defaults = dict(dim=768, vit_depth=8, depth=12, num_heads=12, decoder_dim=768, decoder_depth=12, decoder_heads=12)
+    defaults = dict(dim=768, vit_depth=8, depth=12, num_heads=12, decoder_dim=768, decoder_depth=12,
+                    decoder_heads=12)
     return CoordTok(CoordTokConfig(**{**defaults, **overrides}))
 
 

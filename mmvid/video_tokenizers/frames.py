@@ -36,7 +36,8 @@ class FramesConfig:
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
+                             f"{self.patch_size}")
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; known: {list(POOLS)}")
         grid = self.image_size // self.patch_size
@@ -66,7 +67,8 @@ class FramesTokenizer(VideoTokenizer):
         self.to_tokens = nn.Linear(c.dim, c.token_dim)
         self.from_tokens = nn.Linear(c.token_dim, c.decoder_dim)
         self.memory_pos = nn.Parameter(torch.zeros(1, c.tokens_per_frame, c.decoder_dim))
-        self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth, c.decoder_heads)
+        self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth,
+                                   c.decoder_heads)
         init_weights(self)
 
     @property
@@ -93,7 +95,8 @@ class FramesTokenizer(VideoTokenizer):
         """(B, T * tokens_per_frame, token_dim) -> (B, 3, T, H, W)."""
         per_frame = self.config.tokens_per_frame
         if tokens.ndim != 3 or tokens.shape[-1] != self.token_dim or tokens.shape[1] % per_frame:
-            raise ValueError(f"expected tokens (B, T * {per_frame}, {self.token_dim}), got {tuple(tokens.shape)}")
+            raise ValueError(f"expected tokens (B, T * {per_frame}, {self.token_dim}), got "
+                             f"{tuple(tokens.shape)}")
         T = tokens.shape[1] // per_frame
         if num_frames is not None and num_frames != T:
             raise ValueError(f"{tokens.shape[1]} tokens hold {T} frames, not {num_frames}")

@@ -168,7 +168,8 @@ class GridDecoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         patches = self.head(self.norm(x[:, :n]))  # (B, S, 3 p p)
-        return rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid, p=self.patch_size, q=self.patch_size)
+        return rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid, p=self.patch_size,
+                         q=self.patch_size)
 
 
 def grid_positions(grid: int) -> torch.Tensor:

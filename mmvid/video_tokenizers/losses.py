@@ -70,7 +70,8 @@ def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.") or k[0].isdigit()}
+    return {k.removeprefix("features."): v for k, v in state.items()
+            if k.startswith("features.") or k[0].isdigit()}
 
 
 def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
@@ -78,7 +79,8 @@ def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
     if not weights_path:
         return None
     if not Path(weights_path).is_file():
-        log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)", weights_path)
+        log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)",
+                    weights_path)
         return None
     return PerceptualLoss(weights_path)
 

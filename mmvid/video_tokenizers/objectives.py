@@ -149,7 +149,8 @@ def coordtok_training_loss(
         raise ValueError(f"stage must be one of {list(STAGES)}, got {stage}")
     B, T = video.shape[0], video.shape[2]
     pt, p = c.decoder_temporal_patch_size, c.decoder_patch_size
-    valid = torch.full((B,), T) if num_valid_frames is None else torch.as_tensor(num_valid_frames).cpu().long()
+    valid = (torch.full((B,), T) if num_valid_frames is None
+             else torch.as_tensor(num_valid_frames).cpu().long())
     tokens = model.encode(video, num_valid_frames=num_valid_frames)
     valid_patches = valid // pt  # only temporal patches made of real frames
     if int(valid_patches.min()) < 1:

@@ -2,8 +2,8 @@
 quantized onto words, a motion-enhanced language codebook (MLC).
 
     video (B, 3, T, H, W), T = 1 + 4k (other T: the last frame is repeated up to 1 + 4 * ceil((T - 1) / 4))
-      patchify   first frame -> p x p patches, LN, Linear, LN              v_s (B, G, D)       G = (H / p)^2
-                 frames 1.. -> pt x p x p tubes, LN, Linear, LN            v_t (B, L, G, D)    L = (T - 1) / pt
+      patchify   first frame -> p x p patches, LN, Linear, LN              v_s (B, G, D)      G = (H / p)^2
+                 frames 1.. -> pt x p x p tubes, LN, Linear, LN            v_t (B, L, G, D)   L = (T - 1) / pt
       spatial    v_s + positions -> transformer (spatial_depth)            per-layer features
                  S learned queries: cross-attend to layer l, self-attend    z_s (B, S, D)
       temporal   residuals  v_s - v_t^l  (per location)                    (B G, L, D)
@@ -106,7 +106,8 @@ def propagate(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
     loops = torch.arange(n, device=x.device)
     src = torch.cat([edge_index[0], loops])
     dst = torch.cat([edge_index[1], loops])
-    degree = torch.zeros(n, device=x.device, dtype=x.dtype).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
+    degree = torch.zeros(n, device=x.device, dtype=x.dtype).index_add_(0, dst,
+                                                                       torch.ones_like(dst, dtype=x.dtype))
     weight = degree[src].rsqrt() * degree[dst].rsqrt()  # (E + N,)
     return torch.zeros_like(x).index_add_(0, dst, x[src] * weight[:, None])
 
@@ -164,8 +165,8 @@ class MLCQuantizer(nn.Module):
     attribute distances plus that of the entity distances when a temperature is given, else a zero.
     """
 
-    def __init__(self, word_vectors: torch.Tensor, num_entities: int, edge_index: torch.Tensor, hidden_dim: int,
-                 codeword_dim: int):
+    def __init__(self, word_vectors: torch.Tensor, num_entities: int, edge_index: torch.Tensor,
+                 hidden_dim: int, codeword_dim: int):
         super().__init__()
         self.num_entities = num_entities
         self.num_attributes = word_vectors.shape[0] - num_entities
@@ -174,7 +175,8 @@ class MLCQuantizer(nn.Module):
         self.register_buffer("word_vectors", torch.empty(word_vectors.shape))
         with torch.no_grad():
             self.word_vectors.copy_(word_vectors)
-        self.register_buffer("edge_index", edge_index.clone(), persistent=False)  # rebuilt from the vocabulary
+        # rebuilt from the vocabulary
+        self.register_buffer("edge_index", edge_index.clone(), persistent=False)
         self.gcn = GraphConvolution(word_vectors.shape[1], hidden_dim, codeword_dim)
 
     def codebook(self) -> torch.Tensor:
@@ -199,7 +201,8 @@ class MLCQuantizer(nn.Module):
         (at least -log K); 0 when they all sit on one word."""
         log_p = F.log_softmax(-distances / temperature, dim=-1)  # (M, K)
         per_token = -(log_p.exp() * log_p).sum(-1).mean()
-        log_mean = torch.logsumexp(log_p, dim=0) - math.log(distances.shape[0])  # (K,): log of the batch average
+        # (K,): log of the batch average
+        log_mean = torch.logsumexp(log_p, dim=0) - math.log(distances.shape[0])
         return per_token + (log_mean.exp() * log_mean).sum()
 
     def forward(self, z: torch.Tensor, usage_temperature: float | None = None) -> tuple[torch.Tensor, ...]:
@@ -242,7 +245,8 @@ class SweetTokConfig:
     num_heads: int = 8
     spatial_depth: int = 8  # spatial transformer layers (and spatial query layers: layer l reads layer l)
     temporal_depth: int = 4  # causal temporal layers (and temporal query layers)
-    num_spatial_queries: int = 256  # S; the temporal queries are one per location, G = (image_size / patch_size)^2
+    # S; the temporal queries are one per location, G = (image_size / patch_size)^2
+    num_spatial_queries: int = 256
     decoder_dim: int = 512
     decoder_heads: int = 8
     decoder_spatial_depth: int = 8  # joint grid + spatial-token self-attention layers
@@ -255,31 +259,36 @@ class SweetTokConfig:
     word_dim: int = 256  # width of the random word vectors (set from the table when hf_path is given)
     word_seed: int = 0  # seed of the random word vectors
     hf_path: str | None = None  # a local HF model folder: word vectors from its input embedding table
-    vocabulary: dict | None = None  # the resolved vocabulary (filled in when built; when set, no path is read)
+    # the resolved vocabulary (filled in when built; when set, no path is read)
+    vocabulary: dict | None = None
     vocabulary_path: str | None = None  # a vocabulary JSON (Vocabulary.save)
     captions_path: str | None = None  # captions, one a line, to build the vocabulary from ...
     parts_of_speech_path: str | None = None  # ... with this word<TAB>pos list (default: the world's LEXICON)
     min_word_count: int = 1  # building: keep words seen at least this often
-    cooccurrence_window: int = 0  # building: 0 = an edge for any two words in one caption; k = at most k apart
+    # building: 0 = an edge for any two words in one caption; k = at most k apart
+    cooccurrence_window: int = 0
     proxy_codebook_size: int = 0  # K > 0: a K-way head over the latent grid for proxy-code training
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
+                             f"{self.patch_size}")
         if self.reading not in READINGS:
             raise ValueError(f"unknown reading {self.reading!r}; known: {list(READINGS)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; known: {list(OUTPUTS)}")
-        for name in ("num_frames", "temporal_patch_size", "num_spatial_queries", "spatial_depth", "temporal_depth",
-                     "decoder_spatial_depth", "decoder_temporal_depth", "codeword_dim", "gcn_hidden_dim", "word_dim",
-                     "min_word_count"):
+        for name in ("num_frames", "temporal_patch_size", "num_spatial_queries", "spatial_depth",
+                     "temporal_depth",
+                     "decoder_spatial_depth", "decoder_temporal_depth", "codeword_dim", "gcn_hidden_dim",
+                     "word_dim", "min_word_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.num_heads or self.decoder_dim % self.decoder_heads:
             raise ValueError(f"dim {self.dim} / decoder_dim {self.decoder_dim} must be multiples of "
                              f"num_heads {self.num_heads} / decoder_heads {self.decoder_heads}")
         if self.vocabulary_path and self.captions_path:
-            raise ValueError("give vocabulary_path (a built vocabulary) or captions_path (to build one), not both")
+            raise ValueError("give vocabulary_path (a built vocabulary) or captions_path (to build one), "
+                             "not both")
         if self.parts_of_speech_path and not self.captions_path:
             raise ValueError("parts_of_speech_path tags the words of captions_path; give captions_path too")
         if self.cooccurrence_window < 0 or self.proxy_codebook_size < 0:
@@ -319,8 +328,10 @@ class SweetTok(WordIds, VideoTokenizer):
         self.discrete = c.output == "ids"
         D, G, p, pt = c.dim, c.num_temporal_queries, c.patch_size, c.temporal_patch_size
         # Patchify.
-        self.first_frame_embed = nn.Sequential(nn.LayerNorm(3 * p * p), nn.Linear(3 * p * p, D), nn.LayerNorm(D))
-        self.tube_embed = nn.Sequential(nn.LayerNorm(3 * pt * p * p), nn.Linear(3 * pt * p * p, D), nn.LayerNorm(D))
+        self.first_frame_embed = nn.Sequential(nn.LayerNorm(3 * p * p), nn.Linear(3 * p * p, D),
+                                               nn.LayerNorm(D))
+        self.tube_embed = nn.Sequential(nn.LayerNorm(3 * pt * p * p), nn.Linear(3 * pt * p * p, D),
+                                        nn.LayerNorm(D))
         # Spatial branch.
         self.spatial_pos = nn.Parameter(torch.empty(1, G, D))
         self.spatial_blocks = nn.ModuleList([Block(D, c.num_heads) for _ in range(c.spatial_depth)])
@@ -329,7 +340,8 @@ class SweetTok(WordIds, VideoTokenizer):
                                                    for _ in range(c.spatial_depth)])
         self.spatial_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * c.codeword_dim))
         # Temporal branch.
-        self.temporal_blocks = nn.ModuleList([Block(D, c.num_heads, causal=True) for _ in range(c.temporal_depth)])
+        self.temporal_blocks = nn.ModuleList(
+            [Block(D, c.num_heads, causal=True) for _ in range(c.temporal_depth)])
         self.temporal_queries = nn.Parameter(torch.empty(1, G, D))  # one per location
         self.temporal_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=False)
                                                     for _ in range(c.temporal_depth)])
@@ -340,14 +352,16 @@ class SweetTok(WordIds, VideoTokenizer):
                                                                             c.hf_path)
         self.spatial_quantizer = MLCQuantizer(spatial_vectors, len(vocab.noun), vocab.local_edges("spatial"),
                                               c.gcn_hidden_dim, c.codeword_dim)
-        self.temporal_quantizer = MLCQuantizer(temporal_vectors, len(vocab.verb), vocab.local_edges("temporal"),
+        self.temporal_quantizer = MLCQuantizer(temporal_vectors, len(vocab.verb),
+                                               vocab.local_edges("temporal"),
                                                c.gcn_hidden_dim, c.codeword_dim)
         # Decoder: spatial, then temporal.
         Dd = c.decoder_dim
         self.spatial_in = nn.Linear(2 * c.codeword_dim, Dd)
         self.spatial_token_pos = nn.Parameter(torch.empty(1, c.num_spatial_queries, Dd))
         self.grid_queries = nn.Parameter(torch.empty(1, G, Dd))  # mask token + position of each location
-        self.spatial_decoder = nn.ModuleList([Block(Dd, c.decoder_heads) for _ in range(c.decoder_spatial_depth)])
+        self.spatial_decoder = nn.ModuleList(
+            [Block(Dd, c.decoder_heads) for _ in range(c.decoder_spatial_depth)])
         self.first_frame_head = nn.Sequential(nn.LayerNorm(Dd), nn.Linear(Dd, 3 * p * p))
         self.temporal_in = nn.Linear(2 * c.codeword_dim, Dd)
         self.temporal_decoder = nn.ModuleList([FactorizedBlock(Dd, c.decoder_heads)
@@ -499,7 +513,8 @@ class SweetTok(WordIds, VideoTokenizer):
                 "temporal_ids": ids_t}
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> quantized tokens (B, S + G, 2C), or word ids (B, 3 (S + G)) with output="ids"."""
+        """(B, 3, T, H, W) -> quantized tokens (B, S + G, 2C), or word ids (B, 3 (S + G)) with
+        output="ids"."""
         out = self.quantize(video)
         return out["ids"] if self.discrete else out["vectors"]
 
@@ -529,8 +544,8 @@ class SweetTok(WordIds, VideoTokenizer):
         if not isinstance(tokens, torch.Tensor) or not tokens.is_floating_point() or tokens.ndim != 3 \
                 or tokens.shape[1:] != (N, self.token_dim):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"expected quantized tokens (B, {N}, {self.token_dim}) = (B, S + G, 2C) or word ids "
-                             f"(B, {3 * N}), got {shape}")
+            raise ValueError(f"expected quantized tokens (B, {N}, {self.token_dim}) = (B, S + G, 2C) or "
+                             f"word ids (B, {3 * N}), got {shape}")
         T = c.num_frames if num_frames is None else num_frames
         L = self.latent_frames(T)
         B, p, pt, side = tokens.shape[0], c.patch_size, c.temporal_patch_size, c.grid
@@ -540,13 +555,15 @@ class SweetTok(WordIds, VideoTokenizer):
         for block in self.spatial_decoder:
             x = block(x)
         first = x[:, :G]  # (B, G, Dd)
-        frame0 = rearrange(self.first_frame_head(first), "b (h w) (c p q) -> b c 1 (h p) (w q)", h=side, p=p, q=p)
+        frame0 = rearrange(self.first_frame_head(first), "b (h w) (c p q) -> b c 1 (h p) (w q)", h=side, p=p,
+                           q=p)
         # Temporal: the first frame's features for every latent frame + its location's token + time.
         time = sinusoidal(torch.arange(1, L + 1, device=tokens.device), c.decoder_dim).to(tokens.dtype)
         h = first[:, None] + self.temporal_in(tokens[:, S:])[:, None] + time[None, :, None]  # (B, L, G, Dd)
         for block in self.temporal_decoder:
             h = block(h)
-        later = rearrange(self.tube_head(h), "b l (h w) (c t p q) -> b c (l t) (h p) (w q)", h=side, t=pt, p=p, q=p)
+        later = rearrange(self.tube_head(h), "b l (h w) (c t p q) -> b c (l t) (h p) (w q)", h=side, t=pt,
+                          p=p, q=p)
         video = torch.cat([frame0, later], dim=2)[:, :, :T]
         return video, torch.cat([first[:, None], h], dim=1)
 
@@ -576,7 +593,8 @@ def sweettok_tiny(**overrides) -> SweetTok:
 def sweettok_base(**overrides) -> SweetTok:
     """The built-in CPU size: 17 frames at 64x64 (the world's 16 are padded by one), 16 spatial + 64
     temporal = 80 tokens of 64 (VTok's 79, frames_base's 80)."""
-    defaults = dict(image_size=64, dim=128, num_heads=4, spatial_depth=2, temporal_depth=2, num_spatial_queries=16,
+    defaults = dict(image_size=64, dim=128, num_heads=4, spatial_depth=2, temporal_depth=2,
+                    num_spatial_queries=16,
                     decoder_dim=128, decoder_heads=4, decoder_spatial_depth=2, decoder_temporal_depth=2,
                     codeword_dim=32, gcn_hidden_dim=64, word_dim=64)
     return SweetTok(SweetTokConfig(**{**defaults, **overrides}))

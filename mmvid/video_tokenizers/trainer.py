@@ -127,11 +127,14 @@ def build_data(cfg: TokenizerTrainConfig, rank: int, world_size: int):
     """(training sampler, training loader, validation loader): this rank's shard of the training videos, in
     full batches; the first `val_videos` validation videos."""
     d = cfg.data
-    train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size, sampling=d.sampling, seed=cfg.seed)
+    train_set = VideoClipDataset(list_videos(d.source, d.train_split), d.num_frames, d.size,
+                                 sampling=d.sampling, seed=cfg.seed)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers, drop_last=True)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=d.num_workers,
+                        drop_last=True)
     val_videos = list_videos(d.val_source or d.source, d.val_split)[: cfg.val_videos]
-    return sampler, loader, DataLoader(VideoClipDataset(val_videos, d.num_frames, d.size), batch_size=cfg.batch_size)
+    return sampler, loader, DataLoader(VideoClipDataset(val_videos, d.num_frames, d.size),
+                                       batch_size=cfg.batch_size)
 
 
 class TrainingLoss(torch.nn.Module):
@@ -146,7 +149,8 @@ class TrainingLoss(torch.nn.Module):
 
 
 @torch.no_grad()
-def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader, device: torch.device) -> dict[str, float]:
+def evaluate(tokenizer: VideoTokenizer, videos: list[torch.Tensor] | DataLoader,
+             device: torch.device) -> dict[str, float]:
     """Mean PSNR and SSIM (on [-1, 1], data range 2) of encode -> decode over the given videos."""
     was_training = tokenizer.training
     tokenizer.eval()
@@ -172,7 +176,8 @@ def _write_metrics(path: Path, record: dict) -> None:
 
 def prepare_run(cfg: TokenizerTrainConfig, distributed: bool) -> tuple[int, int, torch.device]:
     """(rank, world_size, device); rank 0 builds the default world when it is missing and saves the config."""
-    rank, world_size, device = setup_distributed(cfg.device) if distributed else (0, 1, _single_device(cfg.device))
+    rank, world_size, device = setup_distributed(cfg.device) if distributed else (
+        0, 1, _single_device(cfg.device))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -198,11 +203,13 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     own_loss = tokenizer.architecture in OBJECTIVES
     model = TrainingLoss(tokenizer) if own_loss else tokenizer
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     perceptual = build_perceptual_loss(cfg.perceptual_weights)
     if perceptual is not None:
         perceptual.to(device)
@@ -214,7 +221,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         log.info("resumed from %s (step %d)", last, state.step)
 
     metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"training {cfg.model}", unit="step", disable=not main)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"training {cfg.model}", unit="step",
+               disable=not main)
     budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
     val: dict[str, float] = {}
     done = state.step >= cfg.steps or state.seconds >= budget
@@ -228,25 +236,28 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
                 loss, parts = reconstruction_loss(model(x), x, perceptual, cfg.perceptual_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
+                         else torch.tensor(0.0))
             optimizer.step()
             scheduler.step()
             sampler.advance(len(batch["index"]))
-            state.step, state.samples_seen = state.step + 1, state.samples_seen + len(batch["index"]) * world_size
+            state.step, state.samples_seen = (state.step + 1,
+                                              state.samples_seen + len(batch["index"]) * world_size)
             seconds = time.perf_counter() - start
             state.seconds += seconds
             bar.update()
             if main and state.step % cfg.log_every == 0:
                 rate, lr = cfg.batch_size * world_size / seconds, scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", videos_s=f"{rate:.1f}")
-                _write_metrics(metrics_path, {"step": state.step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm),
+                _write_metrics(metrics_path, {"step": state.step, "loss": loss.item(), **parts,
+                                              "grad_norm": float(grad_norm),
                                               "lr": lr, "videos_per_s": rate, "seconds": state.seconds})
             done = state.step >= cfg.steps or state.seconds >= budget
             if main and (state.step % cfg.val_every == 0 or done):
                 val = evaluate(tokenizer, val_loader, device)
                 bar.write(f"step {state.step}: val psnr {val['psnr']:.2f} dB, ssim {val['ssim']:.4f}")
-                _write_metrics(metrics_path, {"step": state.step, "val_psnr": val["psnr"], "val_ssim": val["ssim"],
-                                              "seconds": state.seconds})
+                _write_metrics(metrics_path, {"step": state.step, "val_psnr": val["psnr"],
+                                              "val_ssim": val["ssim"], "seconds": state.seconds})
             if state.step % cfg.checkpoint_every == 0 or done:
                 checkpointer.save(state, config_to_dict(cfg), **resumable)
             if done:
@@ -262,10 +273,12 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     return val
 
 
-def save_final(tokenizer: VideoTokenizer, out: Path, state: TrainState, val: dict[str, float]) -> dict[str, float]:
+def save_final(tokenizer: VideoTokenizer, out: Path, state: TrainState,
+               val: dict[str, float]) -> dict[str, float]:
     """`save_pretrained` to `out/final`, with the run's summary beside it; returns `val`."""
     tokenizer.save_pretrained(out / "final")
-    summary = {"step": state.step, "trained_seconds": round(state.seconds, 1), "val_psnr": val["psnr"], "val_ssim": val["ssim"]}
+    summary = {"step": state.step, "trained_seconds": round(state.seconds, 1), "val_psnr": val["psnr"],
+               "val_ssim": val["ssim"]}
     (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
     log.info("saved %s: %s", out / "final", summary)
     return val

@@ -3,7 +3,7 @@ the frozen word vectors the language codebook starts from, and the words <-> ids
 
     vocab = build_vocabulary(captions, parts_of_speech)    # captions: list[str]; word -> part of speech
     vocab.words                                            # id -> word, in the one id layout below
-    vocab.offsets                                          # {"noun": 0, "adjective": 9, "verb": 19, "adverb": 36}
+    vocab.offsets                       # {"noun": 0, "adjective": 9, "verb": 19, "adverb": 36}
     vocab.save("vocab.json");  load_vocabulary("vocab.json")
 
 The id layout (the same everywhere: codebook rows, `SweetTok.encode_ids`, `TokenLayout.words`):
@@ -92,11 +92,12 @@ class Vocabulary:
                     raise ValueError(f"word {word!r} is both a {seen[word]} and a {part}; "
                                      f"a word needs one part of speech")
                 seen[word] = part
-        minimum = {"noun": 1, "adjective": 2, "verb": 1, "adverb": 2}  # 2 attributes: each token reads the top 2
+        # 2 attributes: each token reads the top 2
+        minimum = {"noun": 1, "adjective": 2, "verb": 1, "adverb": 2}
         short = {p: len(getattr(self, p)) for p in PARTS if len(getattr(self, p)) < minimum[p]}
         if short:
-            raise ValueError(f"a SweetTok vocabulary needs at least {minimum} words per part of speech, got {short} "
-                             f"(add captions, or give a word list that tags more of their words)")
+            raise ValueError(f"a SweetTok vocabulary needs at least {minimum} words per part of speech, got "
+                             f"{short} (add captions, or give a word list that tags more of their words)")
         for name, (attribute, entity) in (("spatial_edges", SPATIAL), ("temporal_edges", TEMPORAL)):
             for pair in getattr(self, name):
                 if len(pair) != 2 or seen.get(pair[0]) != attribute or seen.get(pair[1]) != entity:
@@ -129,8 +130,10 @@ class Vocabulary:
         (nouns then adjectives, or verbs then adverbs), both directions, no self loops."""
         attribute, entity = SPATIAL if branch == "spatial" else TEMPORAL
         entities, attributes = getattr(self, entity), getattr(self, attribute)
-        index = {w: i for i, w in enumerate(entities)} | {w: len(entities) + i for i, w in enumerate(attributes)}
-        pairs = [(index[a], index[e]) for a, e in (self.spatial_edges if branch == "spatial" else self.temporal_edges)]
+        index = {w: i for i, w in enumerate(entities)} | {
+            w: len(entities) + i for i, w in enumerate(attributes)}
+        edges = self.spatial_edges if branch == "spatial" else self.temporal_edges
+        pairs = [(index[a], index[e]) for a, e in edges]
         if not pairs:
             return torch.zeros(2, 0, dtype=torch.long)
         src, dst = zip(*pairs)
@@ -165,7 +168,8 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a vocabulary JSON ({e.msg})") from e
     if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a SweetTok vocabulary (format {data.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(f"{path}: not a SweetTok vocabulary (format {data.get('format')!r}, expected "
+                         f"{FORMAT!r})")
     return Vocabulary.from_dict(data)
 
 
@@ -304,7 +308,8 @@ def random_word_vectors(words: Iterable[str], dim: int, seed: int = 0) -> torch.
     return torch.stack(rows) if rows else torch.zeros(0, dim, device="cpu")
 
 
-def embed_words(words: Iterable[str], table: torch.Tensor, tokenize: Callable[[str], list[int]]) -> torch.Tensor:
+def embed_words(words: Iterable[str], table: torch.Tensor,
+                tokenize: Callable[[str], list[int]]) -> torch.Tensor:
     """float (N, E): the mean of the table rows of each word's pieces (`tokenize(word)` -> ids)."""
     rows = []
     for word in words:
@@ -312,7 +317,8 @@ def embed_words(words: Iterable[str], table: torch.Tensor, tokenize: Callable[[s
         if not ids:
             raise ValueError(f"the tokenizer gives no pieces for {word!r}")
         if min(ids) < 0 or max(ids) >= table.shape[0]:
-            raise ValueError(f"piece ids of {word!r} ({ids}) fall outside the embedding table ({table.shape[0]} rows)")
+            raise ValueError(f"piece ids of {word!r} ({ids}) fall outside the embedding table "
+                             f"({table.shape[0]} rows)")
         rows.append(table[ids].float().mean(0))
     return torch.stack(rows).cpu()
 
@@ -341,7 +347,8 @@ def load_embedding_table(folder: str | Path) -> tuple[torch.Tensor, Callable[[st
                 table = f.get_tensor(sorted(keys, key=len)[0])
                 break
     if table is None or table.ndim != 2:
-        raise ValueError(f"no input embedding table in {folder} (looked for keys ending in {list(EMBEDDING_KEYS)})")
+        raise ValueError(f"no input embedding table in {folder} (looked for keys ending in "
+                         f"{list(EMBEDDING_KEYS)})")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     def tokenize(word: str) -> list[int]:
@@ -418,7 +425,8 @@ class WordIds:
             b, i = (int(v) for v in bad.nonzero()[0])
             part, first, last = self.slot_parts()[i], int(low[i]), int(high[i]) - 1
             raise ValueError(f"id {int(ids[b, i])} at position {i} of video {b} is outside its slot's "
-                             f"part of speech ({part}: ids {first}..{last}; layout: {self.vocabulary.ranges()})")
+                             f"part of speech ({part}: ids {first}..{last}; layout: "
+                             f"{self.vocabulary.ranges()})")
 
     def ids_to_words(self, ids: torch.Tensor | Iterable[int]) -> list[str]:
         """One sequence of word ids (1-D) -> words."""

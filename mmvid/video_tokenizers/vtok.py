@@ -59,7 +59,8 @@ class VTokConfig:
     decoder_dim: int = 128
     decoder_depth: int = 3
     decoder_heads: int = 4
-    decoder_input: str = "aligned"  # key tokens added to their grid cell's query, or "memory" (found by attention)
+    # key tokens added to their grid cell's query, or "memory" (found by attention)
+    decoder_input: str = "aligned"
     feature_extractor: str = "vit"  # "vit" (trained from scratch) or "hf" (a frozen HF vision model)
     hf_path: str | None = None  # local folder of the HF vision model (its weights load from there)
     hf_config: dict | None = None  # its config (model_type + fields); filled in from hf_path when built
@@ -75,11 +76,13 @@ class VTokConfig:
         if self.decoder_input not in DECODER_INPUTS:
             raise ValueError(f"unknown decoder_input {self.decoder_input!r}; known: {list(DECODER_INPUTS)}")
         if self.feature_extractor not in FEATURE_EXTRACTORS:
-            raise ValueError(f"unknown feature_extractor {self.feature_extractor!r}; known: {list(FEATURE_EXTRACTORS)}")
+            raise ValueError(f"unknown feature_extractor {self.feature_extractor!r}; known: "
+                             f"{list(FEATURE_EXTRACTORS)}")
         if self.feature_extractor == "hf" and not (self.hf_path or self.hf_config):
             raise ValueError("feature_extractor='hf' needs hf_path (a local model folder) or hf_config")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
+                             f"{self.patch_size}")
         if self.temporal_stride < 1:
             raise ValueError(f"temporal_stride must be >= 1, got {self.temporal_stride}")
         if not 0 <= self.key_pool <= self.grid:
@@ -118,7 +121,8 @@ class VTok(VideoTokenizer):
         self.from_residual = nn.Linear(c.token_dim, c.decoder_dim)
         self.key_pos = nn.Parameter(torch.zeros(1, c.key_tokens, c.decoder_dim))
         self.group_embed = nn.Parameter(torch.zeros(1, 2, c.decoder_dim))  # key, residual
-        self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth, c.decoder_heads)
+        self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth,
+                                   c.decoder_heads)
         init_weights(self)
         if c.feature_extractor == "hf":
             self.features.load_weights()  # init_weights must not overwrite the pretrained model
@@ -129,7 +133,8 @@ class VTok(VideoTokenizer):
 
     @property
     def decode_state(self) -> tuple[str, ...]:
-        return ("key_index",) if self.config.key_frame == "max_change" else ()  # the key frame is the content's
+        # the key frame is the content's
+        return ("key_index",) if self.config.key_frame == "max_change" else ()
 
     def encode_with_state(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
         tokens, keys = self.encode(video, return_key_index=True)
@@ -179,7 +184,8 @@ class VTok(VideoTokenizer):
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """F on every frame: (B, 3, T, H, W) -> (B, T, S, dim)."""
         B = video.shape[0]
-        return rearrange(self.features(rearrange(video, "b c t h w -> (b t) c h w")), "(b t) s d -> b t s d", b=B)
+        return rearrange(self.features(rearrange(video, "b c t h w -> (b t) c h w")), "(b t) s d -> b t s d",
+                         b=B)
 
     def encode(self, video: torch.Tensor, return_key_index: bool = False):
         """(B, 3, T, H, W) -> (B, S' + ceil((T - 1) / k), token_dim); with `return_key_index`,
@@ -193,8 +199,10 @@ class VTok(VideoTokenizer):
             keys = torch.full((B,), self.key_index(T), dtype=torch.long, device=video.device)
         key_feats = feats[torch.arange(B), keys]  # (B, S, dim)
         key_tokens = self.to_tokens(self._pool_key(key_feats))  # (B, S', token_dim)
-        frames = torch.stack([torch.tensor(self.residual_frames(T, int(k)), device=video.device) for k in keys])
-        later = torch.gather(feats, 1, frames[:, :, None, None].expand(-1, -1, *feats.shape[2:]))  # (B, R, S, dim)
+        frames = torch.stack(
+            [torch.tensor(self.residual_frames(T, int(k)), device=video.device) for k in keys])
+        # (B, R, S, dim)
+        later = torch.gather(feats, 1, frames[:, :, None, None].expand(-1, -1, *feats.shape[2:]))
         residual = self._residual(rearrange(later - key_feats[:, None], "b r s d -> (b r) s d"))
         tokens = torch.cat([key_tokens, rearrange(residual, "(b r) c -> b r c", b=B)], dim=1)
         return (tokens, keys) if return_key_index else tokens
@@ -214,30 +222,36 @@ class VTok(VideoTokenizer):
 
     # -- decode ------------------------------------------------------------------------------------
 
-    def decode(self, tokens: torch.Tensor, num_frames: int | None = None, key_index: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, num_frames: int | None = None,
+               key_index: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S' + R, token_dim) -> (B, 3, T, H, W). `num_frames` is needed when temporal_stride > 1
         (R residual tokens then stand for several lengths); `key_index` for key_frame="max_change"."""
         c = self.config
         S = c.key_tokens
         if tokens.ndim != 3 or tokens.shape[-1] != c.token_dim or tokens.shape[1] <= S:
-            raise ValueError(f"expected tokens (B, {S} + R, {c.token_dim}) with R >= 1, got {tuple(tokens.shape)}")
+            raise ValueError(f"expected tokens (B, {S} + R, {c.token_dim}) with R >= 1, got "
+                             f"{tuple(tokens.shape)}")
         B, R = tokens.shape[0], tokens.shape[1] - S
         if num_frames is None:
             if c.temporal_stride != 1:
                 raise ValueError("decode needs num_frames when temporal_stride > 1")
             num_frames = R + 1
         if math.ceil((num_frames - 1) / c.temporal_stride) != R:
-            raise ValueError(f"{R} residual tokens do not fit {num_frames} frames at temporal_stride {c.temporal_stride}")
+            raise ValueError(f"{R} residual tokens do not fit {num_frames} frames at temporal_stride "
+                             f"{c.temporal_stride}")
         if c.key_frame == "max_change":
             if key_index is None:
-                raise ValueError("key_frame='max_change' decodes with the key_index that encode(..., return_key_index=True) returned")
+                raise ValueError("key_frame='max_change' decodes with the key_index that encode(..., "
+                                 "return_key_index=True) returned")
             keys = key_index.tolist()
         else:
             keys = [self.key_index(num_frames)] * B
         key_tokens, residual = tokens[:, :S], tokens[:, S:]
         # g(0): the residual of the key frame to itself.
-        zero = self._residual(torch.zeros(1, c.grid * c.grid, c.dim, device=tokens.device, dtype=tokens.dtype))
-        per_frame = torch.stack([self._spread(residual[b], zero[0], keys[b], num_frames) for b in range(B)])  # (B, T, C)
+        zero = self._residual(torch.zeros(1, c.grid * c.grid, c.dim, device=tokens.device,
+                                          dtype=tokens.dtype))
+        # (B, T, C)
+        per_frame = torch.stack([self._spread(residual[b], zero[0], keys[b], num_frames) for b in range(B)])
         memory_key = self.from_key(key_tokens) + self.key_pos + self.group_embed[:, :1]  # (B, S, Dd)
         memory_res = self.from_residual(per_frame) + self.group_embed[:, 1:]  # (B, T, Dd)
         if c.decoder_input == "aligned":
@@ -307,13 +321,16 @@ class HFFeatures(nn.Module):
             with torch.no_grad():  # the output grid, from one tiny forward (skipped on meta)
                 side = _conv_output_side(self.model, config.image_size)
             if side is not None and side != config.grid:
-                raise ValueError(f"the HF model maps {config.image_size}px images to a {side}x{side} feature map, but "
-                                 f"VTok's grid is {config.grid}x{config.grid}; set patch_size={config.image_size // side}")
+                raise ValueError(f"the HF model maps {config.image_size}px images to a {side}x{side} "
+                                 "feature map, but "
+                                 f"VTok's grid is {config.grid}x{config.grid}; set "
+                                 f"patch_size={config.image_size // side}")
         else:
             self.hidden_size = vision.hidden_size
             if vision.image_size != config.image_size or vision.patch_size != config.patch_size:
-                raise ValueError(f"the HF model takes {vision.image_size}px images in {vision.patch_size}px patches; "
-                                 f"set image_size={vision.image_size} and patch_size={vision.patch_size}")
+                raise ValueError(f"the HF model takes {vision.image_size}px images in {vision.patch_size}px "
+                                 f"patches; set image_size={vision.image_size} and "
+                                 f"patch_size={vision.patch_size}")
         self.path, self.frozen = config.hf_path, config.freeze_features
         self.register_buffer("mean", torch.tensor(config.hf_image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.hf_image_std).view(1, 3, 1, 1), persistent=False)
@@ -356,10 +373,12 @@ def _conv_output_side(model: nn.Module, image_size: int) -> int | None:
         return None
     was_training = model.training
     model.eval()
-    out = model(pixel_values=torch.zeros(1, 3, image_size, image_size, device=parameter.device)).last_hidden_state
+    pixels = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+    out = model(pixel_values=pixels).last_hidden_state
     model.train(was_training)
     if out.ndim != 4 or out.shape[-1] != out.shape[-2]:
-        raise ValueError(f"expected a square (N, D, h, w) feature map from the convolutional HF model, got {tuple(out.shape)}")
+        raise ValueError("expected a square (N, D, h, w) feature map from the convolutional HF model, got "
+                         f"{tuple(out.shape)}")
     return int(out.shape[-1])
 
 
@@ -380,8 +399,10 @@ def vtok_base(**overrides) -> VTok:
     return VTok(VTokConfig(**overrides))
 
 
-CLIP_L336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                 num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+CLIP_L336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
+                 num_hidden_layers=24,
+                 num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+                 hidden_act="quick_gelu")
 
 
 def vtok_clip_l336(**overrides) -> VTok:
@@ -389,6 +410,6 @@ def vtok_clip_l336(**overrides) -> VTok:
 
     Pass hf_path= a local CLIP-L/336 folder to load its weights; without it the vision model is built
     from its config (for token and parameter counts, e.g. under torch.device("meta"))."""
-    defaults = dict(image_size=336, patch_size=14, num_heads=16, token_dim=1024, decoder_dim=512, decoder_depth=8,
-                    decoder_heads=8, feature_extractor="hf", hf_config=dict(CLIP_L336))
+    defaults = dict(image_size=336, patch_size=14, num_heads=16, token_dim=1024, decoder_dim=512,
+                    decoder_depth=8, decoder_heads=8, feature_extractor="hf", hf_config=dict(CLIP_L336))
     return VTok(VTokConfig(**{**defaults, **overrides}))

@@ -1,4 +1,5 @@
-"""Data of the mmvid_shapes_* lm-eval tasks, built on the spot from the synthetic world (no files, no download).
+"""Data of the mmvid_shapes_* lm-eval tasks, built on the spot from the synthetic world (no files, no
+download).
 
 lm-eval loads this file by path for the `!function` tags of the YAML files beside it; the documents
 themselves are made by `mmvid.evaluation.lm_eval_bench` (see its docstring for what they contain).

@@ -6,8 +6,24 @@
 - `build`: writes a data set folder (`python -m mmvid.data.shapes --out data/shapes`).
 """
 
-from mmvid.data.shapes.build import WorldExistsError, WorldSettings, build_world, load_truth, read_settings, scene_for
-from mmvid.data.shapes.world import ACTIONS, COLOURS, DEFAULT_HELD_OUT, SHAPES, ObjectSpec, Scene, render, sample_scene
+from mmvid.data.shapes.build import (
+    WorldExistsError,
+    WorldSettings,
+    build_world,
+    load_truth,
+    read_settings,
+    scene_for,
+)
+from mmvid.data.shapes.world import (
+    ACTIONS,
+    COLOURS,
+    DEFAULT_HELD_OUT,
+    SHAPES,
+    ObjectSpec,
+    Scene,
+    render,
+    sample_scene,
+)
 
 _ANALYZER = ("Analysis", "TrackedObject", "analyze", "compare")
 

@@ -35,7 +35,6 @@ from mmvid.data.shapes.world import (
     SYMMETRY,
     Scene,
     coverage,
-    object_states,
 )
 
 _PALETTE = np.array(list(COLOURS.values()), np.float32)  # (K, 3)
@@ -98,7 +97,8 @@ def _explain_pixels(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = frames.astype(np.float32)
     T = x.shape[0]
     dark = x.max(-1) < _DARK
-    bg = np.stack([np.median(x[t][dark[t]], axis=0) if dark[t].any() else np.median(x[t].reshape(-1, 3), 0) for t in range(T)])
+    bg = np.stack([np.median(x[t][dark[t]], axis=0) if dark[t].any() else np.median(x[t].reshape(-1, 3), 0)
+                   for t in range(T)])
     d = x - bg[:, None, None, :]  # (T, H, W, 3)
     c = _PALETTE[None, :, :] - bg[:, None, :]  # (T, K, 3)
     # alpha of each colour, least squares along (colour - background)
@@ -181,7 +181,8 @@ def _crop(track: TrackedObject, frame: np.ndarray, t: int, k: int):
     H, W = frame.shape[:2]
     radius = math.sqrt(track.area[t] / min(UNIT_AREA.values()))  # generous: the widest reading
     cx, cy = track.x[t] * W, track.y[t] * H
-    box = (max(0, int(cy - radius) - 2), max(0, int(cx - radius) - 2), min(H, int(cy + radius) + 3), min(W, int(cx + radius) + 3))
+    box = (max(0, int(cy - radius) - 2), max(0, int(cx - radius) - 2), min(H, int(cy + radius) + 3),
+           min(W, int(cx + radius) + 3))
     a = _colour_alpha(frame[box[0] : box[2], box[1] : box[3]], k)
     return a, box, cx, cy
 
@@ -273,7 +274,6 @@ def _reversals(v: np.ndarray, tolerance: float) -> int:
 
 
 def classify_action(track: TrackedObject, frames: np.ndarray) -> str:
-    T = track.num_frames
     flips = int(np.count_nonzero(np.diff(track.present.astype(np.int8))))
     if flips >= 2:
         return "blink"
@@ -388,7 +388,8 @@ def _score_video(args: tuple[str, str]) -> dict[str, dict[str, list[bool]]]:
     }
 
 
-def evaluate_split(root, split: str = "test", limit: int | None = None, workers: int = 1, progress: bool = True):
+def evaluate_split(root, split: str = "test", limit: int | None = None, workers: int = 1,
+                   progress: bool = True):
     """Per-attribute analyzer accuracy on a world split: {source: {attribute: (accuracy, n)}}."""
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
@@ -401,12 +402,13 @@ def evaluate_split(root, split: str = "test", limit: int | None = None, workers:
     tasks = [(str(v.with_suffix(".json")), str(v)) for v in videos]
     totals: dict[str, dict[str, list[bool]]] = {}
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for result in tqdm(pool.map(_score_video, tasks, chunksize=4), total=len(tasks), desc=f"analysing {split}",
-                           unit="video", disable=not progress):
+        for result in tqdm(pool.map(_score_video, tasks, chunksize=4), total=len(tasks),
+                           desc=f"analysing {split}", unit="video", disable=not progress):
             for source, hits in result.items():
                 for attribute, values in hits.items():
                     totals.setdefault(source, {}).setdefault(attribute, []).extend(values)
-    return {s: {a: (float(np.mean(v)) if v else float("nan"), len(v)) for a, v in d.items()} for s, d in totals.items()}
+    return {s: {a: (float(np.mean(v)) if v else float("nan"), len(v)) for a, v in d.items()}
+            for s, d in totals.items()}
 
 
 class _Serial:
@@ -429,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import time
 
-    parser = argparse.ArgumentParser(prog="python -m mmvid.data.shapes.analyzer",
-                                     description="Measure the analyzer's accuracy on a built synthetic world.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mmvid.data.shapes.analyzer",
+        description="Measure the analyzer's accuracy on a built synthetic world.")
     parser.add_argument("root", nargs="?", default="data/shapes", help="world folder (default %(default)s)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="first N videos only")

@@ -92,8 +92,10 @@ def scene_for(settings: WorldSettings, split: str, index: int) -> world.Scene:
     seed = settings.scene_seed(split, index)
     if split == "fewshot":  # one object doing one held-out action, classes in turn
         action = settings.held_out[index % len(settings.held_out)]
-        return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=(action,), num_objects=1)
-    return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=settings.main_actions)
+        return world.sample_scene(seed, settings.frames, settings.size, settings.size, actions=(action,),
+                                  num_objects=1)
+    return world.sample_scene(seed, settings.frames, settings.size, settings.size,
+                              actions=settings.main_actions)
 
 
 def video_name(index: int) -> str:
@@ -113,7 +115,8 @@ def _write_one(args: tuple[dict, str, int, str]) -> None:
     states = []
     for obj in scene.objects:
         st = world.object_states(obj, scene.num_frames)
-        states.append({k: np.round(getattr(st, k), 5).tolist() for k in ("x", "y", "scale", "angle")} | {"visible": st.visible.tolist()})
+        states.append({k: np.round(getattr(st, k), 5).tolist() for k in ("x", "y", "scale", "angle")}
+                      | {"visible": st.visible.tolist()})
     tmp = truth.with_suffix(".json.partial")
     tmp.write_text(json.dumps({"split": split, "index": index, "scene": scene.to_dict(), "states": states}))
     os.replace(tmp, truth)
@@ -146,7 +149,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     if manifest.exists():
         previous, record = read_settings(out)
         if previous != settings:
-            diff = {f.name: (getattr(previous, f.name), getattr(settings, f.name)) for f in fields(WorldSettings)
+            diff = {f.name: (getattr(previous, f.name), getattr(settings, f.name)) for f in fields(
+                WorldSettings)
                     if getattr(previous, f.name) != getattr(settings, f.name)}
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise WorldExistsError(f"{out} already holds a world built with other settings ({changes}); "
@@ -159,7 +163,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     record = {"settings": settings.to_json(), "complete": False}
     manifest.write_text(json.dumps(record, indent=1))
 
-    tasks = [(settings.to_json(), split, i, str(out)) for split in SPLITS for i in range(settings.count(split))]
+    tasks = [
+        (settings.to_json(), split, i, str(out)) for split in SPLITS for i in range(settings.count(split))]
     for split in SPLITS:
         (out / split / "videos").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -175,7 +180,8 @@ def build_world(out: str | Path, settings: WorldSettings, workers: int = 1, prog
     bar.close()
     seconds = time.perf_counter() - start
     counts = {split: write_text_files(out, settings, split) for split in SPLITS}
-    (out / "lexicon.json").write_text(json.dumps({"parts_of_speech": text.LEXICON, "actions": text.ACTION_PHRASES}, indent=1))
+    (out / "lexicon.json").write_text(
+        json.dumps({"parts_of_speech": text.LEXICON, "actions": text.ACTION_PHRASES}, indent=1))
     record = {
         "settings": settings.to_json(),
         "complete": True,
@@ -220,7 +226,8 @@ def write_text_files(out: Path, settings: WorldSettings, split: str) -> dict[str
 
 
 def _objects(scene: world.Scene) -> list[dict]:
-    return [{k: getattr(o, k) for k in ("shape", "colour", "size", "action", "speed", "event")} for o in scene.objects]
+    return [{k: getattr(o, k) for k in ("shape", "colour", "size", "action", "speed", "event")}
+            for o in scene.objects]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -329,7 +329,8 @@ def _count_shape(scene: world.Scene, rng: np.random.Generator) -> str:
     return pool[int(rng.integers(len(pool)))]
 
 
-def _questions(scene: world.Scene, rng: np.random.Generator, actions: tuple[str, ...] | None = None) -> list[_Question]:
+def _questions(scene: world.Scene, rng: np.random.Generator,
+               actions: tuple[str, ...] | None = None) -> list[_Question]:
     """At most one question per category, in CATEGORIES order, skipping those not unambiguous.
 
     `actions` is the world's action vocabulary that action distractors come from (default: every

@@ -320,7 +320,8 @@ def shape_distance(shape: str, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     # Even-odd rule: count the edges a horizontal ray from the point crosses.
     ay, by = a[:, 1], b[:, 1]
     pyy, pxx = p[..., 1], p[..., 0]
-    crosses = ((ay > pyy) != (by > pyy)) & (pxx < a[:, 0] + (pyy - ay) * ab[:, 0] / np.where(ab[:, 1] == 0, 1e-12, ab[:, 1]))
+    crosses = ((ay > pyy) != (by > pyy)) & (
+        pxx < a[:, 0] + (pyy - ay) * ab[:, 0] / np.where(ab[:, 1] == 0, 1e-12, ab[:, 1]))
     inside = crosses.sum(-1) % 2 == 1
     return np.where(inside, -dist, dist)
 
