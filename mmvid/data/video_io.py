@@ -303,6 +303,56 @@ def read_video(
     """
     path = os.fspath(path)
     _check_read_args(num_frames, fps, sampling, size, backend, stride)
+    _check_path(path)
+    plan = dict(num_frames=num_frames, fps=fps, sampling=sampling, start=start, stride=stride, seed=seed,
+                start_time=start_time, end_time=end_time, strict=strict)
+    errors: list[str] = []
+    for name in _backend_order(backend):
+        video = _read_with(name, path, plan, size, errors, explicit=backend != "auto")
+        if video is not None:
+            return video
+    raise VideoDecodeError(f"cannot decode video {path}: " + "; ".join(errors))
+
+
+def _read_with(name: str, path: str, plan: dict, size, errors: list[str],
+               explicit: bool) -> DecodedVideo | None:
+    """One backend's try: the decoded video, or None with the reason appended to `errors`."""
+    try:
+        probe = _PROBES[name](path)
+    except ImportError as e:
+        if explicit:
+            raise ImportError(f"backend {name!r} is not installed: {_INSTALL_HINT[name]}") from e
+        errors.append(f"{name}: not installed")
+        return None
+    except Exception as e:  # each library raises its own types; we report them all
+        errors.append(f"{name}: {_one_line(e)}")
+        return None
+    # Planning errors (too short, bad window) are about the request, not the decoder.
+    indices, num_padded = plan_frame_indices(probe.timestamps, **plan)
+    try:
+        unique, inverse = np.unique(indices, return_inverse=True)
+        decoded = probe.decode(unique)
+    except Exception as e:
+        errors.append(f"{name}: {_one_line(e)}")
+        return None
+    frames = torch.from_numpy(np.ascontiguousarray(decoded[inverse]))
+    if size is not None:
+        frames = resize_center_crop(frames, size)
+    return DecodedVideo(
+        frames=frames,
+        timestamps=torch.from_numpy(probe.timestamps[indices].astype(np.float32)),
+        fps=probe.fps,
+        duration=float(probe.timestamps[-1] + 1.0 / probe.fps),
+        source=path,
+        backend=name,
+        indices=torch.from_numpy(indices),
+        num_source_frames=len(probe.timestamps),
+        num_padded=num_padded,
+    )
+
+
+def _check_path(path: str) -> None:
+    """FileNotFoundError / VideoDecodeError for a path no backend should be handed."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"video not found: {path}")
     if os.path.isdir(path):
@@ -310,60 +360,15 @@ def read_video(
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(f"cannot decode video {path}: the file is empty (0 bytes)")
 
-    if backend == "auto":
-        order = available_backends()
-        if not order:
-            raise ImportError("no video backend is installed: pip install decord av")
-    else:
-        order = [backend]
 
-    errors: list[str] = []
-    for name in order:
-        try:
-            probe = _PROBES[name](path)
-        except ImportError as e:
-            if backend != "auto":
-                raise ImportError(f"backend {name!r} is not installed: {_INSTALL_HINT[name]}") from e
-            errors.append(f"{name}: not installed")
-            continue
-        except Exception as e:  # each library raises its own types; we report them all
-            errors.append(f"{name}: {_one_line(e)}")
-            continue
-        # Planning errors (too short, bad window) are about the request, not the decoder.
-        indices, num_padded = plan_frame_indices(
-            probe.timestamps,
-            num_frames=num_frames,
-            fps=fps,
-            sampling=sampling,
-            start=start,
-            stride=stride,
-            seed=seed,
-            start_time=start_time,
-            end_time=end_time,
-            strict=strict,
-        )
-        try:
-            unique, inverse = np.unique(indices, return_inverse=True)
-            decoded = probe.decode(unique)
-        except Exception as e:
-            errors.append(f"{name}: {_one_line(e)}")
-            continue
-        frames = torch.from_numpy(np.ascontiguousarray(decoded[inverse]))
-        if size is not None:
-            frames = resize_center_crop(frames, size)
-        timestamps = probe.timestamps
-        return DecodedVideo(
-            frames=frames,
-            timestamps=torch.from_numpy(timestamps[indices].astype(np.float32)),
-            fps=probe.fps,
-            duration=float(timestamps[-1] + 1.0 / probe.fps),
-            source=path,
-            backend=name,
-            indices=torch.from_numpy(indices),
-            num_source_frames=len(timestamps),
-            num_padded=num_padded,
-        )
-    raise VideoDecodeError(f"cannot decode video {path}: " + "; ".join(errors))
+def _backend_order(backend: str) -> list[str]:
+    """The backends to try, in order: the installed ones for "auto", else the one asked for."""
+    if backend != "auto":
+        return [backend]
+    order = available_backends()
+    if not order:
+        raise ImportError("no video backend is installed: pip install decord av")
+    return order
 
 
 def _check_read_args(num_frames, fps, sampling, size, backend, stride) -> None:

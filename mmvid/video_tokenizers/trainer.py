@@ -190,13 +190,10 @@ def prepare_run(cfg: TokenizerTrainConfig, distributed: bool) -> tuple[int, int,
     return rank, world_size, device
 
 
-def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
-    """Train (or resume) and return the final validation metrics. `distributed=False`: one process
-    even under a launcher (the SFT pipeline trains its tokenizer on rank 0 this way)."""
-    rank, world_size, device = prepare_run(cfg, distributed)
-    main, out = rank == 0, Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-
+def build_model(cfg: TokenizerTrainConfig, device: torch.device,
+                world_size: int) -> tuple[VideoTokenizer, torch.nn.Module, bool]:
+    """The tokenizer, the module the step calls (its objective's loss, DDP-wrapped when distributed),
+    and whether it has an objective of its own (`objectives.OBJECTIVES`) instead of reconstruction."""
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
         load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, device=str(device))
@@ -205,6 +202,17 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return tokenizer, model, own_loss
+
+
+def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
+    """Train (or resume) and return the final validation metrics. `distributed=False`: one process
+    even under a launcher (the SFT pipeline trains its tokenizer on rank 0 this way)."""
+    rank, world_size, device = prepare_run(cfg, distributed)
+    main, out = rank == 0, Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer, model, own_loss = build_model(cfg, device, world_size)
     sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
