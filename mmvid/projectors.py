@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout
-from mmvid.video_tokenizers.layers import MLP, Attention, init_weights
+from mmvid.video_tokenizers.layers import QueryBlock, init_weights
 
 MLP_PATTERN = re.compile(r"mlp(\d+)x_gelu")  # "mlp{N}x_gelu": N Linear layers with GELUs between
 
@@ -228,20 +228,19 @@ class PoolProjector(Projector):
         return self.finish(self.mlp[1:](rearrange(h, "b d m -> b m d")))  # (B, M, out_dim)
 
 
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm: the queries attend to the context, then an MLP on the queries."""
+# The resampler's blocks were a class of their own (`CrossAttentionBlock`: norm_q, norm_kv, attn, norm2,
+# mlp) until they became the block library's QueryBlock without self-attention; same computation and
+# parameter order, new names. Old projector weights are renamed as they load.
+_OLD_BLOCK_NAMES = {"norm_kv": "norm_context", "attn": "cross_attn", "norm2": "norm_mlp"}
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, q: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = q + self.attn(self.norm_q(q), self.norm_kv(context))
-        return q + self.mlp(self.norm2(q))
+def _upgrade_block_keys(state_dict: dict, prefix: str) -> None:
+    """Rename `{prefix}blocks.N.<old>.*` keys of a resampler saved before QueryBlock, in place."""
+    for key in [k for k in state_dict if k.startswith(prefix + "blocks.")]:
+        index, name, rest = key[len(prefix) + len("blocks."):].split(".", 2)
+        if name in _OLD_BLOCK_NAMES:
+            new = f"{prefix}blocks.{index}.{_OLD_BLOCK_NAMES[name]}.{rest}"
+            state_dict[new] = state_dict.pop(key)
 
 
 class ResamplerProjector(Projector):
@@ -256,10 +255,12 @@ class ResamplerProjector(Projector):
         D = config.out_dim
         self.input = nn.Linear(config.in_dim, D)
         self.queries = nn.Parameter(torch.zeros(1, config.num_queries, D))
-        self.blocks = nn.ModuleList([CrossAttentionBlock(D, config.num_heads) for _ in range(config.depth)])
+        self.blocks = nn.ModuleList([QueryBlock(D, config.num_heads, self_attention=False)
+                                     for _ in range(config.depth)])
         self.norm = nn.LayerNorm(D)
         self.output = nn.Linear(D, D)
         self.initialize_weights()
+        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: _upgrade_block_keys(state, prefix))
 
     def initialize_weights(self) -> None:
         # ViT-style: truncated-normal (0.02) Linears, zero biases, unit LayerNorms; the queries also

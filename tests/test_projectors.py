@@ -204,3 +204,38 @@ def test_layouts_beyond_the_tables(frames_layout):
                         time=torch.zeros(3, dtype=torch.long), position=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="3 groups .* max_groups is 2"):
         _build("linear", max_groups=2)(torch.randn(1, 3, IN_DIM), three)
+
+
+# ---------------------------------------------------------------- the resampler's blocks (issue 18)
+
+
+class _OldCrossAttentionBlock(torch.nn.Module):
+    """The resampler's block before the block library (names: norm_q, norm_kv, attn, norm2, mlp)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        from mmvid.video_tokenizers.layers import MLP, Attention
+
+        self.norm_q, self.norm_kv = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2, self.mlp = torch.nn.LayerNorm(dim), MLP(dim, 4 * dim)
+
+    def forward(self, q, context):
+        q = q + self.attn(self.norm_q(q), self.norm_kv(context))
+        return q + self.mlp(self.norm2(q))
+
+
+def test_a_resampler_saved_with_the_old_block_names_loads_and_computes_the_same(vtok_layout):
+    old = _build("resampler", seed=3)
+    old.blocks = torch.nn.ModuleList([_OldCrossAttentionBlock(OUT_DIM, 2) for _ in range(2)])
+    torch.manual_seed(4)
+    for p in old.parameters():  # away from the init, so a misplaced tensor shows
+        torch.nn.init.normal_(p, std=0.2)
+    saved = old.state_dict()
+    assert any(".norm_kv." in k for k in saved) and any(".attn." in k for k in saved)
+    new = _build("resampler", seed=5)
+    new.load_state_dict(saved)  # strict: every old key finds its new name
+    tokens = _inputs("resampler", vtok_layout)
+    torch.testing.assert_close(new(tokens, vtok_layout), old(tokens, vtok_layout))
+    # Same parameter order, so an old run's optimizer state lines up.
+    assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
