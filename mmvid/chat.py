@@ -85,10 +85,7 @@ class ChatSession:
         self.reset()
 
     def set_frames(self, n: int) -> None:
-        if n < self.model.video_tokenizer.min_frames:
-            raise ValueError(f"this video tokenizer needs at least {self.model.video_tokenizer.min_frames} "
-                             "frames")
-        self.num_frames = n
+        self.num_frames = self.model.processor.config.check_frames(n)  # within the video tokenizer's limits
         if self.video_path is not None:
             self.set_video(self.video_path)
 

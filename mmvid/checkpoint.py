@@ -110,11 +110,12 @@ def _words(text: str) -> np.ndarray:
 
 
 def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str] = (),
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", hint: str = "") -> None:
     """Load a safetensors file into `model`, strictly: every key of either side must be on the other, except
     the keys under the module names in `partial` (e.g. ["generation_head"], a head the saved model did not
     have: it keeps its fresh initialisation). A tied weight (an LM head sharing the embeddings) loads with
-    its twin.
+    its twin. `hint` ends the mismatch error (what the caller's user can do about it). On that error the
+    model holds whatever did match: the caller drops it.
 
     Raises:
         FileNotFoundError: no such file.
@@ -123,21 +124,21 @@ def load_weights(model: torch.nn.Module, file: str | Path, partial: Sequence[str
     from safetensors.torch import load_file
 
     if not Path(file).is_file():
-        raise FileNotFoundError(f"{file} does not exist (init_from takes a save_pretrained folder)")
-    state = load_file(str(file), device=str(device))
+        raise FileNotFoundError(f"{file} does not exist (a save_pretrained folder holds it)")
+    # The model's own load_state_dict decides what matched, after its pre-hooks (old key names renamed).
+    result = model.load_state_dict(load_file(str(file), device=str(device)), strict=False)
     own = model.state_dict()
-    loaded = {own[k].data_ptr() for k in state if k in own}
+    not_loaded = set(result.missing_keys)
+    loaded = {v.data_ptr() for k, v in own.items() if k not in not_loaded}
 
     def may_differ(key: str) -> bool:
         return any(key == name or key.startswith(name + ".") for name in partial)
 
-    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded and not may_differ(k)]
-    unexpected = [k for k in state if k not in own and not may_differ(k)]
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded and not may_differ(k)]
+    unexpected = [k for k in result.unexpected_keys if not may_differ(k)]
     if missing or unexpected:
         raise ValueError(f"{file} does not match the model: {len(missing)} keys missing {missing[:8]}, "
-                         f"{len(unexpected)} unexpected {unexpected[:8]}; name the modules that may differ "
-                         "in init_from_partial")
-    model.load_state_dict(state, strict=False)
+                         f"{len(unexpected)} unexpected {unexpected[:8]}{hint}")
 
 
 # ----------------------------------------------------------------------------------------------

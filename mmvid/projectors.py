@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout
-from mmvid.video_tokenizers.layers import QueryBlock, init_weights
+from mmvid.video_tokenizers.layers import QueryBlock, init_weights, rename_block_keys
 
 MLP_PATTERN = re.compile(r"mlp(\d+)x_gelu")  # "mlp{N}x_gelu": N Linear layers with GELUs between
 
@@ -176,8 +176,8 @@ class Projector(nn.Module):
         if layout.num_tokens != N or layout.time.numel() != N or tuple(layout.position.shape) != (N, 3):
             raise ValueError(f"layout describes {layout.num_tokens} tokens (time "
                              f"{tuple(layout.time.shape)}, position {tuple(layout.position.shape)}) but the "
-                             f"input has N = {N} (shape "
-                             f"{tuple(tokens.shape)}); expected group ({N},), time ({N},), position ({N}, 3)")
+                             f"input has N = {N} (shape {tuple(tokens.shape)}); expected group ({N},), "
+                             f"time ({N},), position ({N}, 3)")
         if self.structure is not None:
             self.structure.check(layout)
 
@@ -234,13 +234,8 @@ class PoolProjector(Projector):
 _OLD_BLOCK_NAMES = {"norm_kv": "norm_context", "attn": "cross_attn", "norm2": "norm_mlp"}
 
 
-def _upgrade_block_keys(state_dict: dict, prefix: str) -> None:
-    """Rename `{prefix}blocks.N.<old>.*` keys of a resampler saved before QueryBlock, in place."""
-    for key in [k for k in state_dict if k.startswith(prefix + "blocks.")]:
-        index, name, rest = key[len(prefix) + len("blocks."):].split(".", 2)
-        if name in _OLD_BLOCK_NAMES:
-            new = f"{prefix}blocks.{index}.{_OLD_BLOCK_NAMES[name]}.{rest}"
-            state_dict[new] = state_dict.pop(key)
+def _upgrade_block_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    rename_block_keys(state_dict, prefix, _OLD_BLOCK_NAMES)
 
 
 class ResamplerProjector(Projector):
@@ -260,7 +255,7 @@ class ResamplerProjector(Projector):
         self.norm = nn.LayerNorm(D)
         self.output = nn.Linear(D, D)
         self.initialize_weights()
-        self._register_load_state_dict_pre_hook(lambda state, prefix, *_: _upgrade_block_keys(state, prefix))
+        self.register_load_state_dict_pre_hook(_upgrade_block_keys)  # old resampler weights load too
 
     def initialize_weights(self) -> None:
         # ViT-style: truncated-normal (0.02) Linears, zero biases, unit LayerNorms; the queries also

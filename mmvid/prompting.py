@@ -122,9 +122,8 @@ def encode_conversation(
     if max_length is not None and len(input_ids) > max_length:
         raise SampleTooLongError(
             f"sample {sample_id!r} needs {len(input_ids)} tokens (with {full.count(video_ids.placeholder)} "
-            "video span(s)) "
-            f"but max_length is {max_length}; use fewer frames, a smaller video token budget, or a larger "
-            "max_length"
+            f"video span(s)) but max_length is {max_length}; use fewer frames, a smaller video token budget, "
+            "or a larger max_length"
         )
     return EncodedSample(input_ids, out_labels, len(targets), targets)
 
@@ -184,8 +183,7 @@ def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
     if video_ids.end not in first[:P] or any(video & set(s.input_ids[P:]) for s in samples):
         raise ValueError(f"sample {sample_id!r}: the rounds' common prefix ({P} tokens) does not hold the "
                          "whole video span, so they cannot share it; the chat template must render the "
-                         "video before "
-                         "anything that differs between rounds")
+                         "video before anything that differs between rounds")
     input_ids, labels, segments = list(first[:P]), list(samples[0].labels[:P]), []
     for s in samples:
         segments.append((len(input_ids), len(input_ids) + len(s) - P))

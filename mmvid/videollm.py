@@ -299,7 +299,7 @@ class VideoLLM(nn.Module):
     def video_tokens(self, videos: torch.Tensor) -> torch.Tensor:
         """(V, C, T, H, W) -> the tokenizer's tokens (V, N, D), or ids (V, N) for a discrete one."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_video_tokenizer):
-            return self.video_tokenizer.encode(videos.to(self._device()))
+            return self.video_tokenizer.encode(videos.to(self.device))
 
     def project(self, tokens: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Tokenizer tokens -> LLM embeddings (V, M, hidden), with the layout of `num_frames` frames."""
@@ -428,7 +428,7 @@ class VideoLLM(nn.Module):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if guidance_scale < 0 or temperature < 0:
             raise ValueError("guidance_scale and temperature must be >= 0")
-        device = self._device()
+        device = self.device
         generator = torch.Generator(device=device)
         if seed is None:
             generator.seed()  # non-deterministic, without touching the global RNG
@@ -538,9 +538,6 @@ class VideoLLM(nn.Module):
         """Where the LLM's weights are, and so where inputs go."""
         return next(self.llm.parameters()).device
 
-    def _device(self) -> torch.device:  # the older name, still used in mmvid/evaluation (fewshot, scoring)
-        return self.device
-
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def manifest(self) -> dict:
@@ -612,8 +609,9 @@ class VideoLLM(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoLLM":
         """Load a folder written by `save_pretrained`, offline; validates the manifest. A folder without
         processor_config.json (saved before the processor existed) gets the model's default processor."""
-        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from mmvid.checkpoint import load_weights
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -643,12 +641,7 @@ class VideoLLM(nn.Module):
         if config.lora:
             model.apply_trainable()  # wraps the LLM with the same adapters before the weights load
         _check_manifest(record["manifest"], model.manifest(), path)
-        state = load_file(str(path / WEIGHTS_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not _tied(model, k)]
-        if missing or unexpected:
-            raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]})")
+        load_weights(model, path / WEIGHTS_FILE)  # strict: a tied LM head loads with the embeddings
         model.to(device)
         model.apply_trainable()
         return model
@@ -685,11 +678,6 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tied(model: nn.Module, key: str) -> bool:
-    llm = model.llm.get_base_model() if _is_peft(model.llm) else model.llm
-    return key.endswith("lm_head.weight") and getattr(llm.config, "tie_word_embeddings", False)
-
-
 def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
     keys = ("video_token_id", "video_start_id", "video_end_id", "pad_token_id", "eos_token_id", "vocab_size",
             "num_frames", "image_size", "video_tokenizer_tokens", "tokens_per_video", "generation")
@@ -708,7 +696,7 @@ class _Stream:
 
     def __init__(self, model: VideoLLM, ids: list[int]):
         self.llm = model.llm
-        input_ids = torch.tensor([ids], device=model._device())
+        input_ids = torch.tensor([ids], device=model.device)
         self.length = len(ids)
         out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids),
                        use_cache=True, output_hidden_states=True)

@@ -117,15 +117,15 @@ def cell_labels(record: dict, frames: list[int], image_size: int, grid: int) -> 
             cx, cy = st.x[t] * W, st.y[t] * H
             # only the cells the object can touch (as `render` does with its box)
             top, left = max(0, int((cy - radius) // cell)), max(0, int((cx - radius) // cell))
-            bottom, right = min(grid, int((cy + radius) // cell) + 1), min(grid,
-                                                                           int((cx + radius) // cell) + 1)
+            bottom = min(grid, int((cy + radius) // cell) + 1)
+            right = min(grid, int((cx + radius) // cell) + 1)
             if top >= bottom or left >= right:
                 continue
             box = (top * cell, left * cell, bottom * cell, right * cell)
             alpha = world.coverage(obj.shape, cx, cy, radius, st.angle[t], H, W, box)  # (h, w)
             per_cell = np.zeros((grid, grid), np.float32)
-            per_cell[top:bottom, left:right] = alpha.reshape(bottom - top, cell, right - left, cell).mean(
-                (1, 3))
+            blocks = alpha.reshape(bottom - top, cell, right - left, cell)
+            per_cell[top:bottom, left:right] = blocks.mean((1, 3))
             owns = (per_cell > best) & (per_cell >= 0.15)
             best = np.where(owns, per_cell, best)
             out[k, 0][owns] = 1 + colours.index(obj.colour)

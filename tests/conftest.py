@@ -32,7 +32,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-
 @pytest.fixture(scope="session")
 def one_rank():
     """`with one_rank(): run(cfg)` runs a training loop in the test's own process, as on one rank of a launch

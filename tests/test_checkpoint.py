@@ -142,7 +142,6 @@ def test_a_format_1_tokenizer_checkpoint_is_upgraded_and_resumes_exactly(world, 
         assert after[step] == pytest.approx(before[step], abs=1e-5), (step, before[step], after[step])
 
 
-
 def test_a_format_1_sft_checkpoint_is_upgraded_with_its_phases_and_old_config(tmp_path):
     from mmvid.sft.config import SFTConfig
 

@@ -186,6 +186,20 @@ def test_text_pretraining_saves_an_llm_folder_that_videollm_loads(tmp_path, one_
         TextPretrainConfig(llm_config={})
 
 
+# ---------------------------------------------------------------- the default's two spellings
+
+
+def test_the_default_yaml_is_exactly_the_config_defaults():
+    """train/configs/default.yaml spells out what `deepspeed train/sft.py` with no arguments runs
+    (SFTConfig's defaults): a change to one must be made to the other."""
+    from mmvid.config import config_to_dict, load_config
+    from mmvid.sft.config import SFTConfig
+
+    root = Path(__file__).resolve().parents[1]
+    written = load_config(SFTConfig, root / "train" / "configs" / "default.yaml")
+    assert config_to_dict(written) == config_to_dict(SFTConfig())
+
+
 # ---------------------------------------------------------------- align, then SFT: the schedule
 
 

@@ -75,7 +75,14 @@ def test_generate_until_stops_and_batches(videollm):
     prompts = ["There are two objects:", "The video shows", "A small red star"]
     greedy = requests("generate_until", [(p, {"until": [], "max_gen_toks": 12}) for p in prompts])
     free = [MMVidLM(model=videollm, batch_size=n).generate_until(greedy, disable_tqdm=True) for n in (1, 3)]
-    assert free[0] == free[1]  # left padding changes nothing
+    assert free[0] == free[1]  # one request at a time: batch_size changes nothing
+    lm, tok = MMVidLM(model=videollm), videollm.text_tokenizer
+    for p, g in zip(prompts, free[0]):  # the reference: Hugging Face's greedy generate on the bare LLM
+        ids = torch.tensor([lm.tok_encode(p)])
+        out = videollm.llm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                    do_sample=False, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+        assert g == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert all(len(g) >= 2 for g in free[0]), free[0]
     stops = [g[len(g) // 2] for g in free[0]]  # a character each generation contains
     stopped = requests("generate_until",

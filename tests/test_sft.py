@@ -326,10 +326,12 @@ def accumulated(tiny, one_rank) -> tuple[list[dict], list[float]]:
     with pytest.MonkeyPatch.context() as patch, one_rank():
         patch.setattr(VideoLLM, "forward", slow_forward)
         torch.set_num_threads(1)
-        run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2",
-                                                        "eval_every=0",
-                                                         "data.val_bench=null", "checkpoint_every=100"]))
-        torch.set_num_threads(threads)
+        try:
+            run(load_config(SFTConfig, tiny / "tiny.yaml", [f"out={out}", "steps=2", "grad_accum=2",
+                                                            "eval_every=0", "data.val_bench=null",
+                                                            "checkpoint_every=100"]))
+        finally:
+            torch.set_num_threads(threads)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], losses
 
 

@@ -54,8 +54,8 @@ def test_packed_row_holds_the_prefix_once_then_each_round(workdir, one_thread):
     rounds, packed = rounds_and_packed(model, conversation())
     P = packed.prefix_length
     assert len(packed) == P + sum(end - start for start, end in packed.segments) < sum(len(r) for r in rounds)
-    assert packed.input_ids.index(model.video_ids.end) < P and packed.num_videos == 1 and packed.targets == [
-        False]
+    assert (packed.input_ids.index(model.video_ids.end) < P and packed.num_videos == 1
+            and packed.targets == [False])
     for r, (start, end) in zip(rounds, packed.segments):
         assert packed.input_ids[:P] == r.input_ids[:P] and packed.input_ids[start:end] == r.input_ids[P:]
         assert packed.labels[start:end] == r.labels[P:] and packed.labels[start] == IGNORE_INDEX
@@ -65,8 +65,8 @@ def test_packed_row_holds_the_prefix_once_then_each_round(workdir, one_thread):
     assert sum(len(r) for r in rounds) - len(packed) == (K - 1) * P > (K - 1) * model.tokens_per_video
     # Rounds that differ before their video cannot share it.
     apart = [model.processor.encode_sample([{"from": "human", "value": f"{word} <video>"},
-                                            {"from": "gpt", "value": "ok"}]) for word in ("Look:", "Watch "
-                                                                                                   "this:")]
+                                            {"from": "gpt", "value": "ok"}])
+             for word in ("Look:", "Watch this:")]
     with pytest.raises(ValueError, match="does not hold the whole video"):
         pack_rounds(apart, model.video_ids)
 

@@ -116,10 +116,10 @@ def test_default_vocabulary_is_the_worlds_caption_words():
 
 
 def test_vocabulary_from_user_captions_and_word_list(tmp_path):
-    (tmp_path / "captions.txt").write_text("A big cat runs fast.\nA tiny red fish swims slowly.\n\nThe "
-                                           "small dog runs.\n")
-    (tmp_path / "words.tsv").write_text("# word "
-                                        "list\ncat\tNOUN\nfish\tnoun\ndog\tNOUN\nbig\tADJ\ntiny\tadjective\n"
+    (tmp_path / "captions.txt").write_text("A big cat runs fast.\nA tiny red fish swims slowly.\n\n"
+                                           "The small dog runs.\n")
+    (tmp_path / "words.tsv").write_text("# word list\n"
+                                        "cat\tNOUN\nfish\tnoun\ndog\tNOUN\nbig\tADJ\ntiny\tadjective\n"
                                         "red\tADJ\nsmall\tADJ\nruns\tVERB\nswims\tverb\nfast\tADV\nslowly\tadverb\na\tDET\n")
     tok = _tiny(captions_path=str(tmp_path / "captions.txt"),
                 parts_of_speech_path=str(tmp_path / "words.tsv"))

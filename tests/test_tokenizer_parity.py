@@ -3,13 +3,14 @@ load into today's classes (strictly, old key names included) and give the same o
 
 The golden files (tests/data/tokenizer_golden, written by its make.py at commit 6dcf5aa) hold the old
 state-dict keys and shapes, the old config records, the seed-0 init's per-key sums and the outputs on
-fixed inputs; the weights themselves are a fixed function of each key (`synthetic_state`)."""
+fixed inputs; the weights themselves are a fixed function of each key (make.py's `synthetic_state`, which
+this test loads by path and calls, with its `video` and `mean_abs`, so the two cannot drift apart)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
-import zlib
 from pathlib import Path
 
 import pytest
@@ -33,18 +34,16 @@ PRESETS = {"coordtok": "coordtok_tiny", "sweettok": "sweettok_tiny", "vtok": "vt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def synthetic_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """As make.py: 1 + 0.1 N(0, 1) for 1-D `weight`s, 0.1 N(0, 1) otherwise, seeded by the key."""
-    state = {}
-    for key, shape in shapes.items():
-        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-        value = 0.1 * torch.randn(shape, generator=g)
-        state[key] = value + 1 if key.endswith("weight") and len(shape) == 1 else value
-    return state
+def _load_make():
+    """make.py by path (it imports mmvid only inside its functions, so loading it runs no old code)."""
+    spec = importlib.util.spec_from_file_location("tokenizer_golden_make", GOLDEN / "make.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def video(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+_make = _load_make()
+synthetic_state, video, mean_abs = _make.synthetic_state, _make.video, _make.mean_abs
 
 
 def golden(name: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -53,11 +52,6 @@ def golden(name: str) -> tuple[dict[str, torch.Tensor], dict]:
         meta = f.metadata()
     return tensors, {"overrides": json.loads(meta["note"]), "keys": json.loads(meta["keys"]),
                      "config": json.loads(meta["config"])}
-
-
-def mean_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The perceptual-loss stand-in the golden losses were computed with."""
-    return (a - b).abs().mean()
 
 
 def with_old_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

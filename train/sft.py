@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a VideoLLM with DeepSpeed.
 
     deepspeed train/sft.py                                          # the built-in default, end to end on CPU
-    deepspeed train/sft.py --config train/configs/default.yaml steps=200 out=runs/short
+    deepspeed train/sft.py --config train/configs/default.yaml steps=400 out=runs/short
     deepspeed --num_gpus 2 train/sft.py --config train/configs/stage2_sft.yaml
     deepspeed --hostfile hostfile train/sft.py --config ...         # several machines
     python train/sft.py --help                                      # every key, its type and default

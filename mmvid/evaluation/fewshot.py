@@ -116,7 +116,7 @@ def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, VideoPro
     if not tokenizer.has_words:
         raise ValueError(f"words_tokenizer={spec!r} is a {tokenizer.architecture} tokenizer without "
                          f"video_to_text() (use a SweetTok)")
-    tokenizer.eval().to(model._device())
+    tokenizer.eval().to(model.device)
     frames = tokenizer.clip_frames or model.processor.config.num_frames
     return tokenizer, VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames)), spec
 
@@ -228,7 +228,7 @@ def run(ctx: BenchContext) -> BenchResult:
     def words(item) -> str:
         key = str(path.parent / item["video"])
         if key not in texts:
-            text = to_words.video_to_text(video(item)[None].to(model._device()))
+            text = to_words.video_to_text(video(item)[None].to(model.device))
             texts[key] = most_frequent_words(text, top)
             cache.pop(key)  # the words are all that is needed again
         return texts[key]

@@ -46,7 +46,7 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
         if tok.eos_token_id is None:
             raise ValueError("end_of_answer=True needs a tokenizer with an eos (end-of-turn) token")
         pieces = [p + [tok.eos_token_id] for p in pieces]
-    device = model._device()
+    device = model.device
     if all(len(p) == 1 for p in pieces):  # one forward pass scores every single-token choice
         ids = torch.tensor([context], device=device)
         logits = model(input_ids=ids, video_features=video_features).logits[0, -1].float()

@@ -16,8 +16,8 @@ from typing import ClassVar
 from mmvid.videollm import VideoLLMConfig
 
 TINY_LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                  num_attention_heads=4,
-                  num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                  tie_word_embeddings=False)
 
 
 def default_model() -> VideoLLMConfig:

@@ -256,7 +256,8 @@ def build_model(cfg: SFTConfig, device: torch.device, rank: int):
 
     model = VideoLLM.build(cfg.model, device=device)
     if cfg.init_from:
-        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial)
+        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE, partial=cfg.init_from_partial,
+                     hint="; name the modules that may differ in init_from_partial")
         if rank == 0:
             partial = (f"; {', '.join(cfg.init_from_partial)}: only what the folder has"
                        if cfg.init_from_partial else "")
@@ -330,9 +331,8 @@ def build_engine(cfg: SFTConfig, model, steps: int, rank: int, world_size: int, 
     if cfg.align_steps >= steps:
         raise ValueError(f"align_steps ({cfg.align_steps}) must be fewer than the run's steps ({steps})")
     # Align (LLaVA's stage 1) then SFT in one run: the LLM's group waits align_steps at lr 0.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lr_lambda(
-        cfg, steps, cfg.align_steps if g["name"] == "llm" else 0)
-                                                              for g in groups])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [lr_lambda(cfg, steps, cfg.align_steps if g["name"] == "llm" else 0) for g in groups])
     on_cuda = torch.cuda.is_available()
     ds_config = (resolve_user_config(cfg.deepspeed, cfg, world_size, on_cuda) if cfg.deepspeed
                  else build_deepspeed_config(cfg, world_size, on_cuda))
@@ -375,6 +375,8 @@ def run(cfg: SFTConfig) -> dict:
     start_time, eval_seconds = time.perf_counter(), 0.0
     while state.step < steps:
         name = phase_at(cfg, state.step)
+        if name == "train" and "curriculum" in phases:  # its loader (and any workers) is not needed again
+            phases.pop("curriculum").batches.close()
         phase = phases[name]
         losses, samples, seconds = [], 0, 0.0  # each micro-batch's; the step's samples and time (not loading)
         for batch in islice(phase.batches, cfg.grad_accum):  # accumulate grad_accum micro-batches

@@ -126,8 +126,8 @@ def _training_split(world: str | Path, split: str, seed: int):
     if split in ("val", "test"):
         raise ValueError(f"training text must not come from the {split} split")
     world = Path(world)
-    return world, _questions_by_video(world, split), _captions_by_video(world, split), np.random.default_rng(
-        seed)
+    rng = np.random.default_rng(seed)
+    return world, _questions_by_video(world, split), _captions_by_video(world, split), rng
 
 
 def _scene(world: Path, split: str, video: str):

@@ -80,7 +80,8 @@ def build_video_tokenizer(name: str, **overrides) -> VideoTokenizer:
     unknown name."""
     if name not in VIDEO_TOKENIZERS:
         raise KeyError(f"unknown video tokenizer {name!r}; known: {sorted(VIDEO_TOKENIZERS)}")
-    settings = {k: overrides.pop(k) for k in list(overrides) if k in objective_fields()}
+    names = objective_fields()
+    settings = {k: overrides.pop(k) for k in list(overrides) if k in names}
     tokenizer = VIDEO_TOKENIZERS[name](**overrides)
     tokenizer.preset = name
     tokenizer.objective = build_objective(tokenizer.architecture, settings)

@@ -49,7 +49,6 @@ Deviations from the released code (see the brief, §5; the losses' in `objective
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +57,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
-from mmvid.video_tokenizers.layers import Block, QueryBlock
+from mmvid.video_tokenizers.layers import Block, QueryBlock, rename_block_keys
 
 PLANES = ("xy", "yt", "xt")  # token order of encode()
 
@@ -92,19 +91,13 @@ def sample_plane(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
 
 # Before issue 18 the cross-self blocks had their own class, with LayerNorms named norm1 / norm2 / norm3.
 _LEGACY_NORMS = {"norm1": "norm_q", "norm2": "norm_self", "norm3": "norm_mlp"}
-_LEGACY_KEY = re.compile(r"blocks\.(\d+)\.(norm[123])\.")
 
 
 def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
     """Rename, in place, the keys of CoordTok weights saved before issue 18 (cross-self blocks'
     `norm1/2/3` -> `norm_q/norm_self/norm_mlp` of layers.QueryBlock); newer keys pass untouched.
     `prefix`: the CoordTok's own (e.g. "video_tokenizer." inside a VideoLLM). Returns the dict."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        match = _LEGACY_KEY.match(key, len(prefix))
-        if match:
-            new = f"{prefix}blocks.{match[1]}.{_LEGACY_NORMS[match[2]]}." + key[match.end():]
-            state_dict[new] = state_dict.pop(key)
-    return state_dict
+    return rename_block_keys(state_dict, prefix, _LEGACY_NORMS)
 
 
 def _upgrade_on_load(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -261,9 +254,8 @@ class CoordTok(VideoTokenizer):
         c = self.config
         if not 1 <= num_frames <= c.num_frames:
             raise ValueError(f"CoordTok is built for clips of at most {c.num_frames} frames (shorter ones "
-                             "are "
-                             f"padded), got {num_frames}; build it with num_frames={num_frames} or cut the "
-                             "video")
+                             f"are padded), got {num_frames}; build it with num_frames={num_frames} or cut "
+                             "the video")
         if num_frames % c.decoder_temporal_patch_size:
             raise ValueError(f"num_frames {num_frames} must be a multiple of decoder_temporal_patch_size "
                              f"{c.decoder_temporal_patch_size}")

@@ -172,6 +172,19 @@ class GridDecoder(nn.Module):
                          q=self.patch_size)
 
 
+def rename_block_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> dict:
+    """Rename, in place, `{prefix}blocks.N.<old>.*` keys to `{prefix}blocks.N.<new>.*` (`renames`: old ->
+    new submodule name), for weights saved before a model's blocks became this library's; other keys
+    pass untouched. Returns the dict. Meant for a `register_load_state_dict_pre_hook`, whose `prefix` is
+    the module's own (e.g. "video_tokenizer." inside a VideoLLM)."""
+    head = prefix + "blocks."
+    for key in [k for k in state_dict if k.startswith(head)]:
+        index, name, *rest = key[len(head):].split(".", 2)
+        if name in renames and rest:
+            state_dict[f"{head}{index}.{renames[name]}.{rest[0]}"] = state_dict.pop(key)
+    return state_dict
+
+
 def grid_positions(grid: int) -> torch.Tensor:
     """(grid*grid, 2) cell centres (y, x) in [0, 1], row-major."""
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid

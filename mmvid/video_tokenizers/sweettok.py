@@ -278,9 +278,8 @@ class SweetTokConfig:
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; known: {list(OUTPUTS)}")
         for name in ("num_frames", "temporal_patch_size", "num_spatial_queries", "spatial_depth",
-                     "temporal_depth",
-                     "decoder_spatial_depth", "decoder_temporal_depth", "codeword_dim", "gcn_hidden_dim",
-                     "word_dim", "min_word_count"):
+                     "temporal_depth", "decoder_spatial_depth", "decoder_temporal_depth", "codeword_dim",
+                     "gcn_hidden_dim", "word_dim", "min_word_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.num_heads or self.decoder_dim % self.decoder_heads:
@@ -594,9 +593,8 @@ def sweettok_base(**overrides) -> SweetTok:
     """The built-in CPU size: 17 frames at 64x64 (the world's 16 are padded by one), 16 spatial + 64
     temporal = 80 tokens of 64 (VTok's 79, frames_base's 80)."""
     defaults = dict(image_size=64, dim=128, num_heads=4, spatial_depth=2, temporal_depth=2,
-                    num_spatial_queries=16,
-                    decoder_dim=128, decoder_heads=4, decoder_spatial_depth=2, decoder_temporal_depth=2,
-                    codeword_dim=32, gcn_hidden_dim=64, word_dim=64)
+                    num_spatial_queries=16, decoder_dim=128, decoder_heads=4, decoder_spatial_depth=2,
+                    decoder_temporal_depth=2, codeword_dim=32, gcn_hidden_dim=64, word_dim=64)
     return SweetTok(SweetTokConfig(**{**defaults, **overrides}))
 
 

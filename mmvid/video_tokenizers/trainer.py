@@ -35,8 +35,8 @@ from mmvid.data.video_dataset import ResumableSampler, VideoClipDataset, list_vi
 from mmvid.metrics import psnr, ssim
 from mmvid.video_tokenizers import build_video_tokenizer
 from mmvid.video_tokenizers.base import WEIGHTS_FILE, VideoTokenizer
-from mmvid.video_tokenizers.losses import build_perceptual_loss, reconstruction_loss
-from mmvid.video_tokenizers.objectives import OBJECTIVES, training_loss
+from mmvid.video_tokenizers.losses import build_perceptual_loss
+from mmvid.video_tokenizers.objectives import training_loss
 
 log = logging.getLogger("mmvid.tokenizer_train")
 DEFAULT_WORLD = "data/shapes"
@@ -138,7 +138,8 @@ def build_data(cfg: TokenizerTrainConfig, rank: int, world_size: int):
 
 
 class TrainingLoss(torch.nn.Module):
-    """The tokenizer's own objective as a forward pass, so DDP wraps it like any model."""
+    """The tokenizer's training loss (`objectives.training_loss`: its architecture's objective, else
+    reconstruction) as a forward pass, so DDP wraps it like any model."""
 
     def __init__(self, tokenizer: VideoTokenizer):
         super().__init__()
@@ -191,18 +192,16 @@ def prepare_run(cfg: TokenizerTrainConfig, distributed: bool) -> tuple[int, int,
 
 
 def build_model(cfg: TokenizerTrainConfig, device: torch.device,
-                world_size: int) -> tuple[VideoTokenizer, torch.nn.Module, bool]:
-    """The tokenizer, the module the step calls (its objective's loss, DDP-wrapped when distributed),
-    and whether it has an objective of its own (`objectives.OBJECTIVES`) instead of reconstruction."""
+                world_size: int) -> tuple[VideoTokenizer, torch.nn.Module]:
+    """The tokenizer, and the module the step calls (its `TrainingLoss`, DDP-wrapped when distributed)."""
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
         load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, device=str(device))
-    own_loss = tokenizer.architecture in OBJECTIVES
-    model = TrainingLoss(tokenizer) if own_loss else tokenizer
+    model = TrainingLoss(tokenizer)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    return tokenizer, model, own_loss
+    return tokenizer, model
 
 
 def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]:
@@ -212,7 +211,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     main, out = rank == 0, Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
-    tokenizer, model, own_loss = build_model(cfg, device, world_size)
+    tokenizer, model = build_model(cfg, device, world_size)
     sampler, loader, val_loader = build_data(cfg, rank, world_size)
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -238,10 +237,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         for batch in loader:
             start = time.perf_counter()
             x = batch["video"].to(device)
-            if own_loss:
-                loss, parts = model(x, perceptual, cfg.perceptual_weight)
-            else:
-                loss, parts = reconstruction_loss(model(x), x, perceptual, cfg.perceptual_weight)
+            loss, parts = model(x, perceptual, cfg.perceptual_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0

@@ -322,8 +322,7 @@ class HFFeatures(nn.Module):
                 side = _conv_output_side(self.model, config.image_size)
             if side is not None and side != config.grid:
                 raise ValueError(f"the HF model maps {config.image_size}px images to a {side}x{side} "
-                                 "feature map, but "
-                                 f"VTok's grid is {config.grid}x{config.grid}; set "
+                                 f"feature map, but VTok's grid is {config.grid}x{config.grid}; set "
                                  f"patch_size={config.image_size // side}")
         else:
             self.hidden_size = vision.hidden_size
@@ -400,9 +399,8 @@ def vtok_base(**overrides) -> VTok:
 
 
 CLIP_L336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                 num_hidden_layers=24,
-                 num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-                 hidden_act="quick_gelu")
+                 num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
+                 projection_dim=768, hidden_act="quick_gelu")
 
 
 def vtok_clip_l336(**overrides) -> VTok:

@@ -23,7 +23,8 @@ import torch
 
 def synthetic_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     """Key -> a tensor drawn from a generator seeded by the key: 1 + 0.1 N(0, 1) for 1-D `weight`s
-    (LayerNorm scales), 0.1 N(0, 1) for everything else. (Kept in step with the parity test's copy.)"""
+    (LayerNorm scales), 0.1 N(0, 1) for everything else. The parity test loads this file by path and
+    calls this, `video` and `mean_abs`, so keep this module's top level free of mmvid imports."""
     state = {}
     for key, shape in shapes.items():
         g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
