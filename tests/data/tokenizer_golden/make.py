@@ -51,17 +51,24 @@ def record(tokenizer, note: str) -> dict[str, str]:
     return {"note": note, "keys": json.dumps(shapes), "config": json.dumps(asdict(tokenizer.config))}
 
 
-@torch.no_grad()
-def coordtok() -> tuple[dict, dict]:
+def built(preset: str, overrides: dict) -> tuple[torch.nn.Module, dict, dict]:
+    """The preset at seed 0 (its init recorded), then loaded with the key-seeded synthetic weights."""
     from mmvid.video_tokenizers import build_video_tokenizer
-    from mmvid.video_tokenizers.coordtok import coordtok_training_loss
 
-    overrides = {"num_frames": 16, "stage2_frames": 4}
     torch.manual_seed(0)
-    tok = build_video_tokenizer("coordtok_tiny", **overrides).eval()
+    tok = build_video_tokenizer(preset, **overrides).eval()
     out = init_sums(tok)
     meta = record(tok, json.dumps(overrides))
     tok.load_state_dict(synthetic_state(json.loads(meta["keys"])))
+    return tok, out, meta
+
+
+@torch.no_grad()
+def coordtok() -> tuple[dict, dict]:
+    from mmvid.video_tokenizers.coordtok import coordtok_training_loss
+
+    overrides = {"num_frames": 16, "stage2_frames": 4}
+    tok, out, meta = built("coordtok_tiny", overrides)
     x = video((2, 3, 16, 32, 32), 1)
     out["encode"] = tok.encode(x)
     out["encode_padded"] = tok.encode(x, num_valid_frames=torch.tensor([5, 16]))  # one padded temporal patch
@@ -81,15 +88,9 @@ def coordtok() -> tuple[dict, dict]:
 
 @torch.no_grad()
 def sweettok() -> tuple[dict, dict]:
-    from mmvid.video_tokenizers import build_video_tokenizer
-
     overrides = {"image_size": 16, "proxy_codebook_size": 3, "usage_weight": 0.5, "usage_temperature": 0.05,
                  "proxy_weight": 0.7}
-    torch.manual_seed(0)
-    tok = build_video_tokenizer("sweettok_tiny", **overrides).eval()
-    out = init_sums(tok)
-    meta = record(tok, json.dumps(overrides))
-    tok.load_state_dict(synthetic_state(json.loads(meta["keys"])))
+    tok, out, meta = built("sweettok_tiny", overrides)
     x = video((2, 3, 5, 16, 16), 2)
     q = tok.quantize(x)
     out.update({f"quantize/{k}": v for k, v in q.items() if k != "usage_loss"})
@@ -110,14 +111,8 @@ def sweettok() -> tuple[dict, dict]:
 
 @torch.no_grad()
 def vtok() -> tuple[dict, dict]:
-    from mmvid.video_tokenizers import build_video_tokenizer
-
     overrides = {"image_size": 16}
-    torch.manual_seed(0)
-    tok = build_video_tokenizer("vtok_tiny", **overrides).eval()
-    out = init_sums(tok)
-    meta = record(tok, json.dumps(overrides))
-    tok.load_state_dict(synthetic_state(json.loads(meta["keys"])))
+    tok, out, meta = built("vtok_tiny", overrides)
     x = video((2, 3, 3, 16, 16), 4)
     out["encode"] = tok.encode(x)
     out["decode"] = tok.decode(out["encode"], num_frames=3)
