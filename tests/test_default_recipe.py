@@ -124,6 +124,16 @@ def test_the_tower_trains_saves_and_feeds_vtok_like_a_downloaded_model(world, tm
     assert not any(p.requires_grad for p in tok.features.parameters())
     video = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     assert tok.encode(video).shape == (2, 16 + 7, tok.config.token_dim)
+    # the frame-sampling baseline reads the same frames through the same frozen tower
+    frames = build_video_tokenizer("frames_tiny", feature_extractor="hf", hf_path=str(folder)).eval()
+    pooled = build_video_tokenizer("frames_tiny", feature_extractor="hf", hf_path=str(folder), pool="grid",
+                                   pool_size=2).eval()
+    assert not any(p.requires_grad for p in frames.encoder.parameters())
+    with torch.no_grad():
+        assert torch.equal(frames.encoder(video[:, :, 0]), tok.features(video[:, :, 0]))
+        assert frames.encode(video).shape == (2, 8 * 16, frames.config.token_dim)
+        assert pooled.encode(video).shape == (2, 8 * 4, pooled.config.token_dim)
+        assert frames.decode(frames.encode(video)).shape == video.shape
     mtime = (folder / "model.safetensors").stat().st_mtime
     train_tower(cfg)  # a finished tower is not trained again
     assert (folder / "model.safetensors").stat().st_mtime == mtime

@@ -70,17 +70,17 @@ def test_sweettok_id_ranges_and_words():
     assert tok.words == tok.vocabulary.words and len(tok.words) == tok.codebook_size
 
 
-def test_vtok_keeps_a_frozen_hf_feature_extractor_frozen():
+@pytest.mark.parametrize("preset,attr", [("vtok_tiny", "features"), ("frames_tiny", "encoder")])
+def test_a_frozen_hf_feature_extractor_stays_frozen(preset, attr):
     from transformers import CLIPVisionConfig
 
     clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                             image_size=32, patch_size=8).to_dict()
     for freeze in (True, False):
-        tok = build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_config=clip,
-                                    freeze_features=freeze)
+        tok = build_video_tokenizer(preset, feature_extractor="hf", hf_config=clip, freeze_features=freeze)
         # what VideoLLM.apply_trainable does with train_video_tokenizer
         tok.requires_grad_(False).requires_grad_(True)
-        assert all(p.requires_grad != freeze for p in tok.features.parameters())
+        assert all(p.requires_grad != freeze for p in getattr(tok, attr).parameters())
         assert all(p.requires_grad for p in tok.to_tokens.parameters())
 
 

@@ -108,6 +108,16 @@ class VideoTokenizer(nn.Module):
     def token_dim(self) -> int:
         raise NotImplementedError
 
+    def requires_grad_(self, requires_grad: bool = True) -> VideoTokenizer:
+        """As nn.Module's, but a frozen HF feature extractor (`freeze_features`) stays frozen."""
+        from mmvid.video_tokenizers.features import HFFeatures
+
+        super().requires_grad_(requires_grad)
+        for module in self.modules():
+            if isinstance(module, HFFeatures) and module.frozen:
+                module.requires_grad_(False)
+        return self
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction: decode(encode(video)) with the decode_state, what training optimises."""
         tokens, state = self.encode_with_state(video)

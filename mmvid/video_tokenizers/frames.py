@@ -3,6 +3,9 @@
 Every frame becomes S patch tokens (T x S in all), optionally pooled to a budget per frame: a g x g
 grid (average pooling) or K learned queries (attention pooling). It shares VTok's encoder family
 (a per-frame ViT) and decoder (a grid decoder per frame), so the two differ only in what they keep.
+With `feature_extractor="hf"` the per-frame encoder is a frozen Hugging Face vision model, as VTok's can
+be: the same tower, the same frames, only the token layout differs (the VTok-vs-frame-sampling claim in
+`eval/claims.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
+from mmvid.video_tokenizers.features import CLIP_MEAN, CLIP_STD, FEATURE_EXTRACTORS, HFFeatures
 from mmvid.video_tokenizers.layers import AttentionPool, GridDecoder, ViT, grid_positions, init_weights
 
 POOLS = ("none", "grid", "queries")
@@ -33,8 +37,20 @@ class FramesConfig:
     decoder_dim: int = 128
     decoder_depth: int = 3
     decoder_heads: int = 4
+    feature_extractor: str = "vit"  # "vit" (trained from scratch) or "hf" (a frozen HF vision model)
+    hf_path: str | None = None  # local folder of the HF vision model (its weights load from there)
+    hf_config: dict | None = None  # its config (model_type + fields); filled in from hf_path when built
+    hf_image_mean: tuple[float, ...] = CLIP_MEAN
+    hf_image_std: tuple[float, ...] = CLIP_STD
+    freeze_features: bool = True  # for "hf": keep the vision model frozen
 
     def __post_init__(self):
+        if self.feature_extractor not in FEATURE_EXTRACTORS:
+            raise ValueError(f"unknown feature_extractor {self.feature_extractor!r}; known: "
+                             f"{list(FEATURE_EXTRACTORS)}")
+        if self.feature_extractor == "hf" and not (self.hf_path or self.hf_config):
+            raise ValueError("feature_extractor='hf' needs hf_path (a local model folder) or hf_config")
+        self.hf_image_mean, self.hf_image_std = tuple(self.hf_image_mean), tuple(self.hf_image_std)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
                              f"{self.patch_size}")
@@ -62,7 +78,11 @@ class FramesTokenizer(VideoTokenizer):
     def __init__(self, config: FramesConfig):
         super().__init__(config)
         c = config
-        self.encoder = ViT(c.image_size, c.patch_size, c.dim, c.depth, c.num_heads)
+        if c.feature_extractor == "hf":
+            self.encoder = HFFeatures(c)
+            c.dim = self.encoder.hidden_size
+        else:
+            self.encoder = ViT(c.image_size, c.patch_size, c.dim, c.depth, c.num_heads)
         self.pooler = AttentionPool(c.dim, c.pool_size, c.num_heads, c.dim) if c.pool == "queries" else None
         self.to_tokens = nn.Linear(c.dim, c.token_dim)
         self.from_tokens = nn.Linear(c.token_dim, c.decoder_dim)
@@ -70,6 +90,8 @@ class FramesTokenizer(VideoTokenizer):
         self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth,
                                    c.decoder_heads)
         init_weights(self)
+        if c.feature_extractor == "hf":
+            self.encoder.load_weights()  # init_weights must not overwrite the pretrained model
 
     @property
     def token_dim(self) -> int:

@@ -1,0 +1,178 @@
+"""The papers' headline claims, measured side by side on the built-in world (`python eval/claims.py CLAIM`).
+
+Each claim trains what it needs through the project's own jobs (`train/sft.py`, `tokenizers/train.py`,
+`eval/run.py`, run as subprocesses from the repository root), skips every piece whose output already
+exists (so a killed command resumes where it was), and writes `runs/claims/<claim>/result.json` with every
+setting and one PNG. The arms of a claim differ in one thing only; everything else (world, vision tower,
+pretrained LLM, steps, minutes) is shared.
+
+- `vtok`: VTok against frame sampling on the same frames through the same frozen vision tower, and frame
+  sampling pooled to VTok's token budget (the token count apart from the layout); the default SFT recipe
+  per arm and seed, scored on the world's test split.
+- `sweettok`: SweetTok's decoupled queries against flattened (LARP-like) queries, and its language
+  codebook against a plain learned one, at equal tokens and training minutes (reconstruction on test).
+- `coordtok`: 128-frame clips, CoordTok against VTok and frame sampling at matched token counts and
+  equal training minutes, with the memory bench beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+ROOT = Path("runs/claims")
+CATEGORIES = ("action", "colour", "count", "shape", "spatial", "temporal")
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _job(args: list[str], log: Path, port: int | None = None) -> None:
+    """Run one job script as a subprocess (a single-rank DeepSpeed world when it needs one), its output
+    appended to `log` (follow it with `tail -f`); a failure stops the claim and names the log."""
+    env = dict(os.environ)
+    if port is not None:  # train/sft.py without the deepspeed launcher: a one-process gloo world
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(args)}    (log: {log})", flush=True)
+    start = time.perf_counter()
+    with log.open("a") as f:
+        code = subprocess.run([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code:
+        raise RuntimeError(f"{args[0]} failed (exit {code}); see {log}")
+    print(f"  done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+
+
+def _write(path: Path, record: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "git_commit": _git_commit(), **record}
+    path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
+def mean_and_stderr(values: list[float], binomial: list[float]) -> tuple[float, float]:
+    """The mean over seeds and its standard error: the spread between seeds (sample std / sqrt(n)) or,
+    when that is smaller (or there is one seed), the runs' own binomial standard errors combined."""
+    m = mean(values)
+    within = math.sqrt(sum(s * s for s in binomial)) / len(binomial)
+    between = stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, max(within, between)
+
+
+# ---------------------------------------------------------------------------------------------- VTok
+
+VTOK_ARMS = {  # arm -> the tokenizer config train/sft.py trains on the frozen tower
+    "vtok": "tokenizers/vtok/vtok_base_midkey.yaml",
+    "frames": "tokenizers/frames/frames_tower.yaml",
+    "frames_pooled": "tokenizers/frames/frames_tower_pooled.yaml",
+}
+VTOK_LABELS = {"vtok": "VTok (key frame + residuals)", "frames": "frame sampling (all tokens)",
+               "frames_pooled": "frame sampling pooled to VTok's budget"}
+
+
+def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out: Path,
+             overrides: list[str], limit: int | None = None) -> dict:
+    """Per arm and seed: `train/sft.py` (the default recipe; the arm's tokenizer config, its own tokenizer
+    folder; the text tokenizer, vision tower and pretrained LLM shared), then `eval/run.py --bench tv_align`
+    on `test_data`. Then the table per arm, the gap VTok - frame sampling with its standard error, a PNG."""
+    for name in arms:
+        if name not in VTOK_ARMS:
+            raise KeyError(f"unknown arm {name!r}; known: {list(VTOK_ARMS)}")
+    for seed in seeds:
+        for name in arms:
+            folder = out / f"{name}-s{seed}"
+            if not (folder / "final" / "train_summary.json").is_file():
+                _job(["train/sft.py", "--config", config, f"out={folder}", f"seed={seed}",
+                      f"model.video_tokenizer={folder}/video-tokenizer",
+                      f"data.video_tokenizer_config={VTOK_ARMS[name]}", "eval_every=0", *overrides],
+                     folder / "log.txt", port=29700 + seed)
+            if not (folder / "eval-test.json").is_file():
+                _job(["eval/run.py", "--bench", "tv_align", "--model", f"{folder}/final", "--data", test_data,
+                      "--output", f"{folder}/eval-test.json", *(["--limit", str(limit)] if limit else [])],
+                     folder / "log.txt")
+    runs = {name: [_vtok_run(out / f"{name}-s{seed}", seed) for seed in seeds] for name in arms}
+    arms_table = {name: _vtok_arm(rs) for name, rs in runs.items()}
+    settings = {"seeds": seeds, "arms": {a: VTOK_ARMS[a] for a in arms}, "config": config,
+                "overrides": overrides, "test_data": test_data, "test_limit": limit}
+    record = {"claim": "vtok", "paper": "arXiv 2602.04202: S + (T-1) tokens, +3.4 points TV-Align over naive "
+              "frame sampling", "settings": settings, "arms": arms_table, "runs": runs}
+    if "vtok" in arms_table and "frames" in arms_table:
+        a, b = arms_table["vtok"]["overall"], arms_table["frames"]["overall"]
+        record["gap_vtok_minus_frames"] = {"value": a["mean"] - b["mean"],
+                                           "stderr": math.hypot(a["stderr"], b["stderr"]),
+                                           "token_ratio": arms_table["vtok"]["tokens_per_video"]
+                                           / arms_table["frames"]["tokens_per_video"]}
+    _write(out / "result.json", record)
+    plot_vtok(record, out / "claim_vtok.png")
+    return record
+
+
+def _vtok_run(folder: Path, seed: int) -> dict:
+    test = json.loads((folder / "eval-test.json").read_text())
+    metrics = test["results"]["tv_align"]["metrics"]
+    summary = json.loads((folder / "final" / "train_summary.json").read_text())
+    stages = [json.loads(line) for line in (folder / "stages.jsonl").read_text().splitlines()]
+    tokenizer_seconds = sum(s["seconds"] for s in stages if s["stage"] == "video_tokenizer")
+    return {"seed": seed, "folder": str(folder), "tokens_per_video": test["settings"]["tokens_per_video"],
+            "overall": metrics["acc"]["value"], "stderr": metrics["acc"]["stderr"], "n": metrics["acc"]["n"],
+            "categories": {c: metrics[f"{c}/acc"]["value"] for c in CATEGORIES if f"{c}/acc" in metrics},
+            "letter": metrics.get("acc_letter", {}).get("value"),
+            "tokenizer_minutes": round(tokenizer_seconds / 60, 2),
+            "sft_minutes": round(summary["seconds"] / 60, 2), "sft_steps": summary["steps"],
+            "peak_rss_gib": summary.get("peak_rss_gib")}
+
+
+def _vtok_arm(runs: list[dict]) -> dict:
+    overall = mean_and_stderr([r["overall"] for r in runs], [r["stderr"] for r in runs])
+    return {"tokens_per_video": runs[0]["tokens_per_video"], "seeds": len(runs),
+            "overall": {"mean": overall[0], "stderr": overall[1]},
+            "categories": {c: mean(r["categories"][c] for r in runs) for c in runs[0]["categories"]},
+            "sft_minutes": round(mean(r["sft_minutes"] for r in runs), 2),
+            "tokenizer_minutes": round(mean(r["tokenizer_minutes"] for r in runs), 2)}
+
+
+def plot_vtok(record: dict, output: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = record["arms"]
+    groups = ["overall", *CATEGORIES]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(arms)
+    for i, (name, arm) in enumerate(arms.items()):
+        values = [arm["overall"]["mean"], *(arm["categories"].get(c, float("nan")) for c in CATEGORIES)]
+        errors = [arm["overall"]["stderr"], *([0] * len(CATEGORIES))]
+        xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(groups))]
+        label = f"{VTOK_LABELS[name]}: {arm['tokens_per_video']} tokens, {arm['sft_minutes']:.1f} SFT min"
+        ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
+        for run in record["runs"][name]:  # each seed as a dot
+            ax.scatter(xs[0], run["overall"], color="black", s=8, zorder=3)
+    ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("tv_align test accuracy (cloze)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"VTok vs frame sampling, same frames and tower ({record['settings']['seeds']} seeds; "
+                 "bars: mean, error: s.e.)", fontsize=9)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    print(f"wrote {output}")
+    return output
