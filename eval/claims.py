@@ -3,6 +3,8 @@
     python eval/claims.py vtok        # VTok vs frame sampling (same frames, same tower) vs frames pooled to
                                       # VTok's budget: the default SFT recipe per arm, 2 seeds, tv_align test
     python eval/claims.py vtok --seeds 0 --arms vtok frames_pooled     # a subset
+    python eval/claims.py sweettok    # DQAE vs flattened queries, language vs plain codebook: equal tokens,
+                                      # equal minutes; test PSNR / SSIM / Frechet proxy
     python eval/claims.py --help
 
 Each command trains what it needs (or reuses what exists: rerun it after a kill and it resumes), and
@@ -30,10 +32,25 @@ def main() -> None:
                            "scores about 3.6 questions/s on 2 cores")
     vtok.add_argument("--out", type=Path, default=claims.ROOT / "vtok")
     vtok.add_argument("overrides", nargs="*", help="train/sft.py key=value overrides for every arm")
+    sweet = sub.add_parser("sweettok", help="SweetTok: DQAE vs flattened queries, MLC vs a plain codebook")
+    sweet.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    sweet.add_argument("--arms", nargs="+", default=list(claims.SWEETTOK_ARMS),
+                       choices=list(claims.SWEETTOK_ARMS))
+    sweet.add_argument("--config", default="tokenizers/sweettok/sweettok_base.yaml")
+    sweet.add_argument("--minutes", type=float, default=6.0, help="training minutes per arm")
+    sweet.add_argument("--data", default="data/shapes")
+    sweet.add_argument("--limit", type=int, default=200, help="test videos reconstructed per arm")
+    sweet.add_argument("--sequential", action="store_true",
+                       help="train the arms one after another with every thread (default: side by side, one "
+                            "thread each, so they share the machine alike)")
+    sweet.add_argument("--out", type=Path, default=claims.ROOT / "sweettok")
     args = parser.parse_args()
     if args.claim == "vtok":
         claims.run_vtok(args.seeds, args.arms, args.config, args.test_data, args.out, args.overrides,
                         args.limit or None)
+    elif args.claim == "sweettok":
+        claims.run_sweettok(args.seeds, args.arms, args.config, args.minutes, args.data, args.limit, args.out,
+                            parallel=not args.sequential)
 
 
 if __name__ == "__main__":

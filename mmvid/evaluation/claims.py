@@ -176,3 +176,135 @@ def plot_vtok(record: dict, output: Path) -> Path:
     plt.close(fig)
     print(f"wrote {output}")
     return output
+
+
+# ---------------------------------------------------------------------------------------------- SweetTok
+
+SWEETTOK_ARMS = {  # arm -> model_overrides on tokenizers/sweettok/sweettok_base.yaml (the paper's loss)
+    "dqae_mlc": {},  # SweetTok as the paper: decoupled queries, language codebook
+    "flattened_mlc": {"queries": "flattened"},  # claim 1's ablation: one set of S + G queries
+    "dqae_plain": {"codebook": "plain"},  # claim 2's ablation: free learned codewords
+}
+
+
+def _overrides(values: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+
+
+def run_sweettok(seeds: list[int], arms: list[str], config: str, minutes: float, data: str, limit: int,
+                 out: Path, parallel: bool) -> dict:
+    """Per arm and seed: `tokenizers/train.py` for `minutes` of training time (the arms of one seed run side
+    by side with one thread each when `parallel`, so they share the machine alike), then `eval/run.py
+    --bench recon` on `limit` test videos. Claim 1: dqae_mlc vs flattened_mlc; claim 2: dqae_mlc vs
+    dqae_plain, on test PSNR (SSIM and frechet_proxy beside it)."""
+    for name in arms:
+        if name not in SWEETTOK_ARMS:
+            raise KeyError(f"unknown arm {name!r}; known: {list(SWEETTOK_ARMS)}")
+    for seed in seeds:
+        jobs = []
+        for name in arms:
+            folder = out / f"{name}-s{seed}"
+            if not (folder / "final" / "config.json").is_file():
+                jobs.append((["tokenizers/train.py", "--config", config, f"out={folder}", f"seed={seed}",
+                              f"max_minutes={minutes}", "data.num_workers=1",
+                              f"threads={1 if parallel else 0}",
+                              f"model_overrides={_overrides(SWEETTOK_ARMS[name])}"], folder / "log.txt"))
+        _jobs(jobs, parallel)
+        for name in arms:
+            folder = out / f"{name}-s{seed}"
+            if not (folder / "recon-test.json").is_file():
+                _job(["eval/run.py", "--bench", "recon", "--tokenizer", f"{folder}/final", "--data", data,
+                      "--frames", "16", "--limit", str(limit), "--output", f"{folder}/recon-test.json"],
+                     folder / "log.txt")
+    runs = {name: [_recon_run(out / f"{name}-s{seed}", seed) for seed in seeds] for name in arms}
+    table = {name: _recon_arm(rs) for name, rs in runs.items()}
+    record = {"claim": "sweettok", "paper": "arXiv 2412.10443: DQAE beats flattened (LARP-like) queries at "
+              "equal tokens; the motion-enhanced language codebook beats a plain one",
+              "settings": {"seeds": seeds, "arms": {a: SWEETTOK_ARMS[a] for a in arms}, "config": config,
+                           "minutes": minutes, "data": data, "test_videos": limit, "parallel": parallel},
+              "arms": table, "runs": runs}
+    for other, key in (("flattened_mlc", "dqae_minus_flattened"), ("dqae_plain", "mlc_minus_plain")):
+        if "dqae_mlc" in table and other in table:
+            a, b = table["dqae_mlc"]["psnr"], table[other]["psnr"]
+            record[key] = {"psnr": a["mean"] - b["mean"], "stderr": math.hypot(a["stderr"], b["stderr"])}
+    _write(out / "result.json", record)
+    plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / "claim_sweettok.png",
+              "SweetTok: decoupled vs flattened queries, language vs plain codebook "
+              f"({minutes:g} min each, test)")
+    return record
+
+
+def _jobs(jobs: list[tuple[list[str], Path]], parallel: bool) -> None:
+    """Run jobs one after another, or all at once (each its own log)."""
+    if not parallel:
+        for args, log in jobs:
+            _job(args, log)
+        return
+    import threading
+
+    errors = []
+
+    def one(args, log):
+        try:
+            _job(args, log)
+        except RuntimeError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=one, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _recon_run(folder: Path, seed: int) -> dict:
+    metrics = json.loads((folder / "recon-test.json").read_text())["results"]["recon"]["metrics"]
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    return {"seed": seed, "folder": str(folder), "tokens_per_video": metrics["tokens_per_video"]["value"],
+            **{k: metrics[k]["value"] for k in ("psnr", "ssim", "frechet_proxy") if k in metrics},
+            "psnr_stderr": metrics["psnr"]["stderr"], "ssim_stderr": metrics["ssim"]["stderr"],
+            "steps": steps[-1]["step"] if steps else None,
+            "train_minutes": round(steps[-1].get("seconds", 0) / 60, 2) if steps else None}
+
+
+def _recon_arm(runs: list[dict]) -> dict:
+    arm = {"tokens_per_video": runs[0]["tokens_per_video"], "seeds": len(runs),
+           "steps": mean(r["steps"] or 0 for r in runs)}
+    for key in ("psnr", "ssim"):
+        m, se = mean_and_stderr([r[key] for r in runs], [r[f"{key}_stderr"] for r in runs])
+        arm[key] = {"mean": m, "stderr": se}
+    if all("frechet_proxy" in r for r in runs):
+        arm["frechet_proxy"] = {"mean": mean(r["frechet_proxy"] for r in runs), "stderr": 0.0}
+    return arm
+
+
+def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
+    """One panel per metric, one bar per arm (mean, s.e.), each seed a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = record["arms"]
+    keys = [k for k in keys if all(k in a for a in arms.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        names = list(arms)
+        ax.bar(range(len(names)), [arms[n][key]["mean"] for n in names],
+               yerr=[arms[n][key]["stderr"] for n in names], capsize=3,
+               color=[f"C{i}" for i in range(len(names))])
+        for i, n in enumerate(names):
+            ax.scatter([i] * len(record["runs"][n]), [r[key] for r in record["runs"][n]], color="black", s=8,
+                       zorder=3)
+        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+        ax.set_title(key + (" (lower is better)" if "frechet" in key else ""), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    print(f"wrote {output}")
+    return output

@@ -13,6 +13,9 @@ decoded and clamped to [-1, 1]. Metrics:
     encode_videos_per_s         videos / seconds spent in encode (data loading and metrics excluded)
     decode_videos_per_s         videos / seconds spent in decode
     videos                      how many videos were scored
+    frechet_proxy               the Frechet distance between the real videos and their reconstructions on
+                                tv_align_gen's model-free features (4x4-pooled RGB + an 8-colour histogram
+                                per frame, mean and std over time); 0 for a perfect round trip
     fvd                         only with --fvd_model: the Frechet distance between features of the real
                                 videos and of their reconstructions (a reconstruction FVD, "rFVD")
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -65,6 +69,7 @@ def run(ctx: BenchContext) -> BenchResult:
     paths: list[str] = []
     encode_s = decode_s = 0.0
     real_features, fake_features = [], []
+    real_proxy, fake_proxy = [], []  # model-free video features, for frechet_proxy
     try:
         with torch.no_grad():
             for batch in loader:
@@ -79,6 +84,8 @@ def run(ctx: BenchContext) -> BenchResult:
                 scores["psnr"] += psnr(y, x).tolist()
                 scores["ssim"] += ssim(y, x).tolist()
                 paths += list(batch["path"])
+                real_proxy += _proxy_features(x)
+                fake_proxy += _proxy_features(y)
                 if extractor is not None:
                     real_features.append(_features(extractor, x, fvd_size))
                     fake_features.append(_features(extractor, y, fvd_size))
@@ -93,6 +100,9 @@ def run(ctx: BenchContext) -> BenchResult:
         Metric("decode_videos_per_s", n / decode_s if decode_s > 0 else float("inf"), n=n),
         Metric("videos", float(n)),
     ]
+    if n > 1:
+        metrics.append(Metric("frechet_proxy", frechet_distance(np.stack(real_proxy), np.stack(fake_proxy)),
+                              n=n))
     if extractor is not None:
         fvd = frechet_distance(torch.cat(real_features), torch.cat(fake_features))
         metrics.append(Metric("fvd", fvd, n=n))
@@ -155,6 +165,14 @@ def _features(extractor: torch.jit.ScriptModule, video: torch.Tensor, size: int 
         raise ValueError(f"the FVD feature extractor must return (B, D) = ({B}, D), "
                          f"got {tuple(features.shape)}")
     return features.detach().double().cpu()
+
+
+def _proxy_features(videos: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, T, H, W) in [-1, 1] -> one tv_align_gen video feature per video."""
+    from mmvid.data import tensor_to_frames
+    from mmvid.evaluation.tv_align_gen import frame_features, video_feature
+
+    return [video_feature(frame_features(tensor_to_frames(v.float().cpu()))) for v in videos]
 
 
 def _device(module: torch.nn.Module) -> torch.device:

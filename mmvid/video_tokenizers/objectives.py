@@ -242,7 +242,8 @@ def sweettok_training_loss(model, video: torch.Tensor, perceptual: nn.Module | N
     vq = o.beta * codebook + commitment if o.legacy_vq_loss else codebook + o.beta * commitment
     loss = o.pixel_weight * mse + o.vq_weight * vq
     branches = (("spatial", model.spatial_quantizer), ("temporal", model.temporal_quantizer))
-    in_use = {f"{branch}_words": out[f"{branch}_ids"].unique().numel() / len(quantizer.word_vectors)
+    in_use = {f"{branch}_words": out[f"{branch}_ids"].unique().numel()
+                 / (quantizer.num_entities + quantizer.num_attributes)
               for branch, quantizer in branches}  # the fraction of the branch's words in use
     parts = {"mse": float(mse.detach()), "vq": float(vq.detach()), "codebook": float(codebook.detach()),
              "commitment": float(commitment.detach()), **in_use}

@@ -80,6 +80,8 @@ from mmvid.video_tokenizers.vocabulary import PARTS, WordIds, branch_word_vector
 
 READINGS = ("paper", "released")
 OUTPUTS = ("vectors", "ids")
+QUERIES = ("decoupled", "flattened")
+CODEBOOKS = ("language", "plain")
 TOKEN_GROUPS = ("spatial", "temporal")
 ID_GROUPS = PARTS  # an id's group in id_layout: the part of speech of its slot
 
@@ -166,11 +168,15 @@ class MLCQuantizer(nn.Module):
     """
 
     def __init__(self, word_vectors: torch.Tensor, num_entities: int, edge_index: torch.Tensor,
-                 hidden_dim: int, codeword_dim: int):
+                 hidden_dim: int, codeword_dim: int, plain: bool = False):
         super().__init__()
         self.num_entities = num_entities
         self.num_attributes = word_vectors.shape[0] - num_entities
         self.codeword_dim = codeword_dim
+        self.plain = plain
+        if plain:  # the ablation: as many free codewords, learned directly (no words, no graph)
+            self.codes = nn.Parameter(torch.empty(word_vectors.shape[0], codeword_dim))  # initialize_weights
+            return
         # Frozen word vectors: a buffer (saved with the weights, never trained).
         self.register_buffer("word_vectors", torch.empty(word_vectors.shape))
         with torch.no_grad():
@@ -180,8 +186,9 @@ class MLCQuantizer(nn.Module):
         self.gcn = GraphConvolution(word_vectors.shape[1], hidden_dim, codeword_dim)
 
     def codebook(self) -> torch.Tensor:
-        """(words, C): the GCN's projection of the word vectors, recomputed every call (it trains)."""
-        return self.gcn(self.word_vectors, self.edge_index)
+        """(words, C): the GCN's projection of the word vectors, recomputed every call (it trains); the
+        free codewords with `plain`."""
+        return self.codes if self.plain else self.gcn(self.word_vectors, self.edge_index)
 
     @staticmethod
     def squared_distances(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -252,8 +259,14 @@ class SweetTokConfig:
     decoder_spatial_depth: int = 8  # joint grid + spatial-token self-attention layers
     decoder_temporal_depth: int = 4  # factorized temporal x spatial layers
     reading: str = "paper"  # "paper" or "released" (see the module docstring)
+    # "decoupled" (DQAE, the paper) or "flattened" (the ablation: one LARP-like set of S + G queries over
+    # every patch and tube; same token count, same quantizers and decoder)
+    queries: str = "decoupled"
     output: str = "vectors"  # encode() gives "vectors" (B, N, 2C) or word "ids" (B, 3N)
     # The language codebook
+    # "language" (MLC: a GCN of word vectors, the paper) or "plain" (the ablation: the same number of
+    # free learned codewords in the same [attribute, attribute, entity] layout; the ids still index words)
+    codebook: str = "language"
     codeword_dim: int = 256  # C: each half of a token; tokens have 2C channels
     gcn_hidden_dim: int = 256
     word_dim: int = 256  # width of the random word vectors (set from the table when hf_path is given)
@@ -277,6 +290,10 @@ class SweetTokConfig:
             raise ValueError(f"unknown reading {self.reading!r}; known: {list(READINGS)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; known: {list(OUTPUTS)}")
+        if self.queries not in QUERIES:
+            raise ValueError(f"unknown queries {self.queries!r}; known: {list(QUERIES)}")
+        if self.codebook not in CODEBOOKS:
+            raise ValueError(f"unknown codebook {self.codebook!r}; known: {list(CODEBOOKS)}")
         for name in ("num_frames", "temporal_patch_size", "num_spatial_queries", "spatial_depth",
                      "temporal_depth", "decoder_spatial_depth", "decoder_temporal_depth", "codeword_dim",
                      "gcn_hidden_dim", "word_dim", "min_word_count"):
@@ -331,29 +348,40 @@ class SweetTok(WordIds, VideoTokenizer):
                                                nn.LayerNorm(D))
         self.tube_embed = nn.Sequential(nn.LayerNorm(3 * pt * p * p), nn.Linear(3 * pt * p * p, D),
                                         nn.LayerNorm(D))
-        # Spatial branch.
         self.spatial_pos = nn.Parameter(torch.empty(1, G, D))
-        self.spatial_blocks = nn.ModuleList([Block(D, c.num_heads) for _ in range(c.spatial_depth)])
-        self.spatial_queries = nn.Parameter(torch.empty(1, c.num_spatial_queries, D))
-        self.spatial_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=True)
-                                                   for _ in range(c.spatial_depth)])
+        if c.queries == "decoupled":
+            # Spatial branch.
+            self.spatial_blocks = nn.ModuleList([Block(D, c.num_heads) for _ in range(c.spatial_depth)])
+            self.spatial_queries = nn.Parameter(torch.empty(1, c.num_spatial_queries, D))
+            self.spatial_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=True)
+                                                       for _ in range(c.spatial_depth)])
         self.spatial_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * c.codeword_dim))
-        # Temporal branch.
-        self.temporal_blocks = nn.ModuleList(
-            [Block(D, c.num_heads, causal=True) for _ in range(c.temporal_depth)])
-        self.temporal_queries = nn.Parameter(torch.empty(1, G, D))  # one per location
-        self.temporal_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=False)
-                                                    for _ in range(c.temporal_depth)])
+        if c.queries == "decoupled":
+            # Temporal branch.
+            self.temporal_blocks = nn.ModuleList(
+                [Block(D, c.num_heads, causal=True) for _ in range(c.temporal_depth)])
+            self.temporal_queries = nn.Parameter(torch.empty(1, G, D))  # one per location
+            self.temporal_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=False)
+                                                        for _ in range(c.temporal_depth)])
+        else:
+            # Flattened (LARP-like): one transformer over every patch and tube, S + G queries reading it;
+            # as many layers as the two branches together.
+            depth = c.spatial_depth + c.temporal_depth
+            self.joint_blocks = nn.ModuleList([Block(D, c.num_heads) for _ in range(depth)])
+            self.joint_queries = nn.Parameter(torch.empty(1, c.num_query_tokens, D))
+            self.joint_query_blocks = nn.ModuleList([QueryBlock(D, c.num_heads, self_attention=True)
+                                                     for _ in range(depth)])
         self.temporal_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * c.codeword_dim))
         # The language codebook.
         vocab = self.vocabulary
         spatial_vectors, temporal_vectors, c.word_dim = branch_word_vectors(vocab, c.word_dim, c.word_seed,
                                                                             c.hf_path)
+        plain = c.codebook == "plain"
         self.spatial_quantizer = MLCQuantizer(spatial_vectors, len(vocab.noun), vocab.local_edges("spatial"),
-                                              c.gcn_hidden_dim, c.codeword_dim)
+                                              c.gcn_hidden_dim, c.codeword_dim, plain=plain)
         self.temporal_quantizer = MLCQuantizer(temporal_vectors, len(vocab.verb),
                                                vocab.local_edges("temporal"),
-                                               c.gcn_hidden_dim, c.codeword_dim)
+                                               c.gcn_hidden_dim, c.codeword_dim, plain=plain)
         # Decoder: spatial, then temporal.
         Dd = c.decoder_dim
         self.spatial_in = nn.Linear(2 * c.codeword_dim, Dd)
@@ -374,6 +402,9 @@ class SweetTok(WordIds, VideoTokenizer):
         positions at std 0.02), except the GCNs: Glorot, as GCNConv."""
         init_weights(self)
         for quantizer in (self.spatial_quantizer, self.temporal_quantizer):
+            if quantizer.plain:
+                nn.init.normal_(quantizer.codes, std=1 / math.sqrt(2 * self.config.codeword_dim))
+                continue
             for linear in (quantizer.gcn.weight1, quantizer.gcn.weight2):
                 nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(quantizer.gcn.bias1)
@@ -463,6 +494,8 @@ class SweetTok(WordIds, VideoTokenizer):
         self.check_video(video)
         first, tubes = self.patchify(self.pad_frames(video))  # (B, G, D), (B, L, G, D)
         B, L = tubes.shape[:2]
+        if c.queries == "flattened":
+            return self._encode_flattened(first, tubes)
         # Spatial: the queries' layer l reads the spatial transformer's layer l.
         if c.reading == "paper":  # the first frame alone
             x, contexts = first + self.spatial_pos, []
@@ -495,6 +528,25 @@ class SweetTok(WordIds, VideoTokenizer):
             q = block(q, context)
         z_t = F.normalize(self.temporal_out(rearrange(q, "(b g) 1 d -> b g d", b=B)), dim=-1)  # (B, G, 2C)
         return z_s, z_t
+
+    def _encode_flattened(self, first: torch.Tensor,
+                          tubes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flattened-query ablation: (B, G, D), (B, L, G, D) -> z_s (B, S, 2C), z_t (B, G, 2C). Every
+        patch and tube (positions + time) in one transformer; S + G queries read its layers in turn; the
+        first S go through the spatial map and quantizer, the other G through the temporal ones."""
+        c, B, L = self.config, tubes.shape[0], tubes.shape[1]
+        time = sinusoidal(torch.arange(L + 1, device=first.device), c.dim).to(first.dtype)  # (1 + L, D)
+        x = torch.cat([first[:, None], tubes], dim=1) + self.spatial_pos[:, None] + time[None, :, None]
+        x, contexts = rearrange(x, "b l g d -> b (l g) d"), []
+        for block in self.joint_blocks:
+            x = block(x)
+            contexts.append(x)  # (B, (1 + L) G, D)
+        q = self.joint_queries.expand(B, -1, -1)
+        for block, context in zip(self.joint_query_blocks, contexts):
+            q = block(q, context)
+        S = c.num_spatial_queries
+        z_s, z_t = self.spatial_out(q[:, :S]), self.temporal_out(q[:, S:])  # (B, S, 2C), (B, G, 2C)
+        return F.normalize(z_s, dim=-1), F.normalize(z_t, dim=-1)
 
     def quantize(self, video: torch.Tensor,
                  usage_temperature: float | None = None) -> dict[str, torch.Tensor]:
