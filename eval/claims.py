@@ -5,6 +5,8 @@
     python eval/claims.py vtok --seeds 0 --arms vtok frames_pooled     # a subset
     python eval/claims.py sweettok    # DQAE vs flattened queries, language vs plain codebook: equal tokens,
                                       # equal minutes; test PSNR / SSIM / Frechet proxy
+    python eval/claims.py coordtok    # 128-frame clips: CoordTok vs VTok vs frame sampling at matched token
+                                      # numbers and equal minutes, and the memory bench
     python eval/claims.py --help
 
 Each command trains what it needs (or reuses what exists: rerun it after a kill and it resumes), and
@@ -44,12 +46,24 @@ def main() -> None:
                        help="train the arms one after another with every thread (default: side by side, one "
                             "thread each, so they share the machine alike)")
     sweet.add_argument("--out", type=Path, default=claims.ROOT / "sweettok")
+    coord = sub.add_parser("coordtok", help="long clips: CoordTok vs VTok vs frame sampling, and memory")
+    coord.add_argument("--arms", nargs="+", default=list(claims.COORDTOK_ARMS),
+                       choices=list(claims.COORDTOK_ARMS))
+    coord.add_argument("--frames", type=int, default=128)
+    coord.add_argument("--minutes", type=float, default=4.0, help="training minutes per arm")
+    coord.add_argument("--data", default="data/long128", help="built here when missing")
+    coord.add_argument("--limit", type=int, default=50, help="test clips reconstructed per arm")
+    coord.add_argument("--sequential", action="store_true")
+    coord.add_argument("--out", type=Path, default=claims.ROOT / "coordtok")
     args = parser.parse_args()
     if args.claim == "vtok":
         claims.run_vtok(args.seeds, args.arms, args.config, args.test_data, args.out, args.overrides,
                         args.limit or None)
     elif args.claim == "sweettok":
         claims.run_sweettok(args.seeds, args.arms, args.config, args.minutes, args.data, args.limit, args.out,
+                            parallel=not args.sequential)
+    elif args.claim == "coordtok":
+        claims.run_coordtok(args.arms, args.frames, args.minutes, args.data, args.limit, args.out,
                             parallel=not args.sequential)
 
 

@@ -528,3 +528,59 @@ def test_usage_yaml_is_the_base_config_plus_the_term():
             and usage.out == "runs/tokenizer-sweettok_base_usage")
     base.model_overrides, base.out = usage.model_overrides, usage.out
     assert usage == base
+
+
+# ---------------------------------------------------------------- the claims' ablations (issue 19)
+
+
+@pytest.mark.parametrize("overrides, match", [({"queries": "joint"}, "unknown queries"),
+                                              ({"codebook": "vq"}, "unknown codebook")])
+def test_ablation_options_are_checked(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny(**overrides)
+
+
+def test_flattened_queries_keep_the_token_count_and_read_every_frame():
+    video = _video()
+    later = video.clone()
+    later[:, :, 1:] = torch.rand_like(later[:, :, 1:]) * 2 - 1
+    decoupled, flattened = _tiny(), _tiny(queries="flattened")
+    assert not hasattr(flattened, "temporal_blocks") and not hasattr(decoupled, "joint_blocks")
+    with torch.no_grad():
+        assert flattened.encode(video).shape == decoupled.encode(video).shape
+        (zs, _), (zs2, _) = flattened.encode_latents(video), flattened.encode_latents(later)
+        assert not torch.allclose(zs, zs2)  # one set of queries over all frames: no first-frame-only branch
+        assert flattened.decode_ids(flattened.encode_ids(video)).shape == video.shape
+    # as many encoder layers as the two branches together, so the parameter counts stay close
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert abs(count(flattened) - count(decoupled)) < 0.05 * count(decoupled)
+
+
+def test_plain_codebook_is_free_codewords_in_the_same_layout(tmp_path):
+    plain = _tiny(codebook="plain")
+    for quantizer in (plain.spatial_quantizer, plain.temporal_quantizer):
+        assert quantizer.plain and not hasattr(quantizer, "gcn")
+        assert quantizer.codebook() is quantizer.codes and quantizer.codes.requires_grad
+    video = _video()
+    with torch.no_grad():
+        ids = plain.encode_ids(video)
+    plain.check_ids(ids)  # the same id layout (3 per token, each slot its part of speech's range)
+    plain.save_pretrained(tmp_path)
+    again = load_video_tokenizer(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(again.encode_ids(video), ids)
+
+
+@pytest.mark.parametrize("overrides", [{"queries": "flattened"}, {"codebook": "plain"}])
+def test_each_ablation_trains(overrides):
+    tok = _tiny(**overrides).train()
+    video = _video()
+    optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss, parts = training_loss(tok, video)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts["mse"])
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])

@@ -308,3 +308,63 @@ def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
     plt.close(fig)
     print(f"wrote {output}")
     return output
+
+
+# ---------------------------------------------------------------------------------------------- CoordTok
+
+COORDTOK_ARMS = {  # arm -> (config, overrides for T-frame clips); the *_long configs, retargeted
+    "coordtok": ("tokenizers/coordtok/coordtok_long.yaml", ["model_overrides={{num_frames: {T}}}"]),
+    "vtok": ("tokenizers/vtok/vtok_long.yaml", []),
+    "frames": ("tokenizers/frames/frames_long.yaml", []),
+}
+
+
+def run_coordtok(arms: list[str], frames: int, minutes: float, data: str, limit: int, out: Path,
+                 parallel: bool, seed: int = 0) -> dict:
+    """Build the long-video world at `data` when missing (`frames`-frame clips at 64x64), train each arm for
+    `minutes` of training time (side by side, one thread each, when `parallel`), reconstruct `limit` test
+    clips, and run the memory bench (a step's memory and time against clip length, sampled vs full
+    decoding)."""
+    for name in arms:
+        if name not in COORDTOK_ARMS:
+            raise KeyError(f"unknown arm {name!r}; known: {list(COORDTOK_ARMS)}")
+    if not (Path(data) / "world.json").is_file():
+        _job(["-m", "mmvid.data.shapes", "--out", data, "--frames", str(frames), "--size", "64",
+              "--train", "500", "--val", "50", "--test", "50", "--fewshot", "0"], out / "world-log.txt")
+    jobs = []
+    for name in arms:
+        config, extra = COORDTOK_ARMS[name]
+        folder = out / f"{name}-s{seed}"
+        if not (folder / "final" / "config.json").is_file():
+            jobs.append((["tokenizers/train.py", "--config", config, f"out={folder}", f"seed={seed}",
+                          f"data.source={data}", f"data.num_frames={frames}", f"max_minutes={minutes}",
+                          "data.num_workers=1", f"threads={1 if parallel else 0}",
+                          *(e.format(T=frames) for e in extra)], folder / "log.txt"))
+    _jobs(jobs, parallel)
+    for name in arms:
+        folder = out / f"{name}-s{seed}"
+        if not (folder / "recon-test.json").is_file():
+            _job(["eval/run.py", "--bench", "recon", "--tokenizer", f"{folder}/final", "--data", data,
+                  "--frames", str(frames), "--limit", str(limit), "--batch-size", "4",
+                  "--output", f"{folder}/recon-test.json"], folder / "log.txt")
+    memory = out / "memory.json"
+    if not memory.is_file():
+        _job(["eval/run.py", "--bench", "coordtok_memory", "--output", str(memory)], out / "memory-log.txt")
+    runs = {name: [_recon_run(out / f"{name}-s{seed}", seed)] for name in arms}
+    from mmvid.video_tokenizers import video_tokenizer_from
+
+    for name in arms:  # tokens x channels: what the comparison matches
+        channels = video_tokenizer_from(str(out / f"{name}-s{seed}" / "final")).token_dim
+        runs[name][0]["numbers_per_video"] = int(runs[name][0]["tokens_per_video"] * channels)
+    memory_metrics = json.loads(memory.read_text())["results"]["coordtok_memory"]["metrics"]
+    record = {"claim": "coordtok", "paper": "arXiv 2411.14762: 128 frames at 128x128 in 1280 tokens, "
+              "training memory nearly flat in video length",
+              "settings": {"arms": {a: COORDTOK_ARMS[a][0] for a in arms}, "frames": frames,
+                           "minutes": minutes, "data": data, "test_videos": limit, "parallel": parallel,
+                           "seed": seed},
+              "arms": {name: _recon_arm(rs) for name, rs in runs.items()}, "runs": runs,
+              "memory": {k: v["value"] for k, v in memory_metrics.items()}}
+    _write(out / "result.json", record)
+    plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / "claim_coordtok.png",
+              f"{frames}-frame clips: CoordTok vs VTok vs frame sampling ({minutes:g} min each, test)")
+    return record
