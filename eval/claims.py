@@ -5,6 +5,8 @@
     python eval/claims.py vtok --seeds 0 --arms vtok frames_pooled     # a subset
     python eval/claims.py sweettok    # DQAE vs flattened queries, language vs plain codebook: equal tokens,
                                       # equal minutes; test PSNR / SSIM / Frechet proxy
+    python eval/claims.py fewshot     # 5-way 1/5-shot on the held-out actions: SweetTok's words vs continuous
+                                      # tokens through the default LLM, text alone, features alone
     python eval/claims.py coordtok    # 128-frame clips: CoordTok vs VTok vs frame sampling at matched token
                                       # numbers and equal minutes, and the memory bench
     python eval/claims.py --help
@@ -55,6 +57,12 @@ def main() -> None:
     coord.add_argument("--limit", type=int, default=50, help="test clips reconstructed per arm")
     coord.add_argument("--sequential", action="store_true")
     coord.add_argument("--out", type=Path, default=claims.ROOT / "coordtok")
+    few = sub.add_parser("fewshot", help="few-shot recognition through the LLM: words vs continuous tokens")
+    few.add_argument("--model", default="runs/sft-default/final")
+    few.add_argument("--words-tokenizer", default=str(claims.ROOT / "sweettok" / "dqae_mlc-s0" / "final"))
+    few.add_argument("--episodes", type=int, default=100)
+    few.add_argument("--words-top", type=int, default=30, help="each clip's K most frequent words")
+    few.add_argument("--out", type=Path, default=claims.ROOT / "fewshot")
     args = parser.parse_args()
     if args.claim == "vtok":
         claims.run_vtok(args.seeds, args.arms, args.config, args.test_data, args.out, args.overrides,
@@ -62,6 +70,8 @@ def main() -> None:
     elif args.claim == "sweettok":
         claims.run_sweettok(args.seeds, args.arms, args.config, args.minutes, args.data, args.limit, args.out,
                             parallel=not args.sequential)
+    elif args.claim == "fewshot":
+        claims.run_fewshot(args.model, args.words_tokenizer, args.episodes, args.words_top, args.out)
     elif args.claim == "coordtok":
         claims.run_coordtok(args.arms, args.frames, args.minutes, args.data, args.limit, args.out,
                             parallel=not args.sequential)

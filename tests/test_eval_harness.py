@@ -126,6 +126,22 @@ def test_fewshot_bench_runs(model, world):
     assert set(metrics) == {"2way_1shot/acc", "2way_1shot/acc_norm"} and 0 <= metrics["2way_1shot/acc"] <= 1
 
 
+def test_fewshot_oracle_control_uses_one_code_per_class(model, world):
+    from mmvid.evaluation.fewshot import class_codes
+
+    _, items = load_fewshot(BenchContext(data=str(world)))
+    codes = class_codes(items, seed=0)
+    assert set(codes) == {i["label"] for i in items} and codes == class_codes(items, seed=0)
+    assert all(len(code.split()) == 3 for code in codes.values())
+    ctx = BenchContext(model=model, data=str(world), limit=2, options={"ways": "2", "shots": "1",
+                                                                      "video_as": "oracle"})
+    result = run_benches(["fewshot"], ctx)["results"]["fewshot"]
+    assert result["settings"]["codes"] == codes and "2way_1shot/acc" in result["metrics"]
+    with pytest.raises(ValueError, match="control for the LLM scorer"):
+        run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=2,
+                                              options={"video_as": "oracle", "scorer": "prototype"}))
+
+
 def test_prototype_choice_is_the_nearest_class_mean_by_cosine():
     torch.manual_seed(0)
     support = [torch.randn(6, dtype=torch.float64) for _ in range(6)]

@@ -368,3 +368,81 @@ def run_coordtok(arms: list[str], frames: int, minutes: float, data: str, limit:
     plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / "claim_coordtok.png",
               f"{frames}-frame clips: CoordTok vs VTok vs frame sampling ({minutes:g} min each, test)")
     return record
+
+
+# ---------------------------------------------------------------------------------------------- few-shot
+
+FEWSHOT_MODES = {  # mode -> eval/run.py --bench fewshot options (the tokenizer and model are added)
+    "llm_words": ["--video-as", "words", "--option", "words_tokenizer={tokenizer}", "--option",
+                  "words_top={top}"],
+    "llm_video": [],  # the LLM's own continuous video tokens (its projector), as it was trained
+    "llm_oracle": ["--option", "video_as=oracle"],  # text alone: a perfect code of each class
+    "prototype_words": ["--option", "scorer=prototype", "--video-as", "words", "--option",
+                        "tokenizer={tokenizer}"],
+    "prototype_vectors": ["--option", "scorer=prototype", "--option", "tokenizer={tokenizer}"],
+}
+
+
+def run_fewshot(model: str, tokenizer: str, episodes: int, top: int, out: Path) -> dict:
+    """5-way 1- and 5-shot on the held-out actions: through the LLM with SweetTok's words, with the LLM's own
+    continuous video tokens, and with a perfect class code (text alone); and without an LLM, the nearest
+    class mean of the words and of SweetTok's vectors (features alone). The model is the default's
+    (trained by `train/sft.py` when missing), the words tokenizer the SweetTok claim's DQAE + MLC arm
+    (trained by that claim when missing)."""
+    if not (Path(model) / "config.json").is_file():
+        if model != "runs/sft-default/final":
+            raise FileNotFoundError(f"{model} is not a saved VideoLLM")
+        _job(["train/sft.py"], out / "sft-log.txt", port=29710)
+    if not (Path(tokenizer) / "config.json").is_file():
+        if tokenizer != str(ROOT / "sweettok" / "dqae_mlc-s0" / "final"):
+            raise FileNotFoundError(f"{tokenizer} is not a saved SweetTok")
+        run_sweettok([0], ["dqae_mlc"], "tokenizers/sweettok/sweettok_base.yaml", 6.0, "data/shapes", 200,
+                     ROOT / "sweettok", parallel=False)
+    results = {}
+    for mode, options in FEWSHOT_MODES.items():
+        path = out / f"{mode}.json"
+        if not path.is_file():
+            _job(["eval/run.py", "--bench", "fewshot", "--model", model, "--shots", "1,5", "--option",
+                  f"episodes={episodes}", *(o.format(tokenizer=tokenizer, top=top) for o in options),
+                  "--output", str(path)], out / "log.txt")
+        metrics = json.loads(path.read_text())["results"]["fewshot"]["metrics"]
+        results[mode] = {k.split("/")[0]: {"mean": v["value"], "stderr": v["stderr"]}
+                         for k, v in metrics.items() if k.endswith("/acc")}
+    record = {"claim": "fewshot", "paper": "arXiv 2412.10443: SweetTok's words make few-shot recognition "
+              "possible through an LLM", "goal": "5-way 5-shot with words >= 0.60 (chance 0.20)",
+              "settings": {"model": model, "words_tokenizer": tokenizer, "episodes": episodes,
+                           "words_top": top, "modes": FEWSHOT_MODES},
+              "arms": results}
+    _write(out / "result.json", record)
+    plot_fewshot(record, out / "claim_fewshot.png")
+    return record
+
+
+def plot_fewshot(record: dict, output: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = record["arms"]
+    keys = sorted({k for arm in arms.values() for k in arm})
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(arms))]
+        ax.bar(xs, [arms[m][key]["mean"] for m in arms], width, yerr=[arms[m][key]["stderr"] for m in arms],
+               capsize=3, label=key.replace("way_", "-way ").replace("shot", "-shot"))
+    ax.axhline(0.2, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.axhline(0.6, color="red", linestyle="--", linewidth=1, label="goal (5-shot, words)")
+    ax.set_xticks(range(len(arms)), [m.replace("_", "\n") for m in arms], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    episodes = record["settings"]["episodes"]
+    ax.set_title(f"few-shot recognition of the 5 held-out actions ({episodes} episodes)", fontsize=9)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    print(f"wrote {output}")
+    return output

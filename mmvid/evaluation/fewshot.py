@@ -19,6 +19,11 @@ most frequent words (most frequent first) to fit long word lists in the context;
     python eval/run.py --bench fewshot --video-as words \
         --option words_tokenizer=runs/tokenizer-sweettok_base/final
 
+Text-alone control (`--option video_as=oracle`): every video is replaced by a fixed code of its class
+(3 world words drawn once per class with the seed), the same for the support and the query. This is the
+LLM's in-context ceiling: how well it copies a label from the support when the words carry the class
+perfectly. Near 1/N, the LLM cannot do the episode whatever the tokenizer's words say.
+
 Prototype scorer (`--option scorer=prototype`): no LLM; each class's support videos are averaged
 into a prototype and the query goes to the nearest one by cosine similarity, a probe of what the
 representation itself separates. With `video_as=video` a video is its continuous tokens (flattened);
@@ -48,7 +53,7 @@ from mmvid.text_tokenizer import VIDEO_TOKEN
 from mmvid.video_tokenizers import video_tokenizer_from
 
 QUESTION = "What does the object do?"
-VIDEO_AS = ("video", "words")  # "text" is an alias of "words"
+VIDEO_AS = ("video", "words", "oracle")  # "text" is an alias of "words"
 SCORERS = ("llm", "prototype")
 
 
@@ -119,6 +124,18 @@ def words_tokenizer(ctx: BenchContext, model) -> tuple[torch.nn.Module, VideoPro
     tokenizer.eval().to(model.device)
     frames = tokenizer.clip_frames or model.processor.config.num_frames
     return tokenizer, VideoProcessor(None, VideoProcessorConfig.for_video_tokenizer(tokenizer, frames)), spec
+
+
+def class_codes(items: list[dict], seed: int) -> dict[str, str]:
+    """The oracle control's code per class label: 3 distinct words of the items' objects (shape, colour,
+    size), drawn once with `seed`."""
+    rng = random.Random(seed)
+    vocab = sorted({o[k] for item in items for o in item.get("objects", [])
+                    for k in ("shape", "colour", "size")})
+    if len(vocab) < 3:
+        raise ValueError("video_as=oracle needs items with 'objects' (shape, colour, size) to draw codes "
+                         "from")
+    return {label: " ".join(rng.sample(vocab, 3)) for label in sorted({i["label"] for i in items})}
 
 
 def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
@@ -210,12 +227,15 @@ def run(ctx: BenchContext) -> BenchResult:
         raise ValueError(f"scorer must be one of {list(SCORERS)}, got {scorer!r}")
     top = int(ctx.option("words_top", "0"))
     path, items = load_fewshot(ctx)
+    if scorer == "prototype" and video_as == "oracle":
+        raise ValueError("video_as=oracle is a control for the LLM scorer; the prototype scorer would be 1.0")
     if scorer == "prototype":
         return run_prototype(ctx, path, items, ways, shot_list, count, video_as)
     model = ctx.load_model()
     processor, tokenizer_name = model.processor, None
     if video_as == "words":
         to_words, processor, tokenizer_name = words_tokenizer(ctx, model)
+    codes = class_codes(items, ctx.seed) if video_as == "oracle" else {}
     cache: dict[str, torch.Tensor] = {}
     texts: dict[str, str] = {}
 
@@ -242,6 +262,8 @@ def run(ctx: BenchContext) -> BenchResult:
             for item in support + [query]:
                 if video_as == "words":
                     content = f"{words(item)}\n{QUESTION}"
+                elif video_as == "oracle":
+                    content = f"{codes[item['label']]}\n{QUESTION}"
                 else:
                     content = f"{VIDEO_TOKEN}\n{QUESTION}"
                     videos.append(video(item))
@@ -261,6 +283,8 @@ def run(ctx: BenchContext) -> BenchResult:
             metrics.append(Metric(f"{ways}way_{shots}shot/{name}", value, stderr, len(values)))
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
                 "chance": 1 / ways, "question": QUESTION}
+    if video_as == "oracle":
+        settings.update(codes=codes)
     if video_as == "words":
         settings.update(words_tokenizer=tokenizer_name, words_frames=processor.config.num_frames,
                         words_size=processor.config.image_size, words_top=top,
