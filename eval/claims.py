@@ -38,7 +38,7 @@ def main() -> None:
     vtok.add_argument("overrides", nargs="*", help="train/sft.py key=value overrides for every arm")
     sweet = sub.add_parser("sweettok", help="SweetTok: DQAE vs flattened queries, MLC vs a plain codebook")
     sweet.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    sweet.add_argument("--arms", nargs="+", default=list(claims.SWEETTOK_ARMS),
+    sweet.add_argument("--arms", nargs="+", default=claims.DEFAULT_SWEETTOK_ARMS,
                        choices=list(claims.SWEETTOK_ARMS))
     sweet.add_argument("--config", default="tokenizers/sweettok/sweettok_base.yaml")
     sweet.add_argument("--minutes", type=float, default=6.0, help="training minutes per arm")

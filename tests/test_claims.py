@@ -70,7 +70,8 @@ def test_sweettok_claim_summary(tmp_path, monkeypatch):
                    "frechet_proxy": {"value": 0.2}, "tokens_per_video": {"value": 80.0}}
         (folder / "recon-test.json").write_text(json.dumps({"results": {"recon": {"metrics": metrics}}}))
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 500, "loss": 0.1, "seconds": 360.0}) + "\n")
-    record = claims.run_sweettok([0], list(claims.SWEETTOK_ARMS), "c", 6.0, "d", 200, tmp_path, parallel=True)
+    arms = claims.DEFAULT_SWEETTOK_ARMS
+    record = claims.run_sweettok([0], arms, "c", 6.0, "d", 200, tmp_path, parallel=True)
     assert record["dqae_minus_flattened"]["psnr"] == pytest.approx(1.0)
     assert record["mlc_minus_plain"]["psnr"] == pytest.approx(0.5)
     run = record["runs"]["dqae_mlc"][0]

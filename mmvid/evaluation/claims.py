@@ -184,7 +184,14 @@ SWEETTOK_ARMS = {  # arm -> model_overrides on tokenizers/sweettok/sweettok_base
     "dqae_mlc": {},  # SweetTok as the paper: decoupled queries, language codebook
     "flattened_mlc": {"queries": "flattened"},  # claim 1's ablation: one set of S + G queries
     "dqae_plain": {"codebook": "plain"},  # claim 2's ablation: free learned codewords
+    # levers for claim 2, not run by default (--arms): the MLC's word vectors from the default's pretrained
+    # LLM (the paper uses a pretrained text encoder's; needs runs/sft-default/llm), and both codebooks with
+    # the codebook-usage term (against the MLC's collapse onto a few words)
+    "dqae_mlc_llm": {"hf_path": "runs/sft-default/llm"},
+    "dqae_mlc_usage": {"usage_weight": 0.1, "usage_temperature": 0.01},
+    "dqae_plain_usage": {"codebook": "plain", "usage_weight": 0.1, "usage_temperature": 0.01},
 }
+DEFAULT_SWEETTOK_ARMS = ["dqae_mlc", "flattened_mlc", "dqae_plain"]
 
 
 def _overrides(values: dict) -> str:
@@ -223,9 +230,12 @@ def run_sweettok(seeds: list[int], arms: list[str], config: str, minutes: float,
               "settings": {"seeds": seeds, "arms": {a: SWEETTOK_ARMS[a] for a in arms}, "config": config,
                            "minutes": minutes, "data": data, "test_videos": limit, "parallel": parallel},
               "arms": table, "runs": runs}
-    for other, key in (("flattened_mlc", "dqae_minus_flattened"), ("dqae_plain", "mlc_minus_plain")):
-        if "dqae_mlc" in table and other in table:
-            a, b = table["dqae_mlc"]["psnr"], table[other]["psnr"]
+    for first, other, key in (("dqae_mlc", "flattened_mlc", "dqae_minus_flattened"),
+                              ("dqae_mlc", "dqae_plain", "mlc_minus_plain"),
+                              ("dqae_mlc_llm", "dqae_plain", "mlc_llm_words_minus_plain"),
+                              ("dqae_mlc_usage", "dqae_plain_usage", "mlc_minus_plain_with_usage")):
+        if first in table and other in table:
+            a, b = table[first]["psnr"], table[other]["psnr"]
             record[key] = {"psnr": a["mean"] - b["mean"], "stderr": math.hypot(a["stderr"], b["stderr"])}
     _write(out / "result.json", record)
     plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / "claim_sweettok.png",
@@ -261,8 +271,8 @@ def _jobs(jobs: list[tuple[list[str], Path]], parallel: bool) -> None:
 
 def _recon_run(folder: Path, seed: int) -> dict:
     metrics = json.loads((folder / "recon-test.json").read_text())["results"]["recon"]["metrics"]
-    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
-             if '"loss"' in line]
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [s for s in steps if "step" in s and "seconds" in s]  # training and validation lines
     return {"seed": seed, "folder": str(folder), "tokens_per_video": metrics["tokens_per_video"]["value"],
             **{k: metrics[k]["value"] for k in ("psnr", "ssim", "frechet_proxy") if k in metrics},
             "psnr_stderr": metrics["psnr"]["stderr"], "ssim_stderr": metrics["ssim"]["stderr"],
@@ -349,7 +359,8 @@ def run_coordtok(arms: list[str], frames: int, minutes: float, data: str, limit:
                   "--output", f"{folder}/recon-test.json"], folder / "log.txt")
     memory = out / "memory.json"
     if not memory.is_file():
-        _job(["eval/run.py", "--bench", "coordtok_memory", "--output", str(memory)], out / "memory-log.txt")
+        _job(["eval/run.py", "--bench", "coordtok_memory", "--option", "videos=4", "--option", "threads=2",
+              "--output", str(memory)], out / "memory-log.txt")
     runs = {name: [_recon_run(out / f"{name}-s{seed}", seed)] for name in arms}
     from mmvid.video_tokenizers import video_tokenizer_from
 
