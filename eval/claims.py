@@ -48,6 +48,7 @@ def main() -> None:
                        help="train the arms one after another with every thread (default: side by side, one "
                             "thread each, so they share the machine alike)")
     sweet.add_argument("--out", type=Path, default=claims.ROOT / "sweettok")
+    sweet.add_argument("--name", default="result", help="the summary's name (out/NAME.json), e.g. levers")
     coord = sub.add_parser("coordtok", help="long clips: CoordTok vs VTok vs frame sampling, and memory")
     coord.add_argument("--arms", nargs="+", default=list(claims.COORDTOK_ARMS),
                        choices=list(claims.COORDTOK_ARMS))
@@ -69,7 +70,7 @@ def main() -> None:
                         args.limit or None)
     elif args.claim == "sweettok":
         claims.run_sweettok(args.seeds, args.arms, args.config, args.minutes, args.data, args.limit, args.out,
-                            parallel=not args.sequential)
+                            parallel=not args.sequential, name=args.name)
     elif args.claim == "fewshot":
         claims.run_fewshot(args.model, args.words_tokenizer, args.episodes, args.words_top, args.out)
     elif args.claim == "coordtok":

@@ -199,32 +199,33 @@ def _overrides(values: dict) -> str:
 
 
 def run_sweettok(seeds: list[int], arms: list[str], config: str, minutes: float, data: str, limit: int,
-                 out: Path, parallel: bool) -> dict:
+                 out: Path, parallel: bool, name: str = "result") -> dict:
     """Per arm and seed: `tokenizers/train.py` for `minutes` of training time (the arms of one seed run side
     by side with one thread each when `parallel`, so they share the machine alike), then `eval/run.py
     --bench recon` on `limit` test videos. Claim 1: dqae_mlc vs flattened_mlc; claim 2: dqae_mlc vs
-    dqae_plain, on test PSNR (SSIM and frechet_proxy beside it)."""
-    for name in arms:
-        if name not in SWEETTOK_ARMS:
-            raise KeyError(f"unknown arm {name!r}; known: {list(SWEETTOK_ARMS)}")
+    dqae_plain, on test PSNR (SSIM and frechet_proxy beside it). The summary is `out/<name>.json` and
+    `out/claim_sweettok[_<name>].png`, so runs of other arms (the levers) keep their own."""
+    for arm in arms:
+        if arm not in SWEETTOK_ARMS:
+            raise KeyError(f"unknown arm {arm!r}; known: {list(SWEETTOK_ARMS)}")
     for seed in seeds:
         jobs = []
-        for name in arms:
-            folder = out / f"{name}-s{seed}"
+        for arm in arms:
+            folder = out / f"{arm}-s{seed}"
             if not (folder / "final" / "config.json").is_file():
                 jobs.append((["tokenizers/train.py", "--config", config, f"out={folder}", f"seed={seed}",
                               f"max_minutes={minutes}", "data.num_workers=1",
                               f"threads={1 if parallel else 0}",
-                              f"model_overrides={_overrides(SWEETTOK_ARMS[name])}"], folder / "log.txt"))
+                              f"model_overrides={_overrides(SWEETTOK_ARMS[arm])}"], folder / "log.txt"))
         _jobs(jobs, parallel)
-        for name in arms:
-            folder = out / f"{name}-s{seed}"
+        for arm in arms:
+            folder = out / f"{arm}-s{seed}"
             if not (folder / "recon-test.json").is_file():
                 _job(["eval/run.py", "--bench", "recon", "--tokenizer", f"{folder}/final", "--data", data,
                       "--frames", "16", "--limit", str(limit), "--output", f"{folder}/recon-test.json"],
                      folder / "log.txt")
-    runs = {name: [_recon_run(out / f"{name}-s{seed}", seed) for seed in seeds] for name in arms}
-    table = {name: _recon_arm(rs) for name, rs in runs.items()}
+    runs = {arm: [_recon_run(out / f"{arm}-s{seed}", seed) for seed in seeds] for arm in arms}
+    table = {arm: _recon_arm(rs) for arm, rs in runs.items()}
     record = {"claim": "sweettok", "paper": "arXiv 2412.10443: DQAE beats flattened (LARP-like) queries at "
               "equal tokens; the motion-enhanced language codebook beats a plain one",
               "settings": {"seeds": seeds, "arms": {a: SWEETTOK_ARMS[a] for a in arms}, "config": config,
@@ -237,8 +238,9 @@ def run_sweettok(seeds: list[int], arms: list[str], config: str, minutes: float,
         if first in table and other in table:
             a, b = table[first]["psnr"], table[other]["psnr"]
             record[key] = {"psnr": a["mean"] - b["mean"], "stderr": math.hypot(a["stderr"], b["stderr"])}
-    _write(out / "result.json", record)
-    plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / "claim_sweettok.png",
+    _write(out / f"{name}.json", record)
+    png = "claim_sweettok.png" if name == "result" else f"claim_sweettok_{name}.png"
+    plot_bars(record, ["psnr", "ssim", "frechet_proxy"], out / png,
               "SweetTok: decoupled vs flattened queries, language vs plain codebook "
               f"({minutes:g} min each, test)")
     return record
