@@ -31,6 +31,10 @@ def _fake_vtok_run(folder: Path, overall: float, tokens: int) -> None:
         {"settings": {"tokens_per_video": tokens}, "results": {"tv_align": {"metrics": metrics}}}))
     (folder / "final" / "train_summary.json").write_text(json.dumps({"steps": 800, "seconds": 600.0}))
     (folder / "stages.jsonl").write_text(json.dumps({"stage": "video_tokenizer", "seconds": 60.0}) + "\n")
+    logs = [{"phase": "curriculum", "samples_per_s": 16.0}] * 2
+    logs += [{"phase": "train", "samples_per_s": 8.0}] * 2
+    logs.append({"phase": "train", "samples_per_s": 0.5})  # slowed by another job: the median ignores it
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
 
 
 def test_vtok_claim_reuses_finished_runs_and_states_the_gap(tmp_path, monkeypatch):
@@ -46,6 +50,8 @@ def test_vtok_claim_reuses_finished_runs_and_states_the_gap(tmp_path, monkeypatc
     assert gap["token_ratio"] == pytest.approx(71 / 512)
     vtok = record["arms"]["vtok"]
     assert vtok["sft_minutes"] == 10.0 and vtok["tokenizer_minutes"] == 1.0
+    # median compute per step and phase x steps (batch 8): 320 curriculum steps at 0.5 s, 480 at 1 s
+    assert vtok["sft_compute_minutes"] == pytest.approx((320 * 0.5 + 480 * 1.0) / 60, abs=0.01)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["settings"]["test_limit"] == 1000 and "git_commit" in saved
     assert (tmp_path / "claim_vtok.png").stat().st_size > 0

@@ -133,7 +133,34 @@ def _vtok_run(folder: Path, seed: int) -> dict:
             "letter": metrics.get("acc_letter", {}).get("value"),
             "tokenizer_minutes": round(tokenizer_seconds / 60, 2),
             "sft_minutes": round(summary["seconds"] / 60, 2), "sft_steps": summary["steps"],
+            "sft_compute_minutes": _compute_minutes(folder / "metrics.jsonl", summary["steps"]),
             "peak_rss_gib": summary.get("peak_rss_gib")}
+
+
+def _compute_minutes(metrics: Path, steps: int) -> float | None:
+    """SFT minutes as the median step's compute time (data loading excluded) times the steps, per phase:
+    a figure that another job on the machine, or a pause, does not inflate the way wall time is."""
+    from collections import defaultdict
+    from statistics import median
+
+    per_phase = defaultdict(list)
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        record = json.loads(line)
+        if record.get("samples_per_s"):
+            per_phase[record["phase"]].append(1 / record["samples_per_s"])  # seconds per sample
+    logged = sum(len(v) for v in per_phase.values())
+    if not logged:
+        return None
+    batch = None
+    # samples per step: from the config the run saved (batch_size x grad_accum)
+    config = metrics.parent / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(config.read_text())
+        batch = cfg.get("batch_size", 8) * cfg.get("grad_accum", 1)
+    seconds = sum(steps * len(v) / logged * median(v) * (batch or 8) for v in per_phase.values())
+    return round(seconds / 60, 2)
 
 
 def _vtok_arm(runs: list[dict]) -> dict:
@@ -142,6 +169,8 @@ def _vtok_arm(runs: list[dict]) -> dict:
             "overall": {"mean": overall[0], "stderr": overall[1]},
             "categories": {c: mean(r["categories"][c] for r in runs) for c in runs[0]["categories"]},
             "sft_minutes": round(mean(r["sft_minutes"] for r in runs), 2),
+            "sft_compute_minutes": (round(mean(r["sft_compute_minutes"] for r in runs), 2)
+                                    if all(r["sft_compute_minutes"] for r in runs) else None),
             "tokenizer_minutes": round(mean(r["tokenizer_minutes"] for r in runs), 2)}
 
 
@@ -159,7 +188,8 @@ def plot_vtok(record: dict, output: Path) -> Path:
         values = [arm["overall"]["mean"], *(arm["categories"].get(c, float("nan")) for c in CATEGORIES)]
         errors = [arm["overall"]["stderr"], *([0] * len(CATEGORIES))]
         xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(groups))]
-        label = f"{VTOK_LABELS[name]}: {arm['tokens_per_video']} tokens, {arm['sft_minutes']:.1f} SFT min"
+        minutes = arm["sft_compute_minutes"] or arm["sft_minutes"]
+        label = f"{VTOK_LABELS[name]}: {arm['tokens_per_video']} tokens, {minutes:.1f} SFT min"
         ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
         for run in record["runs"][name]:  # each seed as a dot
             ax.scatter(xs[0], run["overall"], color="black", s=8, zorder=3)
