@@ -220,6 +220,8 @@ SWEETTOK_ARMS = {  # arm -> model_overrides on tokenizers/sweettok/sweettok_base
     "dqae_mlc_llm": {"hf_path": "runs/sft-default/llm"},
     "dqae_mlc_usage": {"usage_weight": 0.1, "usage_temperature": 0.01},
     "dqae_plain_usage": {"codebook": "plain", "usage_weight": 0.1, "usage_temperature": 0.01},
+    # a sparser word graph (edges only between adjacent caption words): less GCN smoothing of the codewords
+    "dqae_mlc_window1": {"cooccurrence_window": 1},
 }
 DEFAULT_SWEETTOK_ARMS = ["dqae_mlc", "flattened_mlc", "dqae_plain"]
 
@@ -264,7 +266,8 @@ def run_sweettok(seeds: list[int], arms: list[str], config: str, minutes: float,
     for first, other, key in (("dqae_mlc", "flattened_mlc", "dqae_minus_flattened"),
                               ("dqae_mlc", "dqae_plain", "mlc_minus_plain"),
                               ("dqae_mlc_llm", "dqae_plain", "mlc_llm_words_minus_plain"),
-                              ("dqae_mlc_usage", "dqae_plain_usage", "mlc_minus_plain_with_usage")):
+                              ("dqae_mlc_usage", "dqae_plain_usage", "mlc_minus_plain_with_usage"),
+                              ("dqae_mlc_window1", "dqae_plain", "mlc_window1_minus_plain")):
         if first in table and other in table:
             a, b = table[first]["psnr"], table[other]["psnr"]
             record[key] = {"psnr": a["mean"] - b["mean"], "stderr": math.hypot(a["stderr"], b["stderr"])}
@@ -341,6 +344,9 @@ def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
         for i, n in enumerate(names):
             ax.scatter([i] * len(record["runs"][n]), [r[key] for r in record["runs"][n]], color="black", s=8,
                        zorder=3)
+        if key == "psnr":  # dB: differences of a fraction of a dB matter, so do not start at 0
+            low = min(min(r[key] for r in record["runs"][n]) for n in names)
+            ax.set_ylim(math.floor(low) - 1, None)
         ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
         ax.set_title(key + (" (lower is better)" if "frechet" in key else ""), fontsize=8)
     fig.suptitle(title, fontsize=9)
