@@ -327,7 +327,8 @@ def _recon_arm(runs: list[dict]) -> dict:
 
 
 def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
-    """One panel per metric, one bar per arm (mean, s.e.), each seed a dot."""
+    """One panel per metric, one bar per arm (mean, s.e.), each seed a dot; with the record's "memory" (the
+    CoordTok claim), a last panel of a training step's memory against clip length."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,7 +336,12 @@ def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
 
     arms = record["arms"]
     keys = [k for k in keys if all(k in a for a in arms.values())]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    panels = len(keys) + ("memory" in record)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.4), squeeze=False)
+    if "memory" in record:
+        _memory_panel(axes[0][-1], record["memory"])
+    labels = [f"{n.replace('_', ' ')}\n{arms[n]['tokens_per_video']:.0f} tok, {arms[n]['steps']:.0f} steps"
+              for n in arms]
     for ax, key in zip(axes[0], keys):
         names = list(arms)
         ax.bar(range(len(names)), [arms[n][key]["mean"] for n in names],
@@ -347,7 +353,7 @@ def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
         if key == "psnr":  # dB: differences of a fraction of a dB matter, so do not start at 0
             low = min(min(r[key] for r in record["runs"][n]) for n in names)
             ax.set_ylim(math.floor(low) - 1, None)
-        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+        ax.set_xticks(range(len(names)), labels, fontsize=6)
         ax.set_title(key + (" (lower is better)" if "frechet" in key else ""), fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -465,6 +471,19 @@ def run_fewshot(model: str, tokenizer: str, episodes: int, top: int, out: Path) 
     _write(out / "result.json", record)
     plot_fewshot(record, out / "claim_fewshot.png")
     return record
+
+
+def _memory_panel(ax, memory: dict) -> None:
+    frames = sorted(int(k[1:].split("/")[0]) for k in memory if k.endswith("/sampled_mib"))
+    for kind, style in (("sampled", "o-"), ("full", "s--")):
+        ax.plot(frames, [memory[f"T{t}/{kind}_mib"] for t in frames], style,
+                label="random patches (stage 1)" if kind == "sampled" else "every patch")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(frames, [str(t) for t in frames])
+    ax.set_xlabel("frames")
+    ax.set_ylabel("MiB held at backward")
+    ax.set_title("CoordTok step memory vs length", fontsize=8)
+    ax.legend(fontsize=6)
 
 
 def plot_fewshot(record: dict, output: Path) -> Path:
