@@ -55,6 +55,8 @@ def test_vtok_claim_reuses_finished_runs_and_states_the_gap(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["settings"]["test_limit"] == 1000 and "git_commit" in saved
     assert (tmp_path / "claim_vtok.png").stat().st_size > 0
+    table = claims.vtok_table(record)
+    assert "| VTok (key frame + residuals) | 71 |" in table and "+0.040 ± 0.014" in table
 
 
 def test_unknown_arms_are_refused(tmp_path):

@@ -118,7 +118,30 @@ def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out
                                            / arms_table["frames"]["tokens_per_video"]}
     _write(out / "result.json", record)
     plot_vtok(record, out / "claim_vtok.png")
+    print(vtok_table(record))
     return record
+
+
+def vtok_table(record: dict) -> str:
+    """The arms as a markdown table (what the README shows)."""
+    lines = ["| arm | tokens / video | SFT min | tokenizer min | seeds: overall | overall (mean ± s.e.) | "
+             + " | ".join(CATEGORIES) + " | letter |", "|---" * (7 + len(CATEGORIES)) + "|"]
+    for name, arm in record["arms"].items():
+        runs = record["runs"][name]
+        seeds = ", ".join(f"{r['overall']:.3f}" for r in runs)
+        letters = [r["letter"] for r in runs]
+        letter = mean(letters) if None not in letters else float("nan")
+        minutes = arm["sft_compute_minutes"] if arm["sft_compute_minutes"] is not None else arm["sft_minutes"]
+        lines.append(f"| {VTOK_LABELS[name]} | {arm['tokens_per_video']} | {minutes:.1f} | "
+                     f"{arm['tokenizer_minutes']:.1f} | {seeds} | {arm['overall']['mean']:.3f} ± "
+                     f"{arm['overall']['stderr']:.3f} | "
+                     + " | ".join(f"{arm['categories'].get(c, float('nan')):.3f}" for c in CATEGORIES)
+                     + f" | {letter:.3f} |")
+    gap = record.get("gap_vtok_minus_frames")
+    if gap:
+        lines.append(f"\nVTok - frame sampling: {gap['value']:+.3f} ± {gap['stderr']:.3f} overall, with "
+                     f"{gap['token_ratio']:.3f} of its tokens")
+    return "\n".join(lines)
 
 
 def _vtok_run(folder: Path, seed: int) -> dict:
