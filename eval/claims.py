@@ -35,6 +35,8 @@ def main() -> None:
                       help="test questions per run (the first N; 0: all 2,572); the frame-sampling arm "
                            "scores about 3.6 questions/s on 2 cores")
     vtok.add_argument("--out", type=Path, default=claims.ROOT / "vtok")
+    vtok.add_argument("--no-train", action="store_true",
+                      help="train and score nothing: summarise the arm/seed runs that are finished")
     vtok.add_argument("overrides", nargs="*", help="train/sft.py key=value overrides for every arm")
     sweet = sub.add_parser("sweettok", help="SweetTok: DQAE vs flattened queries, MLC vs a plain codebook")
     sweet.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -67,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.claim == "vtok":
         claims.run_vtok(args.seeds, args.arms, args.config, args.test_data, args.out, args.overrides,
-                        args.limit or None)
+                        args.limit or None, train=not args.no_train)
     elif args.claim == "sweettok":
         claims.run_sweettok(args.seeds, args.arms, args.config, args.minutes, args.data, args.limit, args.out,
                             parallel=not args.sequential, name=args.name)

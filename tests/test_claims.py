@@ -55,6 +55,11 @@ def test_vtok_claim_reuses_finished_runs_and_states_the_gap(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["settings"]["test_limit"] == 1000 and "git_commit" in saved
     assert (tmp_path / "claim_vtok.png").stat().st_size > 0
+    # --no-train summarises what is finished: a missing run is left out, not trained
+    (tmp_path / "frames_pooled-s1" / "eval-test.json").unlink()
+    partial = claims.run_vtok([0, 1], list(claims.VTOK_ARMS), "c", "t", tmp_path, [], 1000, train=False)
+    assert partial["settings"]["seeds_per_arm"]["frames_pooled"] == [0]
+    assert partial["arms"]["frames_pooled"]["seeds"] == 1
     table = claims.vtok_table(record)
     assert "| VTok (key frame + residuals) | 71 |" in table and "+0.040 ± 0.014" in table
 

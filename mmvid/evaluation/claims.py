@@ -85,14 +85,15 @@ VTOK_LABELS = {"vtok": "VTok (key frame + residuals)", "frames": "frame sampling
 
 
 def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out: Path,
-             overrides: list[str], limit: int | None = None) -> dict:
+             overrides: list[str], limit: int | None = None, train: bool = True) -> dict:
     """Per arm and seed: `train/sft.py` (the default recipe; the arm's tokenizer config, its own tokenizer
     folder; the text tokenizer, vision tower and pretrained LLM shared), then `eval/run.py --bench tv_align`
-    on `test_data`. Then the table per arm, the gap VTok - frame sampling with its standard error, a PNG."""
+    on `test_data`. Then the table per arm, the gap VTok - frame sampling with its standard error, a PNG.
+    With `train=False` nothing runs: the summary covers the arm/seed runs that are finished."""
     for name in arms:
         if name not in VTOK_ARMS:
             raise KeyError(f"unknown arm {name!r}; known: {list(VTOK_ARMS)}")
-    for seed in seeds:
+    for seed in seeds if train else []:
         for name in arms:
             folder = out / f"{name}-s{seed}"
             if not (folder / "final" / "train_summary.json").is_file():
@@ -104,12 +105,17 @@ def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out
                 _job(["eval/run.py", "--bench", "tv_align", "--model", f"{folder}/final", "--data", test_data,
                       "--output", f"{folder}/eval-test.json", *(["--limit", str(limit)] if limit else [])],
                      folder / "log.txt")
-    runs = {name: [_vtok_run(out / f"{name}-s{seed}", seed) for seed in seeds] for name in arms}
+    runs = {name: [_vtok_run(out / f"{name}-s{seed}", seed) for seed in seeds
+                   if (out / f"{name}-s{seed}" / "eval-test.json").is_file()] for name in arms}
+    runs = {name: r for name, r in runs.items() if r}
+    if not runs:
+        raise FileNotFoundError(f"no finished run under {out}; run without --no-train first")
     arms_table = {name: _vtok_arm(rs) for name, rs in runs.items()}
     settings = {"seeds": seeds, "arms": {a: VTOK_ARMS[a] for a in arms}, "config": config,
                 "overrides": overrides, "test_data": test_data, "test_limit": limit}
     record = {"claim": "vtok", "paper": "arXiv 2602.04202: S + (T-1) tokens, +3.4 points TV-Align over naive "
               "frame sampling", "settings": settings, "arms": arms_table, "runs": runs}
+    settings["seeds_per_arm"] = {name: [r["seed"] for r in rs] for name, rs in runs.items()}
     if "vtok" in arms_table and "frames" in arms_table:
         a, b = arms_table["vtok"]["overall"], arms_table["frames"]["overall"]
         record["gap_vtok_minus_frames"] = {"value": a["mean"] - b["mean"],
