@@ -11,6 +11,9 @@ pretrained LLM, steps, minutes) is shared.
   per arm and seed, scored on the world's test split.
 - `sweettok`: SweetTok's decoupled queries against flattened (LARP-like) queries, and its language
   codebook against a plain learned one, at equal tokens and training minutes (reconstruction on test).
+- `fewshot`: SweetTok's words for 5-way few-shot recognition of the held-out actions through the default's
+  LLM, beside its own video tokens, a perfect class code (text alone) and nearest class means (features
+  alone).
 - `coordtok`: 128-frame clips, CoordTok against VTok and frame sampling at matched token counts and
   equal training minutes, with the memory bench beside it.
 """
