@@ -72,7 +72,7 @@ model = VideoLLM.from_pretrained("runs/sft-default/final")
 model.train()
 for p in model.parameters():
     p.requires_grad_(False)
-params = [p for p in model.llm.parameters()]
+params = list(model.llm.parameters())
 for p in params:
     p.requires_grad_(True)
 optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)

@@ -27,8 +27,11 @@ import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean, median, stdev
+
+import yaml
 
 ROOT = Path("runs/claims")
 CATEGORIES = ("action", "colour", "count", "shape", "spatial", "temporal")
@@ -115,10 +118,10 @@ def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out
         raise FileNotFoundError(f"no finished run under {out}; run without --no-train first")
     arms_table = {name: _vtok_arm(rs) for name, rs in runs.items()}
     settings = {"seeds": seeds, "arms": {a: VTOK_ARMS[a] for a in arms}, "config": config,
-                "overrides": overrides, "test_data": test_data, "test_limit": limit}
+                "overrides": overrides, "test_data": test_data, "test_limit": limit,
+                "seeds_per_arm": {name: [r["seed"] for r in rs] for name, rs in runs.items()}}
     record = {"claim": "vtok", "paper": "arXiv 2602.04202: S + (T-1) tokens, +3.4 points TV-Align over naive "
               "frame sampling", "settings": settings, "arms": arms_table, "runs": runs}
-    settings["seeds_per_arm"] = {name: [r["seed"] for r in rs] for name, rs in runs.items()}
     if "vtok" in arms_table and "frames" in arms_table:
         a, b = arms_table["vtok"]["overall"], arms_table["frames"]["overall"]
         record["gap_vtok_minus_frames"] = {"value": a["mean"] - b["mean"],
@@ -172,9 +175,6 @@ def _vtok_run(folder: Path, seed: int) -> dict:
 def _compute_minutes(metrics: Path, steps: int) -> float | None:
     """SFT minutes as the median step's compute time (data loading excluded) times the steps, per phase:
     a figure that another job on the machine, or a pause, does not inflate the way wall time is."""
-    from collections import defaultdict
-    from statistics import median
-
     per_phase = defaultdict(list)
     for line in metrics.read_text().splitlines() if metrics.is_file() else []:
         record = json.loads(line)
@@ -183,15 +183,11 @@ def _compute_minutes(metrics: Path, steps: int) -> float | None:
     logged = sum(len(v) for v in per_phase.values())
     if not logged:
         return None
-    batch = None
-    # samples per step: from the config the run saved (batch_size x grad_accum)
+    # samples per step: from the config the run saved (batch_size x grad_accum; the SFT defaults without one)
     config = metrics.parent / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        cfg = yaml.safe_load(config.read_text())
-        batch = cfg.get("batch_size", 8) * cfg.get("grad_accum", 1)
-    seconds = sum(steps * len(v) / logged * median(v) * (batch or 8) for v in per_phase.values())
+    cfg = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    batch = cfg.get("batch_size", 8) * cfg.get("grad_accum", 1)
+    seconds = sum(steps * len(v) / logged * median(v) * batch for v in per_phase.values())
     return round(seconds / 60, 2)
 
 
@@ -206,15 +202,32 @@ def _vtok_arm(runs: list[dict]) -> dict:
             "tokenizer_minutes": round(mean(r["tokenizer_minutes"] for r in runs), 2)}
 
 
-def plot_vtok(record: dict, output: Path) -> Path:
+def _subplots(panels: int, size: tuple[float, float]):
+    """A row of `panels` axes (matplotlib headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, output: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    print(f"wrote {output}")
+    return output
+
+
+def plot_vtok(record: dict, output: Path) -> Path:
     arms = record["arms"]
     groups = ["overall", *CATEGORIES]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, (ax,) = _subplots(1, (9, 3.6))
     width = 0.8 / len(arms)
     for i, (name, arm) in enumerate(arms.items()):
         values = [arm["overall"]["mean"], *(arm["categories"].get(c, float("nan")) for c in CATEGORIES)]
@@ -232,12 +245,7 @@ def plot_vtok(record: dict, output: Path) -> Path:
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"VTok vs frame sampling, same frames and tower ({record['settings']['seeds']} seeds; "
                  "bars: mean, error: s.e.)", fontsize=9)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    print(f"wrote {output}")
-    return output
+    return _save(fig, output)
 
 
 # ---------------------------------------------------------------------------------------------- SweetTok
@@ -353,28 +361,24 @@ def _recon_arm(runs: list[dict]) -> dict:
     for key in ("psnr", "ssim"):
         m, se = mean_and_stderr([r[key] for r in runs], [r[f"{key}_stderr"] for r in runs])
         arm[key] = {"mean": m, "stderr": se}
-    if all("frechet_proxy" in r for r in runs):
-        arm["frechet_proxy"] = {"mean": mean(r["frechet_proxy"] for r in runs), "stderr": 0.0}
+    if all("frechet_proxy" in r for r in runs):  # one number per run: its error is the spread between seeds
+        m, se = mean_and_stderr([r["frechet_proxy"] for r in runs], [0.0] * len(runs))
+        arm["frechet_proxy"] = {"mean": m, "stderr": se}
     return arm
 
 
 def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
     """One panel per metric, one bar per arm (mean, s.e.), each seed a dot; with the record's "memory" (the
     CoordTok claim), a last panel of a training step's memory against clip length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     arms = record["arms"]
     keys = [k for k in keys if all(k in a for a in arms.values())]
     panels = len(keys) + ("memory" in record)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.4), squeeze=False)
+    fig, axes = _subplots(panels, (3.2 * panels, 3.4))
     if "memory" in record:
-        _memory_panel(axes[0][-1], record["memory"])
+        _memory_panel(axes[-1], record["memory"])
     labels = [f"{n.replace('_', ' ')}\n{arms[n]['tokens_per_video']:.0f} tok, {arms[n]['steps']:.0f} steps"
               for n in arms]
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes, keys):
         names = list(arms)
         ax.bar(range(len(names)), [arms[n][key]["mean"] for n in names],
                yerr=[arms[n][key]["stderr"] for n in names], capsize=3,
@@ -388,12 +392,7 @@ def plot_bars(record: dict, keys: list[str], output: Path, title: str) -> Path:
         ax.set_xticks(range(len(names)), labels, fontsize=6)
         ax.set_title(key + (" (lower is better)" if "frechet" in key else ""), fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    print(f"wrote {output}")
-    return output
+    return _save(fig, output)
 
 
 # ---------------------------------------------------------------------------------------------- CoordTok
@@ -519,14 +518,9 @@ def _memory_panel(ax, memory: dict) -> None:
 
 
 def plot_fewshot(record: dict, output: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     arms = record["arms"]
     keys = sorted({k for arm in arms.values() for k in arm})
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, (ax,) = _subplots(1, (7, 3.2))
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
         xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(arms))]
@@ -540,9 +534,4 @@ def plot_fewshot(record: dict, output: Path) -> Path:
     ax.legend(fontsize=7)
     episodes = record["settings"]["episodes"]
     ax.set_title(f"few-shot recognition of the 5 held-out actions ({episodes} episodes)", fontsize=9)
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    print(f"wrote {output}")
-    return output
+    return _save(fig, output)

@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mmvid.data import tensor_to_frames
 from mmvid.data.video_dataset import VideoClipDataset, list_videos
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
+from mmvid.evaluation.tv_align_gen import frame_features, video_feature
 from mmvid.metrics import frechet_distance, psnr, ssim
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from
 
@@ -169,9 +171,6 @@ def _features(extractor: torch.jit.ScriptModule, video: torch.Tensor, size: int 
 
 def _proxy_features(videos: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, T, H, W) in [-1, 1] -> one tv_align_gen video feature per video."""
-    from mmvid.data import tensor_to_frames
-    from mmvid.evaluation.tv_align_gen import frame_features, video_feature
-
     return [video_feature(frame_features(tensor_to_frames(v.float().cpu()))) for v in videos]
 
 

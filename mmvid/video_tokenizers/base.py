@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mmvid.video_tokenizers.features import HFFeatures
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -110,8 +112,6 @@ class VideoTokenizer(nn.Module):
 
     def requires_grad_(self, requires_grad: bool = True) -> VideoTokenizer:
         """As nn.Module's, but a frozen HF feature extractor (`freeze_features`) stays frozen."""
-        from mmvid.video_tokenizers.features import HFFeatures
-
         super().requires_grad_(requires_grad)
         for module in self.modules():
             if isinstance(module, HFFeatures) and module.frozen:
