@@ -133,6 +133,10 @@ def test_fewshot_oracle_control_uses_one_code_per_class(model, world):
     codes = class_codes(items, seed=0)
     assert set(codes) == {i["label"] for i in items} and codes == class_codes(items, seed=0)
     assert all(len(code.split()) == 3 for code in codes.values())
+    objects = [o for item in items for o in item["objects"]]
+    many = [{"label": f"class{k}", "objects": objects} for k in range(20)]
+    sets = [frozenset(code.split()) for code in class_codes(many, seed=0).values()]
+    assert len(set(sets)) == len(sets)  # never the same words in another order
     ctx = BenchContext(model=model, data=str(world), limit=2, options={"ways": "2", "shots": "1",
                                                                       "video_as": "oracle"})
     result = run_benches(["fewshot"], ctx)["results"]["fewshot"]
@@ -140,6 +144,15 @@ def test_fewshot_oracle_control_uses_one_code_per_class(model, world):
     with pytest.raises(ValueError, match="control for the LLM scorer"):
         run_benches(["fewshot"], BenchContext(model=model, data=str(world), limit=2,
                                               options={"video_as": "oracle", "scorer": "prototype"}))
+
+
+def test_fewshot_names_labels_the_text_tokenizer_never_learned(model):
+    from mmvid.evaluation.fewshot import unlearned_pieces
+
+    tok = model.text_tokenizer
+    known = next(w for w in ("red", "star", "circle", "moves") if not unlearned_pieces(tok, [w]))
+    found = unlearned_pieces(tok, [known, "\u00e9\u00e9"])  # accented letters: byte fallback
+    assert set(found) == {"\u00e9\u00e9"} and all(p.startswith("<0x") for p in found["\u00e9\u00e9"])
 
 
 def test_prototype_choice_is_the_nearest_class_mean_by_cosine():

@@ -3,7 +3,10 @@
 # (the 5 held-out actions are never seen): half with each video's SweetTok words, half with a random 3-word
 # code per class drawn afresh for every episode (a label can only be found by matching query and support).
 # The LLM (and nothing else) trains on every assistant turn for MINUTES, then is saved for the fewshot bench:
-#   .venv/bin/python docs/experiments/fewshot_meta.py MINUTES [OUT]
+#   .venv/bin/python docs/experiments/fewshot_meta.py MINUTES [OUT] [CODES]
+# CODES (default 0.5) is the share of episodes with random per-episode class codes; with CODES = 1 the
+# episodes are text only (short, so many more of them per minute) and half of them also draw random labels
+# (1-2 world words), so that copying, not a label prior, is what pays.
 #   python eval/run.py --bench fewshot --model OUT --option video_as=oracle --option episodes=50
 #   python eval/run.py --bench fewshot --model OUT --video-as words --option words_tokenizer=TOK \
 #       --option words_top=30 --option episodes=50
@@ -24,6 +27,7 @@ from mmvid.videollm import VideoLLM
 
 minutes = float(sys.argv[1])
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/exp/fewshot-meta")
+codes_share = float(sys.argv[3]) if len(sys.argv) > 3 else 0.5
 TOK = "runs/claims/sweettok/dqae_mlc-s0/final"
 torch.manual_seed(0)
 rng = random.Random(0)
@@ -55,7 +59,10 @@ vocab = sorted({w for text, _ in words.values() for w in text.split()} | {"red",
 def episode() -> list[dict]:
     classes = rng.sample(actions, 5)
     shots = rng.choice([1, 5])
-    codes = {c: " ".join(rng.sample(vocab, 3)) for c in classes} if rng.random() < 0.5 else None
+    codes = {c: " ".join(rng.sample(vocab, 3)) for c in classes} if rng.random() < codes_share else None
+    names = dict(ACTION_PHRASES)
+    if codes and codes_share >= 1 and rng.random() < 0.5:  # random labels: only copying finds them
+        names = {c: " ".join(rng.sample(vocab, rng.choice([1, 2]))) for c in classes}
     items = [(c, p) for c in classes for p in rng.sample(by_action[c], shots)]
     rng.shuffle(items)
     items.append((q := rng.choice(classes), rng.choice(by_action[q])))
@@ -63,7 +70,7 @@ def episode() -> list[dict]:
     for c, p in items:
         text = codes[c] if codes else words[p][0]
         turns += [{"from": "human", "value": f"{text}\n{QUESTION}"},
-                  {"from": "gpt", "value": ACTION_PHRASES[c]}]
+                  {"from": "gpt", "value": names[c]}]
     return turns
 
 
@@ -96,4 +103,5 @@ while time.time() - start < minutes * 60:
 model.eval()
 model.save_pretrained(out)
 print(json.dumps({"out": str(out), "steps": steps, "minutes": minutes, "episodes_seen": 4 * steps,
-                  "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "words_tokenizer": TOK}))
+                  "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "words_tokenizer": TOK,
+                  "codes_share": codes_share}))

@@ -39,7 +39,9 @@ compares SweetTok's words with its own continuous vectors without a pretrained L
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -51,6 +53,8 @@ from mmvid.evaluation.scoring import continuation_logprobs, pick
 from mmvid.processor import VideoProcessor, VideoProcessorConfig
 from mmvid.text_tokenizer import VIDEO_TOKEN
 from mmvid.video_tokenizers import video_tokenizer_from
+
+log = logging.getLogger(__name__)
 
 QUESTION = "What does the object do?"
 VIDEO_AS = ("video", "words", "oracle")  # "text" is an alias of "words"
@@ -135,7 +139,34 @@ def class_codes(items: list[dict], seed: int) -> dict[str, str]:
     if len(vocab) < 3:
         raise ValueError("video_as=oracle needs items with 'objects' (shape, colour, size) to draw codes "
                          "from")
-    return {label: " ".join(rng.sample(vocab, 3)) for label in sorted({i["label"] for i in items})}
+    labels = sorted({i["label"] for i in items})
+    codes: dict[str, str] = {}
+    used: set[frozenset] = set()
+    for label in labels:  # distinct word sets: two codes are never the same words in another order
+        for _ in range(1000):
+            words = rng.sample(vocab, 3)
+            if frozenset(words) not in used:
+                break
+        else:
+            raise ValueError(f"cannot draw {len(labels)} distinct 3-word codes from {len(vocab)} words")
+        used.add(frozenset(words))
+        codes[label] = " ".join(words)
+    return codes
+
+
+def unlearned_pieces(tokenizer, labels: list[str]) -> dict[str, list[str]]:
+    """Labels that the text tokenizer writes with byte-fallback (`<0x7A>`) or unknown pieces: {label: those
+    pieces}. An LLM trained on that tokenizer's text has never produced them, so such a label is all but
+    unscorable (a from-scratch LLM gives it a log-prob of tens of nats whatever the context says)."""
+    out = {}
+    for label in labels:
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        bad = [p for i, p in zip(ids, pieces, strict=True)
+               if i == tokenizer.unk_token_id or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", str(p))]
+        if bad:
+            out[label] = bad
+    return out
 
 
 def prototype_choice(support: list[torch.Tensor], support_labels: list[str], query: torch.Tensor,
@@ -236,6 +267,13 @@ def run(ctx: BenchContext) -> BenchResult:
     if video_as == "words":
         to_words, processor, tokenizer_name = words_tokenizer(ctx, model)
     codes = class_codes(items, ctx.seed) if video_as == "oracle" else {}
+    unlearned = unlearned_pieces(model.text_tokenizer, sorted({i["label"] for i in items}))
+    if unlearned:
+        log.warning("fewshot: the text tokenizer writes %d of the labels with byte-fallback or unknown pieces "
+                    "its LLM never trained on (%s); those labels score far below the others whatever the "
+                    "context, so accuracy stays near chance. Train the text tokenizer on text that has these "
+                    "words, or use an LLM whose tokenizer knows them.", len(unlearned),
+                    ", ".join(f"{k!r}: {v}" for k, v in unlearned.items()))
     cache: dict[str, torch.Tensor] = {}
     texts: dict[str, str] = {}
 
@@ -282,7 +320,7 @@ def run(ctx: BenchContext) -> BenchResult:
             value, stderr = mean_stderr(values)
             metrics.append(Metric(f"{ways}way_{shots}shot/{name}", value, stderr, len(values)))
     settings = {"file": str(path), "ways": ways, "shots": shot_list, "episodes": count, "video_as": video_as,
-                "chance": 1 / ways, "question": QUESTION}
+                "chance": 1 / ways, "question": QUESTION, "labels_with_unlearned_pieces": unlearned}
     if video_as == "oracle":
         settings.update(codes=codes)
     if video_as == "words":
