@@ -38,6 +38,29 @@ def _recon(world: Path, model_path=None, **options):
 # ---------------------------------------------------------------- recon
 
 
+def test_recon_roundtrip_scores_reconstructions_against_each_scene(world):
+    from mmvid.data.video_dataset import VideoClipDataset, list_videos
+
+    paths = list_videos(str(world), "test")
+    clips = torch.stack([VideoClipDataset(paths, 8, 32, seed=0)[i]["video"] for i in range(len(paths))])
+    perfect = recon.RoundTrip("auto")
+    perfect.add(paths, clips, clips)  # a lossless tokenizer scores the ceiling exactly
+    m = {x.name: x for x in perfect.metrics()}
+    assert m["roundtrip/overall"].n == 4
+    for name in ("colour", "shape", "count", "action", "overall"):
+        assert m[f"roundtrip/{name}"].value == m[f"roundtrip_real/{name}"].value
+    assert m["roundtrip_real/colour"].value > 0.5  # the analyzer finds the objects of the real clips
+    flat = recon.RoundTrip("auto")
+    flat.add(paths, clips, clips[:, :, :, :1, :1].expand_as(clips).clone())  # one colour: nothing drawn
+    m = {x.name: x for x in flat.metrics()}
+    assert m["roundtrip/colour"].value == 0 and m["roundtrip/overall"].value < m["roundtrip_real/overall"].value
+    off = recon.RoundTrip("off")
+    off.add(paths, clips, clips)
+    assert off.metrics() == []
+    with pytest.raises(ValueError, match="auto or off"):
+        recon.RoundTrip("yes")
+
+
 def test_recon_preset_scores_every_test_video(world):
     torch.manual_seed(0)
     _, result = _recon(world, tokenizer="vtok_tiny", frames=8)
@@ -45,6 +68,8 @@ def test_recon_preset_scores_every_test_video(world):
     assert set(RECON_METRICS) <= set(m) and "fvd" not in m
     assert all(math.isfinite(m[k].value) for k in RECON_METRICS)
     assert m["tokens_per_video"].value == 23 and m["videos"].value == 4
+    assert m["roundtrip/overall"].n == 4 and 0 <= m["roundtrip/overall"].value <= 1
+    assert result.settings["roundtrip_videos"] == 4
     assert m["psnr"].n == 4 and m["psnr"].stderr is not None
     assert m["encode_videos_per_s"].value > 0 and m["decode_videos_per_s"].value > 0
     s = result.settings
@@ -63,7 +88,8 @@ def test_recon_saved_tokenizer_gives_identical_numbers_and_samples(world, tmp_pa
     a, b = _metrics(from_folder), _metrics(from_preset)
     for name in ("psnr", "ssim", "tokens_per_video", "videos"):
         assert a[name].value == b[name].value and a[name].stderr == b[name].stderr
-    assert len(from_folder.samples) == 4 and set(from_folder.samples[0]) == {"path", "psnr", "ssim"}
+    assert len(from_folder.samples) == 4
+    assert set(from_folder.samples[0]) == {"path", "psnr", "ssim", "roundtrip_hits", "roundtrip_real_hits"}
     assert np.mean([s["psnr"] for s in from_folder.samples]) == pytest.approx(a["psnr"].value)
 
 

@@ -13,6 +13,13 @@ decoded and clamped to [-1, 1]. Metrics:
     encode_videos_per_s         videos / seconds spent in encode (data loading and metrics excluded)
     decode_videos_per_s         videos / seconds spent in decode
     videos                      how many videos were scored
+    roundtrip/*                 the synthetic world's analyzer on each reconstruction, scored against the
+                                video's own scene (its `.json` beside the mp4) as tv_align_gen scores a
+                                generation: colour, shape, count, action and overall (their mean). Only for
+                                videos with a scene file; `roundtrip_real/*` is the same analyzer on the input
+                                clip (same frames and size), the ceiling. A head that generates tokens can
+                                draw no better than the tokenizer's roundtrip. `--option roundtrip=off`
+                                skips it
     frechet_proxy               the Frechet distance between the real videos and their reconstructions on
                                 tv_align_gen's model-free features (4x4-pooled RGB + an 8-colour histogram
                                 per frame, mean and std over time); 0 for a perfect round trip
@@ -29,6 +36,7 @@ sets: compare FVDs only at the same number of videos (standard practice uses tho
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -40,7 +48,7 @@ from torch.utils.data import DataLoader
 from mmvid.data import tensor_to_frames
 from mmvid.data.video_dataset import VideoClipDataset, list_videos
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
-from mmvid.evaluation.tv_align_gen import frame_features, video_feature
+from mmvid.evaluation.tv_align_gen import category_metrics, frame_features, score_objects, video_feature
 from mmvid.metrics import frechet_distance, psnr, ssim
 from mmvid.video_tokenizers import VideoTokenizer, video_tokenizer_from
 
@@ -72,6 +80,7 @@ def run(ctx: BenchContext) -> BenchResult:
     encode_s = decode_s = 0.0
     real_features, fake_features = [], []
     real_proxy, fake_proxy = [], []  # model-free video features, for frechet_proxy
+    roundtrip = RoundTrip(ctx.option("roundtrip", "auto"))
     try:
         with torch.no_grad():
             for batch in loader:
@@ -88,6 +97,7 @@ def run(ctx: BenchContext) -> BenchResult:
                 paths += list(batch["path"])
                 real_proxy += _proxy_features(x)
                 fake_proxy += _proxy_features(y)
+                roundtrip.add(batch["path"], x, y)
                 if extractor is not None:
                     real_features.append(_features(extractor, x, fvd_size))
                     fake_features.append(_features(extractor, y, fvd_size))
@@ -105,6 +115,7 @@ def run(ctx: BenchContext) -> BenchResult:
     if n > 1:
         metrics.append(Metric("frechet_proxy", frechet_distance(np.stack(real_proxy), np.stack(fake_proxy)),
                               n=n))
+    metrics += roundtrip.metrics()
     if extractor is not None:
         fvd = frechet_distance(torch.cat(real_features), torch.cat(fake_features))
         metrics.append(Metric("fvd", fvd, n=n))
@@ -118,17 +129,69 @@ def run(ctx: BenchContext) -> BenchResult:
         "device": str(device),
         "fvd_model": ctx.option("fvd_model"),
         "fvd_size": fvd_size if extractor is not None else None,
+        "roundtrip_videos": len(roundtrip.hits["recon"]),
     }
     samples = None
     if ctx.log_samples:
-        samples = [{"path": p, "psnr": a, "ssim": b}
-                   for p, a, b in zip(paths, scores["psnr"], scores["ssim"])]
+        samples = [{"path": p, "psnr": a, "ssim": b, **roundtrip.sample(p)}
+                   for p, a, b in zip(paths, scores["psnr"], scores["ssim"], strict=True)]
     return BenchResult("recon", metrics, settings, samples)
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+
+
+class RoundTrip:
+    """The analyzer's round-trip score: each reconstruction (and its input clip) against the scene of the
+    video, read from the `.json` beside it. `mode`: auto (score the videos that have a scene file), off."""
+
+    def __init__(self, mode: str):
+        if mode not in ("auto", "off"):
+            raise ValueError(f"roundtrip must be auto or off, got {mode!r}")
+        self.on = mode == "auto"
+        self.hits: dict[str, list[dict]] = {"recon": [], "real": []}
+        self.by_path: dict[str, dict] = {}
+
+    @staticmethod
+    def objects(path: str) -> list[dict] | None:
+        meta = Path(path).with_suffix(".json")
+        if not meta.is_file():
+            return None
+        try:
+            objects = json.loads(meta.read_text()).get("scene", {}).get("objects")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        keys = {"colour", "shape", "action"}
+        if not isinstance(objects, list) or not all(isinstance(o, dict) and keys <= set(o) for o in objects):
+            return None
+        return objects
+
+    def add(self, paths: list[str], real: torch.Tensor, recon: torch.Tensor) -> None:
+        """One batch: the input clips and their reconstructions (B, 3, T, H, W) in [-1, 1]."""
+        if not self.on:
+            return
+        from mmvid.data.shapes.analyzer import analyze  # scipy set-up: only when a scene is there
+
+        for path, x, y in zip(paths, real, recon, strict=True):
+            objects = self.objects(path)
+            if objects is None:
+                continue
+            hits = {name: score_objects(objects, analyze(tensor_to_frames(v.float().cpu()).numpy()))
+                    for name, v in (("recon", y), ("real", x))}
+            for name, h in hits.items():
+                self.hits[name].append(h)
+            self.by_path[path] = {"roundtrip_hits": hits["recon"], "roundtrip_real_hits": hits["real"]}
+
+    def metrics(self) -> list[Metric]:
+        if not self.hits["recon"]:
+            return []
+        return category_metrics(self.hits["recon"], "roundtrip/") + category_metrics(self.hits["real"],
+                                                                                     "roundtrip_real/")
+
+    def sample(self, path: str) -> dict:
+        return self.by_path.get(path, {})
 
 
 def _tokenizer(ctx: BenchContext) -> tuple[VideoTokenizer, str]:
