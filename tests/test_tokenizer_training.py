@@ -82,6 +82,37 @@ def test_time_budget_stops_training(world, tmp_path):
     assert summary["step"] < 5
 
 
+def test_decoder_only_training_keeps_the_tokens_and_moves_the_decoder(world, tmp_path):
+    first = tmp_path / "first"
+    run(_config(world, first, "steps=2", "val_every=100"))
+    tuned = tmp_path / "tuned"
+    run(_config(world, tuned, "steps=3", "val_every=100", f"init_from={first / 'final'}", "train=decoder",
+                "lr=0.01"))
+    before, after = load_video_tokenizer(first / "final").eval(), load_video_tokenizer(tuned / "final").eval()
+    decoder = set(before.decoder_parameter_names())
+    assert decoder and decoder < {name for name, _ in before.named_parameters()}
+    a, b = dict(before.named_parameters()), dict(after.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a if n not in decoder)  # the encoder did not move
+    assert any(not torch.equal(a[n], b[n]) for n in decoder)
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(video), after.encode(video))
+    with pytest.raises(ValueError, match="init_from"):
+        _config(world, tmp_path / "x", "train=decoder")
+    with pytest.raises(ValueError, match="'all' or 'decoder'"):
+        _config(world, tmp_path / "x", "train=encoder")
+
+
+@pytest.mark.parametrize("preset", ["frames_tiny", "sweettok_tiny", "coordtok_tiny"])
+def test_every_tokenizer_declares_its_decoder(preset):
+    from mmvid.video_tokenizers import build_video_tokenizer
+
+    tokenizer = build_video_tokenizer(preset).train_only_decoder()
+    trainable = {n for n, p in tokenizer.named_parameters() if p.requires_grad}
+    assert trainable == set(tokenizer.decoder_parameter_names()) and trainable
+    assert len(trainable) < len(list(tokenizer.parameters()))
+
+
 @pytest.mark.timeout(600)
 def test_two_processes_with_torchrun_on_cpu(world, tmp_path):
     out = tmp_path / "ddp"

@@ -82,6 +82,7 @@ class VideoTokenizer(nn.Module):
     """
 
     architecture: str = ""  # key in ARCHITECTURES, stored in config.json
+    decoder_prefixes: tuple[str, ...] = ()  # the top-level modules/parameters that make up the decoder
     config_class: type = object
     min_frames: int = 1
     discrete: bool = False
@@ -116,6 +117,22 @@ class VideoTokenizer(nn.Module):
         for module in self.modules():
             if isinstance(module, HFFeatures) and module.frozen:
                 module.requires_grad_(False)
+        return self
+
+    def decoder_parameter_names(self) -> list[str]:
+        """Names of the parameters that decode tokens into pixels (`decoder_prefixes`): what
+        `train_only_decoder` leaves trainable. The encoder, quantizer and codebook are the rest."""
+        if not self.decoder_prefixes:
+            raise self.lacks("a declared decoder (decoder_prefixes)")
+        return [name for name, _ in self.named_parameters()
+                if name.split(".")[0] in self.decoder_prefixes]
+
+    def train_only_decoder(self) -> VideoTokenizer:
+        """Freeze everything but the decoder, so that the tokens (and any LLM trained on them) stay exactly
+        what they were while the decoder keeps learning to draw them."""
+        keep = set(self.decoder_parameter_names())
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in keep)
         return self
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

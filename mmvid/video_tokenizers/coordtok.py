@@ -182,6 +182,7 @@ class CoordTokConfig:
 
 class CoordTok(VideoTokenizer):
     architecture = "coordtok"
+    decoder_prefixes = ("decoder_embed", "decoder_pos", "decoder_blocks", "decoder_norm", "decoder_head")
     config_class = CoordTokConfig
 
     def __init__(self, config: CoordTokConfig):

@@ -73,6 +73,7 @@ class FramesConfig:
 
 class FramesTokenizer(VideoTokenizer):
     architecture = "frames"
+    decoder_prefixes = ("from_tokens", "memory_pos", "decoder")
     config_class = FramesConfig
 
     def __init__(self, config: FramesConfig):

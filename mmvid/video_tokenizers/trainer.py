@@ -60,6 +60,8 @@ class TokenizerTrainConfig:
     model: str = "vtok_base"  # a preset of mmvid.video_tokenizers.VIDEO_TOKENIZERS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # preset config fields to change
     init_from: str | None = None  # a save_pretrained folder whose weights start a new run (fresh optimizer)
+    train: str = "all"  # "all", or "decoder": only the decoder learns (needs init_from); the tokens stay exactly
+    #                     init_from's, so an LLM trained on them keeps working while the decoder draws better
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/tokenizer"  # run folder: config, metrics.jsonl, checkpoints/, final/
     steps: int = 2000  # optimizer steps
@@ -86,6 +88,11 @@ class TokenizerTrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.val_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
+        if self.train not in ("all", "decoder"):
+            raise ValueError(f"train must be 'all' or 'decoder', got {self.train!r}")
+        if self.train == "decoder" and not self.init_from:
+            raise ValueError("train=decoder fine-tunes the decoder of a trained tokenizer: set init_from to its "
+                             "save_pretrained folder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +204,8 @@ def build_model(cfg: TokenizerTrainConfig, device: torch.device,
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
         load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, device=str(device))
+    if cfg.train == "decoder":
+        tokenizer.train_only_decoder()
     model = TrainingLoss(tokenizer)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(

@@ -98,6 +98,7 @@ class VTokConfig:
 
 class VTok(VideoTokenizer):
     architecture = "vtok"
+    decoder_prefixes = ("from_key", "from_residual", "key_pos", "group_embed", "decoder")
     config_class = VTokConfig
     min_frames = 2
 
