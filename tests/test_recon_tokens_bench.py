@@ -53,7 +53,8 @@ def test_recon_roundtrip_scores_reconstructions_against_each_scene(world):
     flat = recon.RoundTrip("auto")
     flat.add(paths, clips, clips[:, :, :, :1, :1].expand_as(clips).clone())  # one colour: nothing drawn
     m = {x.name: x for x in flat.metrics()}
-    assert m["roundtrip/colour"].value == 0 and m["roundtrip/overall"].value < m["roundtrip_real/overall"].value
+    assert m["roundtrip/colour"].value == 0
+    assert m["roundtrip/overall"].value < m["roundtrip_real/overall"].value
     off = recon.RoundTrip("off")
     off.add(paths, clips, clips)
     assert off.metrics() == []

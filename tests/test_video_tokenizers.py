@@ -246,6 +246,35 @@ def test_vtok_with_a_frozen_hf_vision_model(tiny_clip, tmp_path):
 # ---------------------------------------------------------------- losses
 
 
+def test_foreground_weight_counts_object_pixels_more():
+    from mmvid.video_tokenizers.losses import foreground_mask
+
+    target = torch.full((1, 3, 2, 16, 16), -0.6)  # a grey background ...
+    target[:, 0, :, 4:8, 4:8] = 0.9  # ... and a small red square
+    mask = foreground_mask(target)
+    assert mask.shape == (1, 1, 2, 16, 16) and mask.sum() == 2 * 16 and mask[0, 0, 0, 5, 5] == 1
+    miss_object = target.clone()
+    miss_object[:, 0, :, 4:8, 4:8] = -0.6  # the square left out
+    miss_background = target.clone()
+    miss_background[:, 0, :, 10:14, 10:14] = 0.9  # a square too many, the same squared error
+    plain = [reconstruction_loss(r, target)[0].item() for r in (miss_object, miss_background)]
+    assert plain[0] == pytest.approx(plain[1])
+    weighted = [reconstruction_loss(r, target, foreground_weight=10)[0]
+                for r in (miss_object, miss_background)]
+    assert weighted[0].item() > 2 * weighted[1].item()
+    assert reconstruction_loss(target, target, foreground_weight=10)[0].item() == 0
+    same, parts = reconstruction_loss(miss_object, target, foreground_weight=0)
+    assert same.item() == pytest.approx(plain[0]) and set(parts) == {"mse"}
+
+
+def test_foreground_weight_is_refused_by_an_objective_that_does_not_take_it():
+    from mmvid.video_tokenizers.objectives import training_loss
+
+    tok = build_video_tokenizer("sweettok_tiny")
+    with pytest.raises(ValueError, match="foreground_weight"):
+        training_loss(tok, _video(batch=1, frames=5), foreground_weight=1.0)
+
+
 def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog):
     from safetensors.torch import save_file
 

@@ -269,10 +269,10 @@ def run(ctx: BenchContext) -> BenchResult:
     codes = class_codes(items, ctx.seed) if video_as == "oracle" else {}
     unlearned = unlearned_pieces(model.text_tokenizer, sorted({i["label"] for i in items}))
     if unlearned:
-        log.warning("fewshot: the text tokenizer writes %d of the labels with byte-fallback or unknown pieces "
-                    "its LLM never trained on (%s); those labels score far below the others whatever the "
-                    "context, so accuracy stays near chance. Train the text tokenizer on text that has these "
-                    "words, or use an LLM whose tokenizer knows them.", len(unlearned),
+        log.warning("fewshot: the text tokenizer writes %d of the labels with byte-fallback or unknown "
+                    "pieces its LLM never trained on (%s); those labels score far below the others whatever "
+                    "the context, so accuracy stays near chance. Train the text tokenizer on text that has "
+                    "these words, or use an LLM whose tokenizer knows them.", len(unlearned),
                     ", ".join(f"{k!r}: {v}" for k, v in unlearned.items()))
     cache: dict[str, torch.Tensor] = {}
     texts: dict[str, str] = {}

@@ -85,16 +85,37 @@ def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
     return PerceptualLoss(weights_path)
 
 
+# summed |RGB - the frame's median colour| on [-1, 1] above which a pixel is "object"
+FOREGROUND_THRESHOLD = 0.3
+
+
+def foreground_mask(video: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> float (B, 1, T, H, W): 1 where a pixel is far from its frame's median
+    colour (the background of a scene of small objects), else 0."""
+    median = video.flatten(3).median(dim=-1).values[..., None, None]  # (B, 3, T, 1, 1)
+    return ((video - median).abs().sum(1, keepdim=True) > threshold).to(video.dtype)
+
+
 def reconstruction_loss(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
     perceptual: PerceptualLoss | None = None,
     perceptual_weight: float = 0.0,
+    foreground_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MSE (+ weight * perceptual). Returns the loss and its parts for logging."""
+    """MSE (+ weight * perceptual). Returns the loss and its parts for logging.
+
+    foreground_weight w > 0 weighs each pixel of the target's foreground (`foreground_mask`) 1 + w times a
+    background pixel, normalised by the mean weight so the loss keeps MSE's scale: small objects, a few
+    percent of the pixels, then count for as much as the background they sit on.
+    """
     mse = F.mse_loss(reconstruction, target)
     parts = {"mse": float(mse.detach())}
     loss = mse
+    if foreground_weight > 0:
+        weights = 1 + foreground_weight * foreground_mask(target)
+        loss = (weights * (reconstruction - target).pow(2)).mean() / weights.mean()
+        parts["weighted_mse"] = float(loss.detach())
     if perceptual is not None and perceptual_weight > 0:
         p = perceptual(reconstruction, target)
         parts["perceptual"] = float(p.detach())

@@ -334,8 +334,8 @@ class SweetTok(WordIds, VideoTokenizer):
     """The words API (ids <-> words, video <-> text, id ranges) comes from `vocabulary.WordIds`."""
 
     architecture = "sweettok"
-    decoder_prefixes = ("spatial_in", "spatial_token_pos", "grid_queries", "spatial_decoder", "first_frame_head",
-                        "temporal_in", "temporal_decoder", "tube_head", "proxy_head")
+    decoder_prefixes = ("spatial_in", "spatial_token_pos", "grid_queries", "spatial_decoder",
+                        "first_frame_head", "temporal_in", "temporal_decoder", "tube_head", "proxy_head")
     config_class = SweetTokConfig
     min_frames = 1
 

@@ -60,8 +60,9 @@ class TokenizerTrainConfig:
     model: str = "vtok_base"  # a preset of mmvid.video_tokenizers.VIDEO_TOKENIZERS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # preset config fields to change
     init_from: str | None = None  # a save_pretrained folder whose weights start a new run (fresh optimizer)
-    train: str = "all"  # "all", or "decoder": only the decoder learns (needs init_from); the tokens stay exactly
-    #                     init_from's, so an LLM trained on them keeps working while the decoder draws better
+    # "all", or "decoder": only the decoder learns (needs init_from); the tokens stay exactly init_from's, so
+    # an LLM trained on them keeps working while the decoder learns to draw them better
+    train: str = "all"
     data: DataConfig = field(default_factory=DataConfig)
     out: str = "runs/tokenizer"  # run folder: config, metrics.jsonl, checkpoints/, final/
     steps: int = 2000  # optimizer steps
@@ -74,6 +75,7 @@ class TokenizerTrainConfig:
     grad_clip: float = 1.0  # max grad norm; 0 disables
     perceptual_weight: float = 0.0
     perceptual_weights: str | None = None  # VGG16 weights file for the perceptual term (MSE only without)
+    foreground_weight: float = 0.0  # > 0: object pixels weigh 1 + w in the MSE (losses.reconstruction_loss)
     log_every: int = 10
     val_every: int = 200
     val_videos: int = 32
@@ -88,11 +90,13 @@ class TokenizerTrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.val_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
+        if self.foreground_weight < 0:
+            raise ValueError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         if self.train not in ("all", "decoder"):
             raise ValueError(f"train must be 'all' or 'decoder', got {self.train!r}")
         if self.train == "decoder" and not self.init_from:
-            raise ValueError("train=decoder fine-tunes the decoder of a trained tokenizer: set init_from to its "
-                             "save_pretrained folder")
+            raise ValueError("train=decoder fine-tunes the decoder of a trained tokenizer: set init_from to "
+                             "its save_pretrained folder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,8 +156,9 @@ class TrainingLoss(torch.nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
 
-    def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float):
-        return training_loss(self.tokenizer, video, perceptual, perceptual_weight)
+    def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float,
+                foreground_weight: float = 0.0):
+        return training_loss(self.tokenizer, video, perceptual, perceptual_weight, foreground_weight)
 
 
 @torch.no_grad()
@@ -246,7 +251,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         for batch in loader:
             start = time.perf_counter()
             x = batch["video"].to(device)
-            loss, parts = model(x, perceptual, cfg.perceptual_weight)
+            loss, parts = model(x, perceptual, cfg.perceptual_weight, cfg.foreground_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
