@@ -580,6 +580,32 @@ class VideoLLM(nn.Module):
             record.update(token_dim=self.video_tokenizer.token_dim)
         return record
 
+    def load_video_decoder(self, path: str | os.PathLike) -> VideoLLM:
+        """Take the decoder of another save of the same video tokenizer (`tokenizers/train.py
+        train=decoder init_from=...`): the decoder draws better, the tokens stay the ones the LLM learned.
+        Refuses a tokenizer whose encoder (anything outside its `decoder_prefixes`) differs from this
+        model's in any weight, since its tokens would not be the ones the LLM and its head were trained on."""
+        from mmvid.video_tokenizers import load_video_tokenizer
+
+        other = load_video_tokenizer(path)
+        mine = self.video_tokenizer
+        if other.architecture != mine.architecture or asdict(other.config) != asdict(mine.config):
+            raise ValueError(f"{path} is a different video tokenizer ({other.architecture} {other.preset}) "
+                             f"from the model's ({mine.architecture} {mine.preset}, or another config)")
+        decoder = set(mine.decoder_parameter_names())
+        theirs = other.state_dict()
+        for name, value in mine.state_dict().items():
+            if name.split(".")[0] in mine.decoder_prefixes or torch.equal(value.cpu(), theirs[name].cpu()):
+                continue
+            raise ValueError(f"{path}: its encoder weight {name!r} differs from the model's, so its tokens "
+                             f"are not the ones the LLM was trained on; only a decoder fine-tuned with "
+                             f"train=decoder from this model's tokenizer can be swapped in")
+        with torch.no_grad():
+            for name, param in mine.named_parameters():
+                if name in decoder:
+                    param.copy_(theirs[name].to(param.device, param.dtype))
+        return self
+
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """safetensors weights + config.json (LLM config, video tokenizer, projector, manifest) + the
         processor (processor_config.json and the text tokenizer's files)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -260,6 +261,35 @@ def test_loading_checks_the_manifest_and_the_folder(tokenizer_dir, tmp_path):
         VideoLLM.from_pretrained(tmp_path / "ok")
     with pytest.raises(FileNotFoundError, match="not a VideoLLM checkpoint"):
         VideoLLM.from_pretrained(tmp_path / "missing")
+
+
+def test_a_decoder_fine_tuned_alone_swaps_in_and_a_changed_encoder_is_refused(tokenizer_dir, tmp_path):
+    model = _model(tokenizer_dir).eval()
+    video = _video()[None]
+    tokens = model.video_tokenizer.encode(video)
+    tuned = copy.deepcopy(model.video_tokenizer)
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if name in set(tuned.decoder_parameter_names()):
+                param.add_(0.01)
+    tuned.save_pretrained(tmp_path / "tuned")
+    with torch.no_grad():
+        before = model.video_tokenizer.decode(tokens, num_frames=8)
+        model.load_video_decoder(tmp_path / "tuned")
+        torch.testing.assert_close(model.video_tokenizer.encode(video), tokens, rtol=0, atol=0)
+        after = model.video_tokenizer.decode(tokens, num_frames=8)
+        torch.testing.assert_close(after, tuned.decode(tokens, num_frames=8), rtol=0, atol=0)
+    assert not torch.equal(before, after)
+    with torch.no_grad():
+        next(p for n, p in tuned.named_parameters() if n.startswith("to_tokens")).add_(0.01)
+    tuned.save_pretrained(tmp_path / "encoder-changed")
+    with pytest.raises(ValueError, match="encoder weight 'to_tokens"):
+        model.load_video_decoder(tmp_path / "encoder-changed")
+    from mmvid.video_tokenizers import build_video_tokenizer
+
+    build_video_tokenizer("frames_tiny").save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="different video tokenizer"):
+        model.load_video_decoder(tmp_path / "other")
 
 
 def test_generate_with_and_without_a_cached_video(tokenizer_dir):

@@ -66,6 +66,8 @@ class BenchContext:
                 hint = " (train it with `deepspeed train/sft.py`)" if str(path) == DEFAULT_MODEL else ""
                 raise FileNotFoundError(f"no VideoLLM checkpoint at {path}{hint}; pass --model PATH")
             self.model = VideoLLM.from_pretrained(path).eval()
+            if self.option("video_decoder"):  # a decoder fine-tuned with train=decoder, swapped in
+                self.model.load_video_decoder(self.option("video_decoder"))
         return self.model
 
     def option(self, key: str, default: str | None = None) -> str | None:
