@@ -1,7 +1,8 @@
 # Features alone for the few-shot claim (issue 19): which part of a SweetTok's tokens separates the HELD-OUT
 # actions? The bench's own fixed episodes (seed 0) with the nearest-prototype scorer, for several views of
 # the same cached tokens: continuous vectors or bags of words; all tokens, the 16 spatial ones, or the 64
-# temporal ones; temporal vectors kept per location or mean-pooled over locations (position-invariant).
+# temporal ones; temporal vectors kept per location or mean-pooled over locations (position-invariant);
+# and the temporal latents before quantization ("latents/*"), which tells the encoder from the quantizer.
 # Ceiling: "pixels/trajectory", no tokenizer, the object's mask read from the pixels (anything far from the
 # corner colour): its centroid's steps between frames and its area relative to frame 0.
 #   .venv/bin/python docs/experiments/fewshot_probe.py [TOKENIZER] [OUT.json]
@@ -44,6 +45,9 @@ with torch.no_grad():
     for item in items:
         video = proc.load_video(str(root / item["video"]))
         views.setdefault("pixels/trajectory", {})[item["video"]] = trajectory(video)
+        z_s, z_t = tok.encode_latents(video[None])  # before quantization
+        views.setdefault("latents/temporal", {})[item["video"]] = z_t[0].flatten()
+        views.setdefault("latents/temporal_pooled", {})[item["video"]] = z_t[0].mean(0)
         q = tok.quantize(video[None])
         vec, ids = q["vectors"][0], q["ids"][0]
         bag = lambda x: torch.bincount(x, minlength=vocab).float()  # noqa: E731
