@@ -184,6 +184,40 @@ def test_a_killed_run_resumes_exactly(tiny):
     assert _losses(stage2)[1] < a[1] - 0.2
 
 
+def test_the_decoder_stage_tunes_only_the_decoder_and_the_final_model_carries_it(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmvid.video_tokenizers import build_video_tokenizer
+
+    tokenizer = build_video_tokenizer("vtok_tiny").save_pretrained(tmp_path / "vtok")
+    out, decoder = tmp_path / "run", tmp_path / "decoder"
+    result = _launch(tiny, f"out={out}", "steps=2", f"model.video_tokenizer={tokenizer}",
+                     f"data.video_decoder={decoder}", "data.video_decoder_minutes=0.02",
+                     "data.video_decoder_foreground_weight=5", port=29677)
+    assert result.returncode == 0, result.stdout[-3000:]
+    stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert "video_decoder" in stages
+    before, tuned = load_file(tokenizer / "model.safetensors"), load_file(decoder / "model.safetensors")
+    saved = load_file(out / "final" / "model.safetensors")
+    final = {k.removeprefix("video_tokenizer."): v for k, v in saved.items()
+             if k.startswith("video_tokenizer.")}
+    prefixes = build_video_tokenizer("vtok_tiny").decoder_prefixes
+    in_decoder = [k for k in before if k.split(".")[0] in prefixes]
+    assert in_decoder and any(not (before[k] == tuned[k]).all() for k in in_decoder)
+    for key, value in before.items():  # the encoder is the tokenizer's; the decoder is the stage's
+        assert (final[key] == (tuned[key] if key in in_decoder else value)).all(), key
+
+
+def test_the_decoder_stage_refuses_a_tokenizer_that_moves_during_sft():
+    from dataclasses import replace
+
+    from mmvid.sft.config import default_model
+
+    with pytest.raises(ValueError, match="train_video_tokenizer"):
+        SFTConfig(data=SFTData(video_decoder="x", video_decoder_minutes=1.0),
+                  model=replace(default_model(), train_video_tokenizer=True))
+
+
 def test_a_curriculum_runs_first_and_a_run_resumed_inside_it_replays_exactly(tiny):
     """data.curriculum_steps: the world's attribute file is written, its steps come first (metrics say which
     phase), then data.train; a run resumed from a checkpoint inside the curriculum gives the same losses."""

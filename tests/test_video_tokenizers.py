@@ -265,6 +265,15 @@ def test_foreground_weight_counts_object_pixels_more():
     assert reconstruction_loss(target, target, foreground_weight=10)[0].item() == 0
     same, parts = reconstruction_loss(miss_object, target, foreground_weight=0)
     assert same.item() == pytest.approx(plain[0]) and set(parts) == {"mse"}
+    # L1 pays for a blend of object and background as much as for either one; MSE pays less for the blend
+    blend = (miss_object + target) / 2
+    l1 = [reconstruction_loss(r, target, pixel_loss="l1")[0].item() for r in (miss_object, blend)]
+    mse = [reconstruction_loss(r, target)[0].item() for r in (miss_object, blend)]
+    assert l1[1] == pytest.approx(l1[0] / 2) and mse[1] == pytest.approx(mse[0] / 4)
+    assert set(reconstruction_loss(blend, target, foreground_weight=3, pixel_loss="l1")[1]) == {"mse",
+                                                                                            "weighted_l1"}
+    with pytest.raises(ValueError, match="pixel_loss"):
+        reconstruction_loss(blend, target, pixel_loss="l2")
 
 
 def test_foreground_weight_is_refused_by_an_objective_that_does_not_take_it():

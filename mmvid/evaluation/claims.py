@@ -105,7 +105,9 @@ def run_vtok(seeds: list[int], arms: list[str], config: str, test_data: str, out
             if not (folder / "final" / "train_summary.json").is_file():
                 _job(["train/sft.py", "--config", config, f"out={folder}", f"seed={seed}",
                       f"model.video_tokenizer={folder}/video-tokenizer",
-                      f"data.video_tokenizer_config={VTOK_ARMS[name]}", "eval_every=0", *overrides],
+                      f"data.video_tokenizer_config={VTOK_ARMS[name]}", "eval_every=0",
+                      "data.video_decoder=null",  # the decoder stage draws, and this claim only reads
+                      *overrides],
                      folder / "log.txt", port=29700 + seed)
             if not (folder / "eval-test.json").is_file():
                 _job(["eval/run.py", "--bench", "tv_align", "--model", f"{folder}/final", "--data", test_data,

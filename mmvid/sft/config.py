@@ -86,6 +86,14 @@ class SFTData:
     # is on screen then; the paper's first-frame key is tokenizers/vtok/vtok_base.yaml).
     video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base_midkey.yaml"
     video_tokenizer_minutes: float = 1.0
+    # A decoder fine-tuned alone after the video tokenizer (tokenizers/train.py train=decoder, init_from
+    # model.video_tokenizer) for video_decoder_minutes, written to this folder when it is missing. Its tokens
+    # are exactly the tokenizer's, so SFT reads the same videos, while generations and reconstructions are
+    # drawn by the better decoder: it is swapped into the model before out/final is exported (also into a
+    # finished run's final when the run is started again). None or 0 minutes: off.
+    video_decoder: str | None = None
+    video_decoder_minutes: float = 0.0
+    video_decoder_foreground_weight: float = 0.0  # tokenizers/train.py's foreground_weight for that stage
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 
@@ -162,6 +170,14 @@ class SFTConfig:
                              f"run's steps ({self.steps}); set data.curriculum_steps=0 for no curriculum")
         if self.data.curriculum_steps and not self.data.curriculum:
             raise ValueError("data.curriculum_steps > 0 needs data.curriculum files")
+        if self.data.video_decoder and self.data.video_decoder_minutes > 0:
+            if self.model.train_video_tokenizer:
+                raise ValueError("data.video_decoder fine-tunes a decoder for a frozen tokenizer; with "
+                                 "model.train_video_tokenizer=true the encoder moves during SFT and the "
+                                 "decoder would no longer match it")
+            if self.zero_stage == 3:
+                raise ValueError("data.video_decoder swaps decoder weights into the live model, which ZeRO-3 "
+                                 "partitions; use zero_stage <= 2")
         from mmvid.text_tokenizer import MODEL_TYPES
 
         if self.data.text_corpus_model_type not in MODEL_TYPES:

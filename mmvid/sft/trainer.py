@@ -61,6 +61,7 @@ def prepare_default_data(cfg: SFTConfig) -> None:
     prepare_text_tokenizer(cfg)
     prepare_vision_tower(cfg)
     prepare_video_tokenizer(cfg)
+    prepare_video_decoder(cfg)
     prepare_llm(cfg)
 
 
@@ -201,6 +202,48 @@ def prepare_video_tokenizer(cfg: SFTConfig) -> None:
     train_tokenizer(tcfg, distributed=False)
     shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
     _stage_log(cfg, "video_tokenizer", time.perf_counter() - start)
+
+
+def video_decoder_folder(cfg: SFTConfig) -> Path | None:
+    """The decoder stage's folder when the stage is on (data.video_decoder, video_decoder_minutes > 0)."""
+    if not cfg.data.video_decoder or cfg.data.video_decoder_minutes <= 0:
+        return None
+    return Path(cfg.data.video_decoder)
+
+
+def prepare_video_decoder(cfg: SFTConfig) -> None:
+    """Fine-tune the decoder of `model.video_tokenizer` alone (its encoder, and so its tokens, frozen) for
+    `data.video_decoder_minutes` into `data.video_decoder`, when that folder is missing."""
+    from dataclasses import asdict
+
+    from mmvid.video_tokenizers import load_video_tokenizer
+    from mmvid.video_tokenizers.trainer import DataConfig, TokenizerTrainConfig
+    from mmvid.video_tokenizers.trainer import run as train_tokenizer
+
+    target = video_decoder_folder(cfg)
+    if target is None or (target / "config.json").is_file():
+        return
+    source = Path(cfg.model.video_tokenizer)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"data.video_decoder fine-tunes the decoder of a saved tokenizer folder; "
+                                f"model.video_tokenizer={source} is not one")
+    start = time.perf_counter()
+    tokenizer = load_video_tokenizer(source)
+    if tokenizer.preset is None:
+        raise ValueError(f"{source} records no preset to rebuild it from; data.video_decoder needs one")
+    d = cfg.data
+    tcfg = TokenizerTrainConfig(
+        model=tokenizer.preset, model_overrides=asdict(tokenizer.config), init_from=str(source),
+        train="decoder", out=f"{target}-run", steps=1_000_000, max_minutes=d.video_decoder_minutes,
+        foreground_weight=d.video_decoder_foreground_weight, seed=cfg.seed,
+        data=DataConfig(source=d.world or "data/shapes", num_frames=cfg.model.num_frames,
+                        size=tokenizer.image_size, num_workers=1))
+    del tokenizer
+    log.info("fine-tuning the decoder of %s alone (%.1f minutes, foreground_weight %g) -> %s", source,
+             cfg.data.video_decoder_minutes, cfg.data.video_decoder_foreground_weight, target)
+    train_tokenizer(tcfg, distributed=False)
+    shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
+    _stage_log(cfg, "video_decoder", time.perf_counter() - start)
 
 
 def parameter_groups(model, cfg: SFTConfig) -> list[dict]:
@@ -368,6 +411,8 @@ def run(cfg: SFTConfig) -> dict:
     checkpointer = Checkpointer(out, cfg.keep_checkpoints, rank, world_size)
     if cfg.resume and (folder := checkpointer.load(state, engine=engine)) is not None and rank == 0:
         log.info("resumed from %s (step %d)", folder, state.step)
+    if (decoder := video_decoder_folder(cfg)) is not None:  # after any resume: a finished run's final gets it
+        model.load_video_decoder(decoder)
 
     board = _tensorboard(out) if rank == 0 else None
     bar = tqdm(total=steps, initial=state.step, desc="sft", unit="step", disable=rank != 0)

@@ -85,6 +85,7 @@ def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
     return PerceptualLoss(weights_path)
 
 
+PIXEL_LOSSES = ("mse", "l1")
 # summed |RGB - the frame's median colour| on [-1, 1] above which a pixel is "object"
 FOREGROUND_THRESHOLD = 0.3
 
@@ -102,20 +103,27 @@ def reconstruction_loss(
     perceptual: PerceptualLoss | None = None,
     perceptual_weight: float = 0.0,
     foreground_weight: float = 0.0,
+    pixel_loss: str = "mse",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE (+ weight * perceptual). Returns the loss and its parts for logging.
 
     foreground_weight w > 0 weighs each pixel of the target's foreground (`foreground_mask`) 1 + w times a
-    background pixel, normalised by the mean weight so the loss keeps MSE's scale: small objects, a few
+    background pixel, normalised by the mean weight so the loss keeps its scale: small objects, a few
     percent of the pixels, then count for as much as the background they sit on.
+    pixel_loss "l1" puts the absolute error in MSE's place: where the decoder cannot tell whether a pixel is
+    object or background, MSE pays for the blend of the two and L1 for either one, so edges stay sharp.
+    ("mse" is still logged.)
     """
+    if pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"pixel_loss must be one of {list(PIXEL_LOSSES)}, got {pixel_loss!r}")
     mse = F.mse_loss(reconstruction, target)
     parts = {"mse": float(mse.detach())}
     loss = mse
-    if foreground_weight > 0:
+    if foreground_weight > 0 or pixel_loss != "mse":
+        error = (reconstruction - target).pow(2) if pixel_loss == "mse" else (reconstruction - target).abs()
         weights = 1 + foreground_weight * foreground_mask(target)
-        loss = (weights * (reconstruction - target).pow(2)).mean() / weights.mean()
-        parts["weighted_mse"] = float(loss.detach())
+        loss = (weights * error).mean() / weights.mean()
+        parts[f"weighted_{pixel_loss}" if foreground_weight > 0 else pixel_loss] = float(loss.detach())
     if perceptual is not None and perceptual_weight > 0:
         p = perceptual(reconstruction, target)
         parts["perceptual"] = float(p.detach())

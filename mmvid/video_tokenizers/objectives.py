@@ -285,16 +285,17 @@ OBJECTIVES = {
 
 
 def training_loss(tokenizer, video: torch.Tensor, perceptual: nn.Module | None = None,
-                  perceptual_weight: float = 0.0,
-                  foreground_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+                  perceptual_weight: float = 0.0, foreground_weight: float = 0.0,
+                  pixel_loss: str = "mse") -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss and its parts for logging: the architecture's objective (OBJECTIVES), else
     reconstruction (MSE, foreground-weighted when foreground_weight > 0, + perceptual_weight x perceptual
     of decode(encode(video)))."""
     objective = OBJECTIVES.get(tokenizer.architecture)
     if objective is None:
-        return reconstruction_loss(tokenizer(video), video, perceptual, perceptual_weight, foreground_weight)
-    if foreground_weight > 0:
-        raise ValueError(f"foreground_weight applies to the reconstruction loss; the "
+        return reconstruction_loss(tokenizer(video), video, perceptual, perceptual_weight, foreground_weight,
+                                   pixel_loss)
+    if foreground_weight > 0 or pixel_loss != "mse":
+        raise ValueError(f"foreground_weight and pixel_loss apply to the reconstruction loss; the "
                          f"{tokenizer.architecture} tokenizer trains with its own objective, which does not "
                          f"take it")
     return objective.loss(tokenizer, video, perceptual=perceptual, perceptual_weight=perceptual_weight)

@@ -76,6 +76,7 @@ class TokenizerTrainConfig:
     perceptual_weight: float = 0.0
     perceptual_weights: str | None = None  # VGG16 weights file for the perceptual term (MSE only without)
     foreground_weight: float = 0.0  # > 0: object pixels weigh 1 + w in the MSE (losses.reconstruction_loss)
+    pixel_loss: str = "mse"  # or "l1": sharper edges where object/background is uncertain
     log_every: int = 10
     val_every: int = 200
     val_videos: int = 32
@@ -92,6 +93,8 @@ class TokenizerTrainConfig:
             raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
         if self.foreground_weight < 0:
             raise ValueError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        if self.pixel_loss not in ("mse", "l1"):
+            raise ValueError(f"pixel_loss must be 'mse' or 'l1', got {self.pixel_loss!r}")
         if self.train not in ("all", "decoder"):
             raise ValueError(f"train must be 'all' or 'decoder', got {self.train!r}")
         if self.train == "decoder" and not self.init_from:
@@ -157,8 +160,9 @@ class TrainingLoss(torch.nn.Module):
         self.tokenizer = tokenizer
 
     def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float,
-                foreground_weight: float = 0.0):
-        return training_loss(self.tokenizer, video, perceptual, perceptual_weight, foreground_weight)
+                foreground_weight: float = 0.0, pixel_loss: str = "mse"):
+        return training_loss(self.tokenizer, video, perceptual, perceptual_weight, foreground_weight,
+                             pixel_loss)
 
 
 @torch.no_grad()
@@ -251,7 +255,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         for batch in loader:
             start = time.perf_counter()
             x = batch["video"].to(device)
-            loss, parts = model(x, perceptual, cfg.perceptual_weight, cfg.foreground_weight)
+            loss, parts = model(x, perceptual, cfg.perceptual_weight, cfg.foreground_weight, cfg.pixel_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0
