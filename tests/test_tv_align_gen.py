@@ -177,3 +177,22 @@ def test_save_writes_gifs_with_their_prompts(world, tmp_path):
     # one 256-colour palette for the clip
     assert (gif.float() - videos[lines[0]["prompt"]].float()).abs().mean() < 4
     assert result["settings"]["saved"] == str(tmp_path / "saved")
+    from PIL import Image
+
+    with Image.open(tmp_path / "saved" / "contact_sheet.png") as sheet:
+        assert sheet.width > sheet.height > 100  # two rows of frame strips
+
+
+def test_a_contact_sheet_refuses_rows_that_do_not_match_and_frames_that_are_not_video(tmp_path):
+    import numpy as np
+
+    from mmvid.contact_sheet import contact_sheet, strip
+
+    video = np.zeros((8, 16, 16, 3), np.uint8)
+    assert strip(video, 4).shape == (16, 4 * 16 + 3 * 2, 3) and strip(video[:2], 4).shape[1] == 2 * 16 + 2
+    with pytest.raises(ValueError, match="the videos"):
+        contact_sheet([("a", {"real": video}), ("b", {"generated": video})], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="uint8 frames"):
+        contact_sheet([("a", {"real": video.astype(np.float32)})], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="at least one row"):
+        contact_sheet([], tmp_path / "x.png")

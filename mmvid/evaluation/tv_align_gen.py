@@ -14,7 +14,8 @@ top_p=, steps=, seed=seed + k)` (uint8 (T, H, W, 3)), and `mmvid.data.shapes.ana
 the objects it shows from the pixels alone. Options (`--option KEY=VALUE`): guidance (classifier-free
 guidance scale, default 3.0), temperature (1.0), top_k (0 = off), top_p (1.0), steps (flow sampler
 steps; default: the head's own), seed (default `--seed`), save (a folder: the first `save_count`,
-default 8, videos as GIFs with a prompts.jsonl).
+default 8, videos as GIFs with a prompts.jsonl, and `contact_sheet.png`: each of those prompts with 4 frames
+of its real video beside 4 of its generation).
 
 Alignment metrics, each in [0, 1], higher is better:
 
@@ -67,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmvid.contact_sheet import contact_sheet
 from mmvid.data import write_video
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
 from mmvid.evaluation.tv_align import BenchmarkFormatError, read_records
@@ -263,7 +265,7 @@ def run(ctx: BenchContext) -> BenchResult:
     hits = {"generated": [], "real": []}
     real_analyses: list[Analysis] = []
     features = {"generated": [], "real": []}
-    blank, seconds, samples, saved = [], [], [], []
+    blank, seconds, samples, saved, sheet = [], [], [], [], []
     for k, item in enumerate(tqdm(items, desc="tv_align_gen", unit="prompt")):
         start = time.perf_counter()
         try:
@@ -287,10 +289,12 @@ def run(ctx: BenchContext) -> BenchResult:
             name = f"{k:03d}-{item['id']}.gif"
             write_video(save / name, frames, fps=SAVE_FPS)
             saved.append({"id": item["id"], "file": name, "prompt": item["prompt"], "seed": seed + k})
+            sheet.append((item["prompt"], {"real video": real.numpy(), "generated": frames.numpy()}))
         samples.append({"id": item["id"], "prompt": item["prompt"], "seed": seed + k, "seconds": seconds[-1],
                         "hits": hits["generated"][-1], "real_hits": hits["real"][-1],
                         "found": _found(generated_analysis)})
     if saved:
+        contact_sheet(sheet, save / "contact_sheet.png")
         (save / "prompts.jsonl").write_text("".join(json.dumps(s) + "\n" for s in saved))
     # Chance level: each real video scored against the objects of a prompt it does not show (a fixed
     # derangement).
