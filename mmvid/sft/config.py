@@ -87,13 +87,15 @@ class SFTData:
     video_tokenizer_config: str | None = "tokenizers/vtok/vtok_base_midkey.yaml"
     video_tokenizer_minutes: float = 1.0
     # A decoder fine-tuned alone after the video tokenizer (tokenizers/train.py train=decoder, init_from
-    # model.video_tokenizer) for video_decoder_minutes, written to this folder when it is missing. Its tokens
-    # are exactly the tokenizer's, so SFT reads the same videos, while generations and reconstructions are
-    # drawn by the better decoder: it is swapped into the model before out/final is exported (also into a
-    # finished run's final when the run is started again). None or 0 minutes: off.
-    video_decoder: str | None = None
-    video_decoder_minutes: float = 0.0
-    video_decoder_foreground_weight: float = 0.0  # tokenizers/train.py's foreground_weight for that stage
+    # model.video_tokenizer) on the world's training videos for video_decoder_minutes, written to this folder
+    # when it is missing. Its tokens are exactly the tokenizer's, so SFT reads the same videos, while
+    # generations and reconstructions are drawn by the better decoder: it is swapped into the model before
+    # out/final is exported (also into a finished run's final when the run is started again). "auto":
+    # `{model.video_tokenizer}-decoder` when model.video_tokenizer is a folder and there is a data.world, else
+    # off. None or 0 minutes: off.
+    video_decoder: str | None = "auto"
+    video_decoder_minutes: float = 3.0
+    video_decoder_foreground_weight: float = 10.0  # tokenizers/train.py's foreground_weight for that stage
     max_bad_fraction: float = 0.01  # stop when more of the samples seen so far fail to load
     num_workers: int = 0
 

@@ -205,10 +205,18 @@ def prepare_video_tokenizer(cfg: SFTConfig) -> None:
 
 
 def video_decoder_folder(cfg: SFTConfig) -> Path | None:
-    """The decoder stage's folder when the stage is on (data.video_decoder, video_decoder_minutes > 0)."""
-    if not cfg.data.video_decoder or cfg.data.video_decoder_minutes <= 0:
+    """The decoder stage's folder when the stage is on (data.video_decoder, video_decoder_minutes > 0;
+    "auto": beside a tokenizer folder, on a world)."""
+    from mmvid.video_tokenizers import VIDEO_TOKENIZERS
+
+    d = cfg.data
+    if not d.video_decoder or d.video_decoder_minutes <= 0:
         return None
-    return Path(cfg.data.video_decoder)
+    if d.video_decoder != "auto":
+        return Path(d.video_decoder)
+    if cfg.model.video_tokenizer in VIDEO_TOKENIZERS or not d.world:
+        return None
+    return Path(f"{cfg.model.video_tokenizer}-decoder")
 
 
 def prepare_video_decoder(cfg: SFTConfig) -> None:
