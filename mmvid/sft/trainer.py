@@ -422,6 +422,7 @@ def run(cfg: SFTConfig) -> dict:
     if (decoder := video_decoder_folder(cfg)) is not None:  # after any resume: a finished run's final gets it
         model.load_video_decoder(decoder)
 
+    finished_before = state.step >= steps  # started again after the end: re-export (e.g. a new decoder) only
     board = _tensorboard(out) if rank == 0 else None
     bar = tqdm(total=steps, initial=state.step, desc="sft", unit="step", disable=rank != 0)
     # periodic evaluations are left out of the curve's time
@@ -460,7 +461,7 @@ def run(cfg: SFTConfig) -> dict:
         if cfg.export_every and state.step % cfg.export_every == 0 and state.step < steps:
             export(model, out / f"export-step_{state.step:06d}", cfg, rank)
     bar.close()
-    return finish(model, cfg, out, state, rank, phases, start_time, eval_seconds)
+    return finish(model, cfg, out, state, rank, phases, start_time, eval_seconds, finished_before)
 
 
 def stop_on_bad_samples(dataset: SFTDataset, cfg: SFTConfig, rank: int) -> None:
@@ -518,12 +519,18 @@ def evaluate_during_training(model, cfg: SFTConfig, out: Path, step: int, rank: 
 
 
 def finish(model, cfg: SFTConfig, out: Path, state: TrainState, rank: int, phases: dict[str, Phase],
-           start_time: float, eval_seconds: float) -> dict:
-    """Export out/final, evaluate it on the validation bench (printed per category), and write the summary."""
+           start_time: float, eval_seconds: float, finished_before: bool = False) -> dict:
+    """Export out/final, evaluate it on the validation bench (printed per category), and write the summary.
+    A run that was already finished (`finished_before`: started again, e.g. to take a new decoder) keeps
+    its summary's training time and adds no point to the learning curve."""
     from mmvid.evaluation import evaluate
 
+    previous = out / "final" / "train_summary.json"
+    seconds = round(time.perf_counter() - start_time, 1)
+    if finished_before and previous.is_file():
+        seconds = json.loads(previous.read_text()).get("seconds", seconds)
     final = export(model, out / "final", cfg, rank, reload=rank == 0 and cfg.zero_stage == 3)
-    summary = {"steps": state.step, "seconds": round(time.perf_counter() - start_time, 1),
+    summary = {"steps": state.step, "seconds": seconds,
                "samples_seen": state.samples_seen,
                "bad_samples": sum(len(p.dataset.bad) for p in phases.values()),
                "peak_rss_gib": _peak_rss_gib()}
@@ -533,7 +540,8 @@ def finish(model, cfg: SFTConfig, out: Path, state: TrainState, rank: int, phase
                           output=out / "final" / "eval-val.json",
                           data=cfg.data.val_bench, limit=cfg.eval_limit)
         summary["val"] = {k: v["value"] for k, v in record["results"]["tv_align"]["metrics"].items()}
-        _curve_point(out, cfg, state.step, summary["seconds"] - eval_seconds, record)
+        if not finished_before:
+            _curve_point(out, cfg, state.step, summary["seconds"] - eval_seconds, record)
         _print_per_category(record["results"]["tv_align"])
     if rank == 0:
         (out / "final" / "train_summary.json").write_text(json.dumps(summary, indent=1))
