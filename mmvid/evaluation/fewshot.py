@@ -244,6 +244,18 @@ def most_frequent_words(text: str, k: int) -> str:
     return " ".join(sorted(counts, key=lambda w: (-counts[w], first[w]))[:k])
 
 
+def warn_unlearned(tokenizer, items: list[dict]) -> dict[str, list[str]]:
+    """`unlearned_pieces` of the items' labels, with a warning when there are any."""
+    unlearned = unlearned_pieces(tokenizer, sorted({i["label"] for i in items}))
+    if unlearned:
+        log.warning("fewshot: the text tokenizer writes %d of the labels with byte-fallback or unknown "
+                    "pieces its LLM never trained on (%s); those labels score far below the others whatever "
+                    "the context, so accuracy stays near chance. Train the text tokenizer on text that has "
+                    "these words, or use an LLM whose tokenizer knows them.", len(unlearned),
+                    ", ".join(f"{k!r}: {v}" for k, v in unlearned.items()))
+    return unlearned
+
+
 def run(ctx: BenchContext) -> BenchResult:
     ways = int(ctx.option("ways", "5"))
     shot_list = [int(s) for s in str(ctx.option("shots", "1,5")).split(",") if s]
@@ -267,13 +279,7 @@ def run(ctx: BenchContext) -> BenchResult:
     if video_as == "words":
         to_words, processor, tokenizer_name = words_tokenizer(ctx, model)
     codes = class_codes(items, ctx.seed) if video_as == "oracle" else {}
-    unlearned = unlearned_pieces(model.text_tokenizer, sorted({i["label"] for i in items}))
-    if unlearned:
-        log.warning("fewshot: the text tokenizer writes %d of the labels with byte-fallback or unknown "
-                    "pieces its LLM never trained on (%s); those labels score far below the others whatever "
-                    "the context, so accuracy stays near chance. Train the text tokenizer on text that has "
-                    "these words, or use an LLM whose tokenizer knows them.", len(unlearned),
-                    ", ".join(f"{k!r}: {v}" for k, v in unlearned.items()))
+    unlearned = warn_unlearned(model.text_tokenizer, items)
     cache: dict[str, torch.Tensor] = {}
     texts: dict[str, str] = {}
 
