@@ -246,8 +246,10 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         log.info("resumed from %s (step %d)", last, state.step)
 
     metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"training {cfg.model}", unit="step",
-               disable=not main)
+    # a time budget ends the run first when it is set: the bar then counts steps against it, not a total
+    timed = cfg.max_minutes is not None
+    bar = tqdm(total=None if timed else cfg.steps, initial=state.step, unit="step", disable=not main,
+               desc=f"training {cfg.model}" + (f" (up to {cfg.max_minutes:g} min)" if timed else ""))
     budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
     val: dict[str, float] = {}
     done = state.step >= cfg.steps or state.seconds >= budget
