@@ -89,6 +89,10 @@ def test_copying_the_real_video_reaches_the_real_reference(copy_run):
     for name in (*CATEGORIES, "overall"):
         assert metrics[name] == pytest.approx(metrics[f"real/{name}"]), name
     assert metrics["overall"] > 0.8 and metrics["shuffled/overall"] < metrics["real/overall"] - 0.3
+    # a generator that returns each prompt's real video scores the real videos' chance level when its
+    # videos are matched to the wrong prompts
+    for name in (*CATEGORIES, "overall"):
+        assert metrics[f"generated_shuffled/{name}"] == pytest.approx(metrics[f"shuffled/{name}"]), name
     assert metrics["blank"] == 0 and metrics["diversity"] == pytest.approx(1.0)
     assert (metrics["frechet"] == pytest.approx(metrics["frechet_real_ref"])
             and metrics["frechet_real_ref"] > 0)

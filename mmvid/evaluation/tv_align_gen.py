@@ -32,6 +32,9 @@ The same five, computed in the same run on the same prompts, read the numbers ag
                 ceiling (the analyzer's own errors; a perfect generator scores this)
     shuffled/*  real videos against another prompt's objects (video k + 1 for prompt k): the chance level
                 of the metric on this world (objects share colours, shapes and actions by chance)
+    generated_shuffled/*  the generations against another prompt's objects, the same way: what they would
+                score if they ignored their prompts (a video full of colours scores on colour here too),
+                so `overall` minus `generated_shuffled/overall` is what follows from the prompt
 
 Distribution metrics, so blank or collapsed videos cannot look good:
 
@@ -78,7 +81,7 @@ if TYPE_CHECKING:
     from mmvid.data.shapes.analyzer import Analysis
 
 CATEGORIES = ("colour", "shape", "count", "action")
-REFERENCES = ("real", "shuffled")
+REFERENCES = ("real", "shuffled", "generated_shuffled")
 DEFAULT_LIMIT = 100  # prompts when --limit is not given: generation takes seconds per video
 DEFAULT_SAVE_COUNT = 8
 SAVE_FPS = 8.0  # the synthetic world's default frame rate
@@ -264,6 +267,7 @@ def run(ctx: BenchContext) -> BenchResult:
 
     hits = {"generated": [], "real": []}
     real_analyses: list[Analysis] = []
+    generated_analyses: list[Analysis] = []
     features = {"generated": [], "real": []}
     blank, seconds, samples, saved, sheet = [], [], [], [], []
     for k, item in enumerate(tqdm(items, desc="tv_align_gen", unit="prompt")):
@@ -282,6 +286,7 @@ def run(ctx: BenchContext) -> BenchResult:
         hits["generated"].append(score_objects(item["objects"], generated_analysis))
         hits["real"].append(score_objects(item["objects"], real_analysis))
         real_analyses.append(real_analysis)
+        generated_analyses.append(generated_analysis)
         blank.append(float(generated_analysis.count == 0))
         features["generated"].append(frame_features(frames))
         features["real"].append(frame_features(real))
@@ -301,6 +306,10 @@ def run(ctx: BenchContext) -> BenchResult:
     n = len(items)
     hits["shuffled"] = ([score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)]
                         if n > 1 else [])
+    # The same for the generations: what a video that ignores its prompt would score. The gap between
+    # overall and generated_shuffled/overall is what the generations owe to their own prompts.
+    hits["generated_shuffled"] = ([score_objects(items[k]["objects"], generated_analyses[(k + 1) % n])
+                                   for k in range(n)] if n > 1 else [])
 
     metrics = category_metrics(hits["generated"])
     for reference in REFERENCES:
