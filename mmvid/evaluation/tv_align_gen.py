@@ -244,6 +244,12 @@ def _found(analysis: Analysis) -> list[dict]:
             for o in analysis.objects]
 
 
+def _mismatched(items: list[dict], analyses: list[Analysis]) -> list[dict[str, list[bool]]]:
+    """Video k + 1 scored against prompt k's objects (a fixed derangement); empty for a single prompt."""
+    n = len(items)
+    return [score_objects(items[k]["objects"], analyses[(k + 1) % n]) for k in range(n)] if n > 1 else []
+
+
 def run(ctx: BenchContext) -> BenchResult:
     from mmvid.data.shapes.analyzer import analyze  # scipy and template set-up: only when this bench runs
 
@@ -301,21 +307,16 @@ def run(ctx: BenchContext) -> BenchResult:
     if saved:
         contact_sheet(sheet, save / "contact_sheet.png")
         (save / "prompts.jsonl").write_text("".join(json.dumps(s) + "\n" for s in saved))
-    # Chance level: each real video scored against the objects of a prompt it does not show (a fixed
-    # derangement).
-    n = len(items)
-    hits["shuffled"] = ([score_objects(items[k]["objects"], real_analyses[(k + 1) % n]) for k in range(n)]
-                        if n > 1 else [])
-    # The same for the generations: what a video that ignores its prompt would score. The gap between
-    # overall and generated_shuffled/overall is what the generations owe to their own prompts.
-    hits["generated_shuffled"] = ([score_objects(items[k]["objects"], generated_analyses[(k + 1) % n])
-                                   for k in range(n)] if n > 1 else [])
+    # Chance level: each real video scored against the objects of a prompt it does not show; the same for
+    # the generations (what a video that ignores its prompt would score).
+    hits["shuffled"] = _mismatched(items, real_analyses)
+    hits["generated_shuffled"] = _mismatched(items, generated_analyses)
 
     metrics = category_metrics(hits["generated"])
     for reference in REFERENCES:
         if hits[reference]:
             metrics += category_metrics(hits[reference], prefix=f"{reference}/")
-    metrics.append(Metric("blank", *mean_stderr(blank), n))
+    metrics.append(Metric("blank", *mean_stderr(blank), n := len(items)))
     metrics += distribution_metrics(features["generated"], features["real"])
     metrics.append(Metric("seconds_per_video", *mean_stderr(seconds), n))
     settings = {

@@ -91,8 +91,9 @@ class SFTData:
     # when it is missing. Its tokens are exactly the tokenizer's, so SFT reads the same videos, while
     # generations and reconstructions are drawn by the better decoder: it is swapped into the model before
     # out/final is exported (also into a finished run's final when the run is started again). "auto":
-    # `{model.video_tokenizer}-decoder` when model.video_tokenizer is a folder and there is a data.world, else
-    # off. None or 0 minutes: off.
+    # `{model.video_tokenizer}-decoder` when model.video_tokenizer is a folder, there is a data.world, the
+    # tokenizer stays frozen and zero_stage <= 2; else off. A path: that folder (and an error where auto is
+    # off). None or 0 minutes: off.
     video_decoder: str | None = "auto"
     video_decoder_minutes: float = 3.0
     video_decoder_foreground_weight: float = 10.0  # tokenizers/train.py's foreground_weight for that stage
@@ -172,7 +173,7 @@ class SFTConfig:
                              f"run's steps ({self.steps}); set data.curriculum_steps=0 for no curriculum")
         if self.data.curriculum_steps and not self.data.curriculum:
             raise ValueError("data.curriculum_steps > 0 needs data.curriculum files")
-        if self.data.video_decoder and self.data.video_decoder_minutes > 0:
+        if self.data.video_decoder not in (None, "auto") and self.data.video_decoder_minutes > 0:
             if self.model.train_video_tokenizer:
                 raise ValueError("data.video_decoder fine-tunes a decoder for a frozen tokenizer; with "
                                  "model.train_video_tokenizer=true the encoder moves during SFT and the "

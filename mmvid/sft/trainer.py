@@ -214,7 +214,8 @@ def video_decoder_folder(cfg: SFTConfig) -> Path | None:
         return None
     if d.video_decoder != "auto":
         return Path(d.video_decoder)
-    if cfg.model.video_tokenizer in VIDEO_TOKENIZERS or not d.world:
+    if (cfg.model.video_tokenizer in VIDEO_TOKENIZERS or not d.world or cfg.model.train_video_tokenizer
+            or cfg.zero_stage == 3):
         return None
     return Path(f"{cfg.model.video_tokenizer}-decoder")
 
