@@ -33,17 +33,14 @@ def contact_sheet(rows: list[tuple[str, dict[str, np.ndarray]]], path: str | Pat
                   wrap: int = 60) -> Path:
     """One PNG: for each row a caption (wrapped at `wrap` characters) and, per named video, `frames` of its
     frames. Every row must name the same videos, in the same order (the column titles)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mmvid.plots import pyplot, save_figure
 
     if not rows:
         raise ValueError("a contact sheet needs at least one row")
     columns = list(rows[0][1])
     if any(list(videos) != columns for _, videos in rows):
         raise ValueError(f"every row must have the videos {columns}, in that order")
-    fig, axes = plt.subplots(len(rows), len(columns) + 1, squeeze=False,
+    fig, axes = pyplot().subplots(len(rows), len(columns) + 1, squeeze=False,
                              figsize=(2.6 + 1.6 * frames * len(columns), 1.9 * len(rows)),
                              gridspec_kw={"width_ratios": [1.6] + [frames] * len(columns)})
     for r, (caption, videos) in enumerate(rows):
@@ -57,9 +54,4 @@ def contact_sheet(rows: list[tuple[str, dict[str, np.ndarray]]], path: str | Pat
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -18,6 +18,26 @@ from pathlib import Path
 CATEGORY_ORDER = ("action", "colour", "count", "shape", "spatial", "temporal")
 
 
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported on first use: only plotting needs it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, output: str | Path, dpi: int = 110) -> Path:
+    """tight_layout, write the PNG (its folder made when missing), close the figure; returns the path."""
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi)
+    pyplot().close(fig)
+    return output
+
+
 def _lines(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -26,11 +46,7 @@ def _lines(path: Path) -> list[dict]:
 
 def plot_curve(run: str | Path, output: str | Path, chance: float = 0.25) -> Path:
     """Write the learning-curve PNG of a run folder; raises FileNotFoundError without curve.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run = Path(run)
     points = _lines(run / "curve.jsonl")
     if not points:
@@ -70,12 +86,7 @@ def plot_curve(run: str | Path, output: str | Path, chance: float = 0.25) -> Pat
     bottom.set_xlabel("minutes of the run (shaded: preparation stages, then align + SFT)")
     bottom.grid(alpha=0.3)
     top.set_title(f"{run}: learning curve")
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,8 @@ from statistics import mean, median, stdev
 
 import yaml
 
+from mmvid.plots import pyplot, save_figure
+
 ROOT = Path("runs/claims")
 CATEGORIES = ("action", "colour", "count", "shape", "spatial", "temporal")
 
@@ -206,22 +208,12 @@ def _vtok_arm(runs: list[dict]) -> dict:
 
 def _subplots(panels: int, size: tuple[float, float]):
     """A row of `panels` axes (matplotlib headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
+    fig, axes = pyplot().subplots(1, panels, figsize=size, squeeze=False)
     return fig, axes[0]
 
 
 def _save(fig, output: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    save_figure(fig, output, dpi=120)
     print(f"wrote {output}")
     return output
 

@@ -247,9 +247,8 @@ def prepare_video_decoder(cfg: SFTConfig) -> None:
         foreground_weight=d.video_decoder_foreground_weight, seed=cfg.seed,
         data=DataConfig(source=d.world or "data/shapes", num_frames=cfg.model.num_frames,
                         size=tokenizer.image_size, num_workers=1))
-    del tokenizer
     log.info("fine-tuning the decoder of %s alone (%.1f minutes, foreground_weight %g) -> %s", source,
-             cfg.data.video_decoder_minutes, cfg.data.video_decoder_foreground_weight, target)
+             d.video_decoder_minutes, d.video_decoder_foreground_weight, target)
     train_tokenizer(tcfg, distributed=False)
     shutil.copytree(Path(tcfg.out) / "final", target, dirs_exist_ok=True)
     _stage_log(cfg, "video_decoder", time.perf_counter() - start)

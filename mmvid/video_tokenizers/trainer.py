@@ -35,7 +35,7 @@ from mmvid.data.video_dataset import ResumableSampler, VideoClipDataset, list_vi
 from mmvid.metrics import psnr, ssim
 from mmvid.video_tokenizers import build_video_tokenizer
 from mmvid.video_tokenizers.base import WEIGHTS_FILE, VideoTokenizer
-from mmvid.video_tokenizers.losses import build_perceptual_loss
+from mmvid.video_tokenizers.losses import PIXEL_LOSSES, build_perceptual_loss
 from mmvid.video_tokenizers.objectives import training_loss
 
 log = logging.getLogger("mmvid.tokenizer_train")
@@ -93,8 +93,8 @@ class TokenizerTrainConfig:
             raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
         if self.foreground_weight < 0:
             raise ValueError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
-        if self.pixel_loss not in ("mse", "l1"):
-            raise ValueError(f"pixel_loss must be 'mse' or 'l1', got {self.pixel_loss!r}")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {list(PIXEL_LOSSES)}, got {self.pixel_loss!r}")
         if self.train not in ("all", "decoder"):
             raise ValueError(f"train must be 'all' or 'decoder', got {self.train!r}")
         if self.train == "decoder" and not self.init_from:
