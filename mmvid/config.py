@@ -188,6 +188,18 @@ def _set_dotted(cls, data: dict, key: str, value: str) -> None:
             data[name] = value
             return
         cls = _section_class(fields[name][1])
+        field_tp = fields[name][1]
+        if cls is None and depth == len(parts) - 2 and (field_tp is dict or get_origin(field_tp) is dict):
+            # one key of a mapping field (model_overrides.decoder_head=conv), merged into what is there
+            current = data.get(name, _default(fields[name][0]))  # unset: the field's default mapping
+            if current is dataclasses.MISSING:
+                current = None
+            if isinstance(current, str):
+                current = _flow_yaml(current, prefix + name) if current else {}
+            if current is not None and not isinstance(current, Mapping):
+                raise ConfigError(f"'{prefix}{name}' is not a mapping ({current!r}): set it whole")
+            data[name] = {**(current or {}), parts[-1]: yaml.safe_load(value) if isinstance(value, str) else value}
+            return
         if cls is None:
             raise ConfigError(f"'{prefix}{name}' is not a config section; set it whole: {prefix}{name}=...")
         if not isinstance(data.get(name), dict):

@@ -142,13 +142,24 @@ def test_override_coercion(override, key, expected):
         ("loss_weights=l1", "loss_weights: expected dict[str, float]"),
         ("stages=[a, b", "stages: cannot parse"),
         ("optim=fast", "optim: expected a mapping of OptimConfig keys"),
-        ("loss_weights.l1=2", "'loss_weights' is not a config section"),
+        ("loss_weights.l1.a=2", "'loss_weights' is not a config section"),
+        ("loss_weights.l2=x", "loss_weights.l2: expected float"),
     ],
 )
 def test_bad_override_values(override, message):
     with pytest.raises(ConfigError, match=None) as info:
         load_config(TrainConfig, overrides=[override])
     assert message in str(info.value)
+
+
+def test_one_key_of_a_mapping_merges_into_it(tmp_path):
+    cfg = load_config(TrainConfig, overrides=["loss_weights.l2=0.5"])
+    assert cfg.loss_weights == {"l1": 1.0, "l2": 0.5}  # the default's keys stay
+    path = _yaml(tmp_path, "loss_weights: {l1: 3.0, ssim: 1.0}")
+    cfg = load_config(TrainConfig, path, ["loss_weights.l1=2", "loss_weights.lpips=1e-1"])
+    assert cfg.loss_weights == {"l1": 2.0, "ssim": 1.0, "lpips": 0.1}
+    cfg = load_config(TrainConfig, overrides=["loss_weights={l1: 3}", "loss_weights.l2=1"])
+    assert cfg.loss_weights == {"l1": 3.0, "l2": 1.0}
 
 
 def test_override_without_equals():

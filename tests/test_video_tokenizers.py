@@ -149,6 +149,29 @@ def test_bad_configs_raise():
         build_video_tokenizer("vtok_tiny", feature_extractor="hf")
     with pytest.raises(ValueError, match="decoder_input"):
         build_video_tokenizer("vtok_tiny", decoder_input="grid")
+    with pytest.raises(ValueError, match="decoder_head"):
+        build_video_tokenizer("vtok_tiny", decoder_head="deconv")
+    with pytest.raises(ValueError, match="power-of-two"):
+        build_video_tokenizer("vtok_tiny", decoder_head="conv", image_size=36, patch_size=6)
+
+
+def test_conv_decoder_head_starts_as_the_linear_head_and_then_draws_across_patch_borders():
+    torch.manual_seed(0)
+    conv = build_video_tokenizer("vtok_tiny", decoder_head="conv")
+    linear = build_video_tokenizer("vtok_tiny")
+    result = linear.load_state_dict(conv.state_dict(), strict=False)
+    assert result.missing_keys == [] and all(k.startswith("decoder.refine.") for k in result.unexpected_keys)
+    video = _video(batch=1, frames=4)
+    with torch.no_grad():  # the refiner's last convolution starts at zero: the same frames
+        torch.testing.assert_close(conv.eval()(video), linear.eval()(video))
+    # then one grid cell's features reach the pixels of its neighbours (a linear head cannot)
+    torch.nn.init.normal_(conv.decoder.refine.out.weight, std=0.1)
+    grid = torch.zeros(1, conv.config.decoder_dim, 4, 4)
+    grid[0, :, 1, 1] = 1.0
+    with torch.no_grad():
+        out = conv.decoder.refine(grid) - conv.decoder.refine(torch.zeros_like(grid))
+    assert out.shape == (1, 3, 32, 32)
+    assert out[..., 8:16, 16:24].abs().sum() > 0  # the cell to the right of (1, 1)
 
 
 @pytest.mark.parametrize("key_pool", [0, 2])
@@ -176,7 +199,8 @@ def test_aligned_decoder_puts_each_key_token_on_its_own_cell(key_pool):
                                              ("frames_tiny", {"pool": "queries", "pool_size": 3}),
                                              ("vtok_tiny", {}),
                                              ("vtok_tiny", {"residual_pool": "mean", "key_pool": 2}),
-                                             ("vtok_tiny", {"decoder_input": "memory"})])
+                                             ("vtok_tiny", {"decoder_input": "memory"}),
+                                             ("vtok_tiny", {"decoder_head": "conv"})])
 def test_save_then_load_gives_identical_outputs(tmp_path, name, overrides):
     tok = build_video_tokenizer(name, **overrides).eval()
     video = _video(frames=8)
@@ -193,7 +217,8 @@ def test_load_rejects_what_is_not_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name, overrides",
-                         [("frames_tiny", {}), ("vtok_tiny", {}), ("vtok_tiny", {"decoder_input": "memory"})])
+                         [("frames_tiny", {}), ("vtok_tiny", {}), ("vtok_tiny", {"decoder_input": "memory"}),
+                          ("vtok_tiny", {"decoder_head": "conv"})])
 def test_one_batch_overfits(name, overrides):
     torch.manual_seed(0)
     tok = build_video_tokenizer(name, **overrides)
@@ -307,3 +332,49 @@ def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog):
     assert build_perceptual_loss(None) is None
     assert build_perceptual_loss(str(tmp_path / "missing.pth")) is None
     assert "perceptual loss off" in caplog.text
+
+
+def test_tower_perceptual_loss_uses_the_frozen_tower_and_trains_only_the_reconstruction():
+    from transformers import ResNetConfig
+
+    tower = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                         out_features=["stage2"]).to_dict()
+    torch.manual_seed(0)
+    tok = build_video_tokenizer("vtok_tiny", feature_extractor="hf", hf_config=tower)
+    loss = build_perceptual_loss("tower", tok)
+    a, b = _video(batch=1, frames=2), _video(batch=1, frames=2, seed=5)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6) and loss(a, b).item() > 0
+    recon = b.clone().requires_grad_()
+    total, parts = reconstruction_loss(recon, a, loss, perceptual_weight=2.0)
+    total.backward()
+    assert set(parts) == {"mse", "perceptual"}
+    assert total.item() == pytest.approx(parts["mse"] + 2.0 * parts["perceptual"], rel=1e-5)
+    assert recon.grad.abs().sum() > 0 and all(p.grad is None for p in tok.features.parameters())
+    assert not any(name.startswith("_features") for name in loss.state_dict())  # shared, not copied
+    with pytest.raises(ValueError, match="frozen Hugging Face vision tower"):
+        build_perceptual_loss("tower", build_video_tokenizer("vtok_tiny"))  # a ViT trained with it: no
+    with pytest.raises(ValueError, match="frozen Hugging Face vision tower"):
+        build_perceptual_loss("tower", build_video_tokenizer("vtok_tiny", feature_extractor="hf",
+                                                             hf_config=tower, freeze_features=False))
+
+
+def test_vtok_decodes_a_subset_of_frames_as_it_decodes_them_all():
+    from mmvid.video_tokenizers.objectives import training_loss
+
+    torch.manual_seed(0)
+    tok = build_video_tokenizer("vtok_tiny", key_frame="middle").eval()
+    video = _video(batch=2, frames=6)
+    tokens = tok.encode(video)
+    with torch.no_grad():
+        every = tok.decode(tokens)
+        some = tok.decode(tokens, frames=torch.tensor([0, 2, 5]))
+    torch.testing.assert_close(some, every[:, :, [0, 2, 5]])
+    with pytest.raises(ValueError, match="frames must be indices"):
+        tok.decode(tokens, frames=torch.tensor([6]))
+    loss, parts = training_loss(tok, video, decode_frames=2, foreground_weight=3)
+    loss.backward()
+    assert loss.item() > 0 and "weighted_mse" in parts
+    assert training_loss(tok, video, decode_frames=6)[0].item() == pytest.approx(
+        training_loss(tok, video)[0].item())  # every frame: the plain loss
+    with pytest.raises(ValueError, match="decode_frames"):
+        training_loss(build_video_tokenizer("frames_tiny"), video, decode_frames=2)

@@ -11,6 +11,8 @@ which picks flash or memory-efficient kernels on GPU and a plain implementation 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -142,6 +144,9 @@ class AttentionPool(nn.Module):
         return self.mlp(self.norm_out(x))
 
 
+DECODER_HEADS = ("linear", "conv")
+
+
 class GridDecoder(nn.Module):
     """Renders one frame from a few memory tokens (TiTok-style): learned patch-grid queries and the
     memory run through joint self-attention; the grid outputs become pixel patches.
@@ -149,15 +154,24 @@ class GridDecoder(nn.Module):
     (B, M, dim) memory -> (B, 3, H, W) in roughly [-1, 1]. `grid_inputs` (B, grid*grid, dim), when
     given, are added to the queries: content already laid out on the patch grid (each query starts
     from its own cell's token instead of having to find it among the memory by attention).
+
+    `head`: "linear" maps each grid output to its p x p pixel patch (ViT/TiTok style). "conv" adds
+    `ConvRefiner`: the grid outputs as a feature map, upsampled by convolutions to full size, added to the
+    linear patches. A linear head draws each patch from one vector, so small objects come out as blobs;
+    the convolutions draw edges across patch borders (issue 20: the analyzer reads shapes from them).
     """
 
-    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int):
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int,
+                 head: str = "linear"):
         super().__init__()
+        if head not in DECODER_HEADS:
+            raise ValueError(f"unknown decoder head {head!r}; known: {list(DECODER_HEADS)}")
         self.grid, self.patch_size = image_size // patch_size, patch_size
         self.queries = nn.Parameter(torch.zeros(1, self.grid * self.grid, dim))
         self.blocks = nn.ModuleList([Block(dim, num_heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 3 * patch_size * patch_size)
+        self.refine = ConvRefiner(dim, patch_size) if head == "conv" else None
 
     def forward(self, memory: torch.Tensor, grid_inputs: torch.Tensor | None = None) -> torch.Tensor:
         n = self.grid * self.grid
@@ -167,9 +181,49 @@ class GridDecoder(nn.Module):
         x = torch.cat([queries, memory], dim=1)
         for block in self.blocks:
             x = block(x)
-        patches = self.head(self.norm(x[:, :n]))  # (B, S, 3 p p)
-        return rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid, p=self.patch_size,
-                         q=self.patch_size)
+        x = self.norm(x[:, :n])
+        patches = self.head(x)  # (B, S, 3 p p)
+        image = rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=self.grid, p=self.patch_size,
+                          q=self.patch_size)
+        if self.refine is not None:
+            image = image + self.refine(rearrange(x, "b (h w) d -> b d h w", h=self.grid))
+        return image
+
+
+class ConvRefiner(nn.Module):
+    """(B, dim, g, g) grid features -> (B, 3, g p, g p): log2(p) stages of 2x nearest upsampling and two
+    3x3 convolutions (a residual pair), halving the channels from min(dim, 64) down to 16; the last 3x3
+    convolution starts at zero, so a decoder given this head draws exactly what its linear head drew until
+    it learns otherwise."""
+
+    def __init__(self, dim: int, patch_size: int):
+        super().__init__()
+        stages = int(round(math.log2(patch_size)))
+        if 2**stages != patch_size:
+            raise ValueError(f"the conv decoder head needs a power-of-two patch_size, got {patch_size}")
+        width = min(dim, 64)
+        self.inp = nn.Conv2d(dim, width, 1)
+        self.stages = nn.ModuleList()
+        for _ in range(stages):
+            out = max(16, width // 2)
+            self.stages.append(nn.ModuleDict({
+                "up": nn.Conv2d(width, out, 3, padding=1),
+                "a": nn.Conv2d(out, out, 3, padding=1),
+                "b": nn.Conv2d(out, out, 3, padding=1),
+            }))
+            width = out
+        self.out = nn.Conv2d(width, 3, 3, padding=1)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for stage in self.stages:
+            x = F.gelu(stage["up"](F.interpolate(x, scale_factor=2, mode="nearest")))
+            x = x + stage["b"](F.gelu(stage["a"](x)))
+        return self.out(F.gelu(x))
 
 
 def rename_block_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> dict:
@@ -206,3 +260,6 @@ def init_weights(module: nn.Module) -> None:
     for name, p in module.named_parameters():
         if name.endswith(("queries", "pos")) and p.dim() == 3:
             nn.init.trunc_normal_(p, std=0.02)
+    for m in module.modules():
+        if isinstance(m, ConvRefiner):
+            m.reset_parameters()

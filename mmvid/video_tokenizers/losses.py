@@ -3,6 +3,10 @@
 MSE on pixels always; a perceptual term (VGG16 feature distance, LPIPS-style without its learned
 channel weights) when VGG16 weights are available as a local file. Nothing is downloaded: without
 weights the perceptual term is off and `build_perceptual_loss` logs a warning.
+
+`perceptual_weights="tower"` takes the same distance on the feature maps of the tokenizer's own frozen
+vision tower instead (`TowerPerceptualLoss`): no download, and the features are the ones the tokens
+are made of, so a decoder trained on it must draw what the tower tells apart (shapes, not blobs).
 """
 
 from __future__ import annotations
@@ -74,10 +78,41 @@ def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
             if k.startswith("features.") or k[0].isdigit()}
 
 
-def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
-    """The perceptual loss when its weights file exists, else None (with a warning if one was named)."""
+class TowerPerceptualLoss(nn.Module):
+    """PerceptualLoss's distance on every hidden state of a tokenizer's frozen Hugging Face vision tower
+    (`features.HFFeatures`): feature maps (N, D, h, w) are unit-normalised over channels, token
+    sequences (N, L, D) over their last dimension. The tower is shared with the tokenizer, not copied,
+    and gets no gradient (it must be frozen); the reconstruction does."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        model = getattr(features, "model", None)
+        if model is None or not getattr(features, "frozen", False):
+            raise ValueError("perceptual_weights='tower' needs a tokenizer built on a frozen Hugging Face vision "
+                             "tower (feature_extractor='hf', freeze_features=True)")
+        self._features = [features]  # a list: not registered, so .to() and state_dict leave it alone
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (the reconstruction), y (the target): (B, C, T, H, W) in [-1, 1] -> scalar."""
+        features = self._features[0]
+        frames = rearrange(torch.cat([x, y]), "b c t h w -> (b t) c h w")
+        pixels = ((frames + 1) / 2 - features.mean) / features.std
+        hidden = features.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        loss = x.new_zeros(())
+        for h in hidden:  # a CNN: the stem's map, then each stage's; a ViT: the embeddings, then each layer
+            dim = 1 if h.ndim == 4 else -1
+            a, b = F.normalize(h, dim=dim).chunk(2)
+            loss = loss + (a - b.detach()).pow(2).sum(dim).mean()
+        return loss
+
+
+def build_perceptual_loss(weights_path: str | None, tokenizer: nn.Module | None = None) -> nn.Module | None:
+    """The perceptual loss when its weights file exists, else None (with a warning if one was named);
+    "tower": `TowerPerceptualLoss` on `tokenizer.features`."""
     if not weights_path:
         return None
+    if weights_path == "tower":
+        return TowerPerceptualLoss(getattr(tokenizer, "features", None))
     if not Path(weights_path).is_file():
         log.warning("perceptual loss off: VGG16 weights not found at %s (training with MSE only)",
                     weights_path)

@@ -284,14 +284,27 @@ OBJECTIVES = {
 }
 
 
+FRAME_SUBSETS = ("vtok",)  # architectures whose decode(..., frames=) draws a subset of the frames
+
+
 def training_loss(tokenizer, video: torch.Tensor, perceptual: nn.Module | None = None,
                   perceptual_weight: float = 0.0, foreground_weight: float = 0.0,
-                  pixel_loss: str = "mse") -> tuple[torch.Tensor, dict[str, float]]:
+                  pixel_loss: str = "mse", decode_frames: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss and its parts for logging: the architecture's objective (OBJECTIVES), else
     reconstruction (MSE, foreground-weighted when foreground_weight > 0, + perceptual_weight x perceptual
-    of decode(encode(video)))."""
+    of decode(encode(video))). decode_frames k > 0 (VTok): the loss on k random frames of each clip (the
+    same k for the batch, drawn each step), so a step's decoder compute covers k/T of what it would."""
     objective = OBJECTIVES.get(tokenizer.architecture)
+    if decode_frames and (objective is not None or tokenizer.architecture not in FRAME_SUBSETS):
+        raise ValueError(f"decode_frames draws a subset of frames, which {list(FRAME_SUBSETS)} can do; the "
+                         f"{tokenizer.architecture} tokenizer cannot")
     if objective is None:
+        if decode_frames and decode_frames < video.shape[2]:
+            frames = torch.randperm(video.shape[2], device=video.device)[:decode_frames].sort().values
+            tokens, state = tokenizer.encode_with_state(video)
+            reconstruction = tokenizer.decode(tokens, num_frames=video.shape[2], frames=frames, **state)
+            return reconstruction_loss(reconstruction, video[:, :, frames], perceptual, perceptual_weight,
+                                       foreground_weight, pixel_loss)
         return reconstruction_loss(tokenizer(video), video, perceptual, perceptual_weight, foreground_weight,
                                    pixel_loss)
     if foreground_weight > 0 or pixel_loss != "mse":

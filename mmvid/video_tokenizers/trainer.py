@@ -74,9 +74,13 @@ class TokenizerTrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max grad norm; 0 disables
     perceptual_weight: float = 0.0
-    perceptual_weights: str | None = None  # VGG16 weights file for the perceptual term (MSE only without)
+    # VGG16 weights file for the perceptual term (MSE only without), or "tower": the tokenizer's own frozen tower
+    perceptual_weights: str | None = None
     foreground_weight: float = 0.0  # > 0: object pixels weigh 1 + w in the MSE (losses.reconstruction_loss)
     pixel_loss: str = "mse"  # or "l1": sharper edges where object/background is uncertain
+    # > 0 (VTok): the loss on this many random frames of each clip; raise batch_size to spend the saved compute
+    # on more videos (objectives.training_loss)
+    decode_frames: int = 0
     log_every: int = 10
     val_every: int = 200
     val_videos: int = 32
@@ -93,6 +97,8 @@ class TokenizerTrainConfig:
             raise ValueError("val_every, checkpoint_every and log_every must be >= 1")
         if self.foreground_weight < 0:
             raise ValueError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        if self.decode_frames < 0:
+            raise ValueError(f"decode_frames must be >= 0 (0: every frame), got {self.decode_frames}")
         if self.pixel_loss not in PIXEL_LOSSES:
             raise ValueError(f"pixel_loss must be one of {list(PIXEL_LOSSES)}, got {self.pixel_loss!r}")
         if self.train not in ("all", "decoder"):
@@ -160,9 +166,9 @@ class TrainingLoss(torch.nn.Module):
         self.tokenizer = tokenizer
 
     def forward(self, video: torch.Tensor, perceptual: torch.nn.Module | None, perceptual_weight: float,
-                foreground_weight: float = 0.0, pixel_loss: str = "mse"):
+                foreground_weight: float = 0.0, pixel_loss: str = "mse", decode_frames: int = 0):
         return training_loss(self.tokenizer, video, perceptual, perceptual_weight, foreground_weight,
-                             pixel_loss)
+                             pixel_loss, decode_frames)
 
 
 @torch.no_grad()
@@ -212,7 +218,9 @@ def build_model(cfg: TokenizerTrainConfig, device: torch.device,
     """The tokenizer, and the module the step calls (its `TrainingLoss`, DDP-wrapped when distributed)."""
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
-        load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, device=str(device))
+        # a decoder-only run may give the decoder parts init_from lacks (e.g. decoder_head=conv): they start fresh
+        partial = tokenizer.decoder_prefixes if cfg.train == "decoder" else ()
+        load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, partial=partial, device=str(device))
     if cfg.train == "decoder":
         tokenizer.train_only_decoder()
     model = TrainingLoss(tokenizer)
@@ -235,7 +243,7 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    perceptual = build_perceptual_loss(cfg.perceptual_weights)
+    perceptual = build_perceptual_loss(cfg.perceptual_weights, tokenizer)
     if perceptual is not None:
         perceptual.to(device)
 
@@ -257,7 +265,8 @@ def run(cfg: TokenizerTrainConfig, distributed: bool = True) -> dict[str, float]
         for batch in loader:
             start = time.perf_counter()
             x = batch["video"].to(device)
-            loss, parts = model(x, perceptual, cfg.perceptual_weight, cfg.foreground_weight, cfg.pixel_loss)
+            loss, parts = model(x, perceptual, cfg.perceptual_weight, cfg.foreground_weight, cfg.pixel_loss,
+                                 cfg.decode_frames)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0

@@ -35,7 +35,15 @@ from einops import rearrange
 
 from mmvid.video_tokenizers.base import TokenLayout, VideoTokenizer
 from mmvid.video_tokenizers.features import CLIP_MEAN, CLIP_STD, FEATURE_EXTRACTORS, HFFeatures
-from mmvid.video_tokenizers.layers import MLP, AttentionPool, GridDecoder, ViT, grid_positions, init_weights
+from mmvid.video_tokenizers.layers import (
+    DECODER_HEADS,
+    MLP,
+    AttentionPool,
+    GridDecoder,
+    ViT,
+    grid_positions,
+    init_weights,
+)
 
 KEY_FRAMES = ("first", "middle", "max_change")
 RESIDUAL_POOLS = ("attention", "mean")
@@ -59,6 +67,8 @@ class VTokConfig:
     decoder_heads: int = 4
     # key tokens added to their grid cell's query, or "memory" (found by attention)
     decoder_input: str = "aligned"
+    # "linear" (a p x p patch per grid output) or "conv" (+ convolutions that upsample the grid: sharp shapes)
+    decoder_head: str = "linear"
     feature_extractor: str = "vit"  # "vit" (trained from scratch) or "hf" (a frozen HF vision model)
     hf_path: str | None = None  # local folder of the HF vision model (its weights load from there)
     hf_config: dict | None = None  # its config (model_type + fields); filled in from hf_path when built
@@ -71,6 +81,8 @@ class VTokConfig:
             raise ValueError(f"unknown key_frame {self.key_frame!r}; known: {list(KEY_FRAMES)}")
         if self.residual_pool not in RESIDUAL_POOLS:
             raise ValueError(f"unknown residual_pool {self.residual_pool!r}; known: {list(RESIDUAL_POOLS)}")
+        if self.decoder_head not in DECODER_HEADS:
+            raise ValueError(f"unknown decoder_head {self.decoder_head!r}; known: {list(DECODER_HEADS)}")
         if self.decoder_input not in DECODER_INPUTS:
             raise ValueError(f"unknown decoder_input {self.decoder_input!r}; known: {list(DECODER_INPUTS)}")
         if self.feature_extractor not in FEATURE_EXTRACTORS:
@@ -121,7 +133,7 @@ class VTok(VideoTokenizer):
         self.key_pos = nn.Parameter(torch.zeros(1, c.key_tokens, c.decoder_dim))
         self.group_embed = nn.Parameter(torch.zeros(1, 2, c.decoder_dim))  # key, residual
         self.decoder = GridDecoder(c.image_size, c.patch_size, c.decoder_dim, c.decoder_depth,
-                                   c.decoder_heads)
+                                   c.decoder_heads, head=c.decoder_head)
         init_weights(self)
         if c.feature_extractor == "hf":
             self.features.load_weights()  # init_weights must not overwrite the pretrained model
@@ -215,9 +227,11 @@ class VTok(VideoTokenizer):
     # -- decode ------------------------------------------------------------------------------------
 
     def decode(self, tokens: torch.Tensor, num_frames: int | None = None,
-               key_index: torch.Tensor | None = None) -> torch.Tensor:
+               key_index: torch.Tensor | None = None, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S' + R, token_dim) -> (B, 3, T, H, W). `num_frames` is needed when temporal_stride > 1
-        (R residual tokens then stand for several lengths); `key_index` for key_frame="max_change"."""
+        (R residual tokens then stand for several lengths); `key_index` for key_frame="max_change".
+        `frames` (long, (F,)): draw only these frames, (B, 3, F, H, W) (each frame is drawn on its own,
+        so a training step can spend its compute on more videos: `decode_frames` in the trainer)."""
         c = self.config
         S = c.key_tokens
         if tokens.ndim != 3 or tokens.shape[-1] != c.token_dim or tokens.shape[1] <= S:
@@ -244,16 +258,21 @@ class VTok(VideoTokenizer):
                                           dtype=tokens.dtype))
         # (B, T, C)
         per_frame = torch.stack([self._spread(residual[b], zero[0], keys[b], num_frames) for b in range(B)])
+        if frames is not None:
+            frames = torch.as_tensor(frames, dtype=torch.long, device=tokens.device)
+            if frames.ndim != 1 or not len(frames) or int(frames.min()) < 0 or int(frames.max()) >= num_frames:
+                raise ValueError(f"frames must be indices in [0, {num_frames}), got {frames.tolist()}")
+            per_frame = per_frame[:, frames]
         memory_key = self.from_key(key_tokens) + self.key_pos + self.group_embed[:, :1]  # (B, S, Dd)
         memory_res = self.from_residual(per_frame) + self.group_embed[:, 1:]  # (B, T, Dd)
         if c.decoder_input == "aligned":
             on_grid = self._unpool_key(memory_key)  # (B, grid*grid, Dd)
-            on_grid = on_grid[:, None].expand(-1, num_frames, -1, -1)
+            on_grid = on_grid[:, None].expand(-1, per_frame.shape[1], -1, -1)
             frames = self.decoder(rearrange(memory_res, "b t d -> (b t) 1 d"),
                                   grid_inputs=rearrange(on_grid, "b t s d -> (b t) s d"))
         else:
             memory = torch.cat([
-                memory_key[:, None].expand(-1, num_frames, -1, -1),  # (B, T, S, Dd)
+                memory_key[:, None].expand(-1, per_frame.shape[1], -1, -1),  # (B, T, S, Dd)
                 memory_res[:, :, None],  # (B, T, 1, Dd)
             ], dim=2)
             frames = self.decoder(rearrange(memory, "b t m d -> (b t) m d"))  # (B T, 3, H, W)
