@@ -198,7 +198,8 @@ def _set_dotted(cls, data: dict, key: str, value: str) -> None:
                 current = _flow_yaml(current, prefix + name) if current else {}
             if current is not None and not isinstance(current, Mapping):
                 raise ConfigError(f"'{prefix}{name}' is not a mapping ({current!r}): set it whole")
-            data[name] = {**(current or {}), parts[-1]: yaml.safe_load(value) if isinstance(value, str) else value}
+            item = yaml.safe_load(value) if isinstance(value, str) else value
+            data[name] = {**(current or {}), parts[-1]: item}
             return
         if cls is None:
             raise ConfigError(f"'{prefix}{name}' is not a config section; set it whole: {prefix}{name}=...")

@@ -584,15 +584,20 @@ class VideoLLM(nn.Module):
         """Take the decoder of another save of the same video tokenizer (`tokenizers/train.py
         train=decoder init_from=...`): the decoder draws better, the tokens stay the ones the LLM learned.
         Refuses a tokenizer whose encoder (anything outside its `decoder_prefixes`) differs from this
-        model's in any weight, since its tokens would not be the ones the LLM and its head were trained on."""
+        model's in any weight, since its tokens would not be the ones the LLM and its head were trained on.
+        A decoder of another shape (its config differs only in the tokenizer's `decoder_config_fields`, e.g.
+        VTok's decoder_head=conv) replaces the model's tokenizer whole; save_pretrained then records it."""
         from mmvid.video_tokenizers import load_video_tokenizer
 
         other = load_video_tokenizer(path)
         mine = self.video_tokenizer
-        if other.architecture != mine.architecture or asdict(other.config) != asdict(mine.config):
+        decoder_only = set(mine.decoder_config_fields)
+        differ = {k for k, v in asdict(other.config).items() if asdict(mine.config).get(k, v) != v}
+        if other.architecture != mine.architecture or set(asdict(other.config)) != set(asdict(mine.config)) \
+                or differ - decoder_only:
             raise ValueError(f"{path} is a different video tokenizer ({other.architecture} {other.preset}) "
-                             f"from the model's ({mine.architecture} {mine.preset}, or another config)")
-        decoder = set(mine.decoder_parameter_names())
+                             f"from the model's ({mine.architecture} {mine.preset}, or another config: "
+                             f"{sorted(differ - decoder_only) or 'architecture'})")
         theirs = other.state_dict()
         for name, value in mine.state_dict().items():
             if name.split(".")[0] in mine.decoder_prefixes or torch.equal(value.cpu(), theirs[name].cpu()):
@@ -600,6 +605,15 @@ class VideoLLM(nn.Module):
             raise ValueError(f"{path}: its encoder weight {name!r} differs from the model's, so its tokens "
                              f"are not the ones the LLM was trained on; only a decoder fine-tuned with "
                              f"train=decoder from this model's tokenizer can be swapped in")
+        if differ:  # another decoder shape: the whole tokenizer, as the model held its own
+            parameter = next(mine.parameters())
+            grads = {n: p.requires_grad for n, p in mine.named_parameters()}
+            other = other.to(parameter.device, parameter.dtype).train(mine.training)
+            for n, p in other.named_parameters():
+                p.requires_grad_(grads.get(n, False))
+            self.video_tokenizer = other
+            return self
+        decoder = set(mine.decoder_parameter_names())
         with torch.no_grad():
             for name, param in mine.named_parameters():
                 if name in decoder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -290,6 +291,29 @@ def test_a_decoder_fine_tuned_alone_swaps_in_and_a_changed_encoder_is_refused(to
     build_video_tokenizer("frames_tiny").save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="different video tokenizer"):
         model.load_video_decoder(tmp_path / "other")
+    # a decoder of another shape (tuned alone with decoder_head=conv) replaces the tokenizer whole
+    from mmvid.video_tokenizers import load_video_tokenizer
+
+    mine = model.video_tokenizer
+    conv = build_video_tokenizer(mine.preset, **{**asdict(mine.config), "decoder_head": "conv"})
+    conv.load_state_dict(mine.state_dict(), strict=False)
+    with torch.no_grad():
+        conv.decoder.refine.out.weight.add_(0.01)
+    conv.save_pretrained(tmp_path / "conv")
+    model.load_video_decoder(tmp_path / "conv")
+    assert model.video_tokenizer.config.decoder_head == "conv"
+    assert all(not p.requires_grad for p in model.video_tokenizer.parameters())  # frozen, as before
+    with torch.no_grad():
+        torch.testing.assert_close(model.video_tokenizer.encode(video), tokens, rtol=0, atol=0)
+        torch.testing.assert_close(model.video_tokenizer.decode(tokens, num_frames=8),
+                                   conv.eval().decode(tokens, num_frames=8))
+    model.save_pretrained(tmp_path / "with-conv")
+    assert VideoLLM.from_pretrained(tmp_path / "with-conv").video_tokenizer.config.decoder_head == "conv"
+    assert load_video_tokenizer(tmp_path / "conv").config.decoder_head == "conv"
+    wider = build_video_tokenizer(mine.preset, **{**asdict(mine.config), "token_dim": 2})
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(ValueError, match="token_dim"):
+        model.load_video_decoder(tmp_path / "wider")
 
 
 def test_generate_with_and_without_a_cached_video(tokenizer_dir):

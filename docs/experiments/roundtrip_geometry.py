@@ -31,8 +31,8 @@ FRAMES = 8
 
 def collect(tok, split: str, n: int):
     grid, key = tok.config.grid, tok.key_index(FRAMES)
-    loader = DataLoader(VideoClipDataset(list_videos("data/shapes", split)[:n], FRAMES, tok.image_size, seed=0),
-                        batch_size=8)
+    videos = list_videos("data/shapes", split)[:n]
+    loader = DataLoader(VideoClipDataset(videos, FRAMES, tok.image_size, seed=0), batch_size=8)
     rows = {"token": [], "tower": [], "geometry": [], "shape": []}
     with torch.no_grad():
         for batch in loader:
@@ -67,9 +67,9 @@ def main(path: str, n: int) -> dict:
         y = test["geometry"]
         r2 = 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
         clf = LogisticRegression(max_iter=3000).fit(train[source], train["shape"])
+        shape_acc = clf.score(test[source], test["shape"])
         out[source] = {"r2_offset_x": round(float(r2[0]), 3), "r2_offset_y": round(float(r2[1]), 3),
-                       "r2_sqrt_area": round(float(r2[2]), 3), "shape_acc": round(clf.score(test[source],
-                                                                                             test["shape"]), 3)}
+                       "r2_sqrt_area": round(float(r2[2]), 3), "shape_acc": round(shape_acc, 3)}
     return out
 
 

@@ -83,6 +83,9 @@ class VideoTokenizer(nn.Module):
 
     architecture: str = ""  # key in ARCHITECTURES, stored in config.json
     decoder_prefixes: tuple[str, ...] = ()  # the top-level modules/parameters that make up the decoder
+    # config fields that shape only the decoder: a decoder tuned alone may change them
+    # (VideoLLM.load_video_decoder)
+    decoder_config_fields: tuple[str, ...] = ()
     config_class: type = object
     min_frames: int = 1
     discrete: bool = False

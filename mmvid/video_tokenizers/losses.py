@@ -88,8 +88,8 @@ class TowerPerceptualLoss(nn.Module):
         super().__init__()
         model = getattr(features, "model", None)
         if model is None or not getattr(features, "frozen", False):
-            raise ValueError("perceptual_weights='tower' needs a tokenizer built on a frozen Hugging Face vision "
-                             "tower (feature_extractor='hf', freeze_features=True)")
+            raise ValueError("perceptual_weights='tower' needs a tokenizer built on a frozen Hugging Face "
+                             "vision tower (feature_extractor='hf', freeze_features=True)")
         self._features = [features]  # a list: not registered, so .to() and state_dict leave it alone
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

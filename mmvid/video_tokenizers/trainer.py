@@ -74,12 +74,13 @@ class TokenizerTrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max grad norm; 0 disables
     perceptual_weight: float = 0.0
-    # VGG16 weights file for the perceptual term (MSE only without), or "tower": the tokenizer's own frozen tower
+    # VGG16 weights file for the perceptual term (MSE only without), or "tower": the tokenizer's own
+    # frozen tower
     perceptual_weights: str | None = None
     foreground_weight: float = 0.0  # > 0: object pixels weigh 1 + w in the MSE (losses.reconstruction_loss)
     pixel_loss: str = "mse"  # or "l1": sharper edges where object/background is uncertain
-    # > 0 (VTok): the loss on this many random frames of each clip; raise batch_size to spend the saved compute
-    # on more videos (objectives.training_loss)
+    # > 0 (VTok): the loss on this many random frames of each clip; raise batch_size to spend the saved
+    # compute on more videos (objectives.training_loss)
     decode_frames: int = 0
     log_every: int = 10
     val_every: int = 200
@@ -218,7 +219,7 @@ def build_model(cfg: TokenizerTrainConfig, device: torch.device,
     """The tokenizer, and the module the step calls (its `TrainingLoss`, DDP-wrapped when distributed)."""
     tokenizer = build_video_tokenizer(cfg.model, **cfg.model_overrides).to(device)
     if cfg.init_from:  # e.g. CoordTok's stage 2 from stage 1's weights; a resumed checkpoint overrides them
-        # a decoder-only run may give the decoder parts init_from lacks (e.g. decoder_head=conv): they start fresh
+        # a decoder-only run may give the decoder parts init_from lacks (decoder_head=conv): they start fresh
         partial = tokenizer.decoder_prefixes if cfg.train == "decoder" else ()
         load_weights(tokenizer, Path(cfg.init_from) / WEIGHTS_FILE, partial=partial, device=str(device))
     if cfg.train == "decoder":

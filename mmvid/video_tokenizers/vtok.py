@@ -111,6 +111,7 @@ class VTokConfig:
 class VTok(VideoTokenizer):
     architecture = "vtok"
     decoder_prefixes = ("from_key", "from_residual", "key_pos", "group_embed", "decoder")
+    decoder_config_fields = ("decoder_dim", "decoder_depth", "decoder_heads", "decoder_input", "decoder_head")
     config_class = VTokConfig
     min_frames = 2
 
@@ -260,7 +261,8 @@ class VTok(VideoTokenizer):
         per_frame = torch.stack([self._spread(residual[b], zero[0], keys[b], num_frames) for b in range(B)])
         if frames is not None:
             frames = torch.as_tensor(frames, dtype=torch.long, device=tokens.device)
-            if frames.ndim != 1 or not len(frames) or int(frames.min()) < 0 or int(frames.max()) >= num_frames:
+            if frames.ndim != 1 or not len(frames) or not 0 <= int(frames.min()) <= int(frames.max()) \
+                    < num_frames:
                 raise ValueError(f"frames must be indices in [0, {num_frames}), got {frames.tolist()}")
             per_frame = per_frame[:, frames]
         memory_key = self.from_key(key_tokens) + self.key_pos + self.group_embed[:, :1]  # (B, S, Dd)
