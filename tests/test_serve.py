@@ -474,3 +474,20 @@ def test_the_chat_page_in_headless_chromium(setup, server):
                 page.screenshot(path=os.environ["MMVID_SCREENSHOT"], full_page=True)
         finally:
             browser.close()
+
+
+def test_the_serve_bench_measures_both_paths_the_second_turn_and_the_load(setup):
+    from mmvid.evaluation import evaluate
+
+    folder, model = setup
+    data = folder / "bench"
+    (data / "test").mkdir(parents=True, exist_ok=True)
+    for seed in (3, 4):
+        write_video(data / "test" / f"{seed}.mp4", render(sample_scene(seed, 16, 32, 32)), fps=8)
+    record = evaluate(model, ["serve"], data=str(data), limit=2,
+                      options={"clients": "2", "requests": "3", "max_tokens": "4"})
+    m = {k: v["value"] for k, v in record["results"]["serve"]["metrics"].items()}
+    assert m["load_completed"] == 3 and m["load_lost"] == 0
+    assert m["inproc_ttft_s"] > 0 and m["server_ttft_s"] > 0 and m["ttft_ratio_server_over_inproc"] > 0
+    assert 0.5 < m["turn2_cached_prompt_share"] <= 1  # the video span and the first turn came from the cache
+    assert m["load_latency_p95_s"] >= m["load_latency_p50_s"] > 0

@@ -21,6 +21,12 @@ def _lm_eval(ctx: BenchContext) -> BenchResult:
     return run(ctx)
 
 
+def _serve(ctx: BenchContext) -> BenchResult:
+    from mmvid.evaluation.serve_bench import run  # fastapi and uvicorn: the serve extra, only when asked
+
+    return run(ctx)
+
+
 BENCHES = {
     "tv_align": tv_align.run,
     "tv_align_gen": tv_align_gen.run,
@@ -29,6 +35,7 @@ BENCHES = {
     "tokens": tokens.run,
     "coordtok_memory": coordtok_memory.run,
     "lm_eval": _lm_eval,
+    "serve": _serve,
 }
 
 __all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches",

@@ -655,10 +655,8 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
             rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             deltas = engine.deltas(prepared)
             if not request.stream:
-                text, last = [], None
-                while (delta := await run_in_threadpool(next, deltas, None)) is not None:
-                    text.append(delta.text)
-                    last = delta
+                collected = await run_in_threadpool(list, deltas)  # one thread hop for the whole answer
+                text, last = [d.text for d in collected], collected[-1]
                 return {
                     "id": rid,
                     "object": "chat.completion",
@@ -761,11 +759,12 @@ async def _sse(
             body["usage"] = None
         return f"data: {json.dumps(body)}\n\n"
 
+    producer = _Producer(deltas)
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
             try:
-                delta = await run_in_threadpool(next, deltas, None)
+                delta = await producer.get()
             except Exception as e:  # an error after the first byte: an error event, then the end
                 log.exception("generation failed")
                 error = APIError(500, f"generation failed: {e}", type="server_error")
@@ -792,5 +791,45 @@ async def _sse(
     except asyncio.CancelledError:  # the client went away, or the server is shutting down
         raise
     finally:
-        await run_in_threadpool(deltas.close)
+        producer.stop()
         engine.pending -= 1
+
+
+class _Producer:
+    """Runs a stream's deltas in a thread of its own and hands them to the event loop through a queue: one
+    thread for the whole answer instead of a thread-pool hop per token (which halved tokens/s)."""
+
+    def __init__(self, deltas: Iterator):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, args=(deltas,), daemon=True, name="mmvid-stream").start()
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            self.stopped.set()
+
+    def _run(self, deltas: Iterator) -> None:
+        try:
+            for delta in deltas:
+                if self.stopped.is_set():
+                    break
+                self._put(("delta", delta))
+        except Exception as e:  # noqa: BLE001 - handed to the stream, which reports it
+            self._put(("error", e))
+        finally:
+            deltas.close()  # the KV cache goes back to the pool, consistent
+            self._put(("end", None))
+
+    async def get(self):
+        """The next delta; None at the end; the generation's exception, raised here."""
+        kind, value = await self.queue.get()
+        if kind == "error":
+            raise value
+        return value if kind == "delta" else None
+
+    def stop(self) -> None:
+        """The client went away: the thread stops after the token it is sampling."""
+        self.stopped.set()
