@@ -148,6 +148,21 @@ def test_a_second_turn_reuses_the_video_and_the_kv_prefix(setup, client):
     assert cached >= first["usage"]["prompt_tokens"] - 1  # the whole first prompt, video span included
 
 
+def test_a_seed_repeats_a_sampled_answer(client):
+    request = {
+        "model": "mmvid",
+        "messages": _messages("a.mp4"),
+        "max_tokens": 6,
+        "temperature": 1.0,
+        "seed": 7,
+    }
+    answers = [
+        client.post("/v1/chat/completions", json=request).json()["choices"][0]["message"]["content"]
+        for _ in range(2)
+    ]
+    assert answers[0] == answers[1]
+
+
 def test_local_paths_and_frame_budgets(setup, client):
     ok = client.post(
         "/v1/chat/completions",
@@ -484,8 +499,13 @@ def test_the_serve_bench_measures_both_paths_the_second_turn_and_the_load(setup)
     (data / "test").mkdir(parents=True, exist_ok=True)
     for seed in (3, 4):
         write_video(data / "test" / f"{seed}.mp4", render(sample_scene(seed, 16, 32, 32)), fps=8)
-    record = evaluate(model, ["serve"], data=str(data), limit=2,
-                      options={"clients": "2", "requests": "3", "max_tokens": "4"})
+    record = evaluate(
+        model,
+        ["serve"],
+        data=str(data),
+        limit=2,
+        options={"clients": "2", "requests": "3", "max_tokens": "4"},
+    )
     m = {k: v["value"] for k, v in record["results"]["serve"]["metrics"].items()}
     assert m["load_completed"] == 3 and m["load_lost"] == 0
     assert m["inproc_ttft_s"] > 0 and m["server_ttft_s"] > 0 and m["ttft_ratio_server_over_inproc"] > 0

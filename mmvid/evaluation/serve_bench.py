@@ -85,57 +85,41 @@ def _rate(tokens: int, seconds: float, ttft: float) -> float:
     return tokens / max(seconds - ttft, 1e-9) if tokens > 1 else float("nan")
 
 
-def run(ctx: BenchContext) -> BenchResult:
+def _ask(path: Path) -> list[dict]:
+    video = {"type": "video_url", "video_url": {"url": str(Path(path).resolve())}}
+    return [{"role": "user", "content": [video, {"type": "text", "text": QUESTION}]}]
+
+
+def _through_server(model, videos: list[Path], max_tokens: int, clients: int, requests: int) -> tuple:
+    """(answers one by one, (first, second) turns, the load report) from a uvicorn server in a thread."""
     import uvicorn
 
     from mmvid.serve import ServeSettings, create_app
     from mmvid.serve.loadtest import run_load
 
-    model = ctx.load_model()
-    max_tokens = int(ctx.option("max_tokens", "32"))
-    clients, requests = int(ctx.option("clients", "4")), int(ctx.option("requests", "16"))
-    videos = list_videos(ctx.data or DEFAULT_DATA, ctx.option("split", "test"))[: ctx.limit or 8]
-    if not videos:
-        raise ValueError(f"no videos in {ctx.data or DEFAULT_DATA}")
-    root = Path(videos[0]).resolve().parent
-
-    _inproc(model, videos[0], 2)  # warm-up: first-call costs out of both paths
-    inproc = [_inproc(model, v, max_tokens) for v in videos]
-
+    app = create_app(model, ServeSettings(allowed_local_media_path=str(Path(videos[0]).resolve().parent)))
     port = _free_port()
-    app = create_app(model, ServeSettings(allowed_local_media_path=str(root)))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
+    base, engine = f"http://127.0.0.1:{port}", app.state.engine
     try:
         deadline = time.time() + 60
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
         if not server.started:
             raise RuntimeError("the server did not start")
-
-        def ask(path: Path) -> list[dict]:
-            return [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "video_url", "video_url": {"url": str(Path(path).resolve())}},
-                        {"type": "text", "text": QUESTION},
-                    ],
-                }
-            ]
-
-        _http(base, ask(videos[0]), 2)
-        app.state.engine.videos.clear()  # the same work as in process: every video read and encoded
-        app.state.engine.caches.clear()
-        served = [_http(base, ask(v), max_tokens) for v in videos]
-        turns = []
+        _http(base, _ask(videos[0]), 2)  # warm-up
+        served, turns = [], []
         for v in videos:
-            app.state.engine.videos.clear()
-            app.state.engine.caches.clear()
-            first = _http(base, ask(v), max_tokens)
-            follow = ask(v) + [
+            engine.videos.clear()  # the same work as in process: every video read and encoded
+            engine.caches.clear()
+            served.append(_http(base, _ask(v), max_tokens))
+        for v in videos:
+            engine.videos.clear()
+            engine.caches.clear()
+            first = _http(base, _ask(v), max_tokens)
+            follow = _ask(v) + [
                 {"role": "assistant", "content": first["text"]},
                 {"role": "user", "content": "What colour is it?"},
             ]
@@ -151,20 +135,31 @@ def run(ctx: BenchContext) -> BenchResult:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+    return served, turns, load
 
-    n = len(videos)
+
+def run(ctx: BenchContext) -> BenchResult:
+    model = ctx.load_model()
+    max_tokens = int(ctx.option("max_tokens", "32"))
+    clients, requests = int(ctx.option("clients", "4")), int(ctx.option("requests", "16"))
+    videos = list_videos(ctx.data or DEFAULT_DATA, ctx.option("split", "test"))[: ctx.limit or 8]
+    if not videos:
+        raise ValueError(f"no videos in {ctx.data or DEFAULT_DATA}")
+    _inproc(model, videos[0], 2)  # warm-up: first-call costs out of both paths
+    inproc = [_inproc(model, v, max_tokens) for v in videos]
+    served, turns, load = _through_server(model, videos, max_tokens, clients, requests)
+
+    n, med = len(videos), statistics.median
     in_ttft = [t for t, _, _ in inproc]
     in_rate = [r for t, s, k in inproc if (r := _rate(k, s, t)) == r]
     sv_ttft = [x["ttft"] for x in served]
     sv_rate = [
         r for x in served if (r := _rate(x["usage"]["completion_tokens"], x["seconds"], x["ttft"])) == r
     ]
-    t1 = [a["ttft"] for a, _ in turns]
-    t2 = [b["ttft"] for _, b in turns]
+    t1, t2 = [a["ttft"] for a, _ in turns], [b["ttft"] for _, b in turns]
     cached = [
         b["usage"]["prompt_tokens_details"]["cached_tokens"] / b["usage"]["prompt_tokens"] for _, b in turns
     ]
-    med = statistics.median
     metrics = [
         Metric("inproc_ttft_s", *mean_stderr(in_ttft), n=n),
         Metric("server_ttft_s", *mean_stderr(sv_ttft), n=n),

@@ -236,37 +236,7 @@ def resolve_video(url: str, settings: ServeSettings) -> VideoSource:
     """A video_url -> a readable file, or APIError naming what is wrong with it."""
     url = url.strip()
     if url.lower().startswith("data:"):
-        match = _DATA_URL.match(url)
-        if match is None or not match.group("b64"):
-            raise APIError(400, "a video data URL must be data:video/<type>;base64,<data>", param="video_url")
-        mime = (match.group("mime") or "").lower()
-        if not mime.startswith("video/") and mime not in ("image/gif", "application/octet-stream"):
-            raise APIError(
-                400, f"a video data URL must have a video/* type, got {mime or 'none'!r}", param="video_url"
-            )
-        payload = url[match.end() :]
-        if len(payload) > settings.max_video_bytes * 4 // 3 + 4:
-            raise APIError(
-                413,
-                f"the video is larger than --max-video-bytes ({settings.max_video_bytes} bytes)",
-                param="video_url",
-                code="video_too_large",
-            )
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise APIError(400, "the video data URL is not valid base64", param="video_url") from None
-        if not data:
-            raise APIError(400, "the video is empty (0 bytes)", param="video_url", code="video_decode_error")
-        if len(data) > settings.max_video_bytes:
-            raise APIError(
-                413,
-                f"the video is {len(data)} bytes, over --max-video-bytes ({settings.max_video_bytes})",
-                param="video_url",
-                code="video_too_large",
-            )
-        suffix = VIDEO_SUFFIXES.get(mime.split("/", 1)[1], ".mp4") if "/" in mime else ".mp4"
-        return VideoSource("sha256:" + hashlib.sha256(data).hexdigest(), _temporary(data, suffix), True)
+        return _data_video(url, settings)
     if url.lower().startswith(("http://", "https://")):
         if not settings.allow_remote_media:
             raise APIError(
@@ -284,6 +254,46 @@ def resolve_video(url: str, settings: ServeSettings) -> VideoSource:
             f"unsupported video URL scheme in {url[:40]!r}: use data:, a local path or http(s)",
             param="video_url",
         )
+    return _local_video(path, settings)
+
+
+def _data_video(url: str, settings: ServeSettings) -> VideoSource:
+    """A data:video/...;base64, URL, written to a temporary file."""
+    match = _DATA_URL.match(url)
+    if match is None or not match.group("b64"):
+        raise APIError(400, "a video data URL must be data:video/<type>;base64,<data>", param="video_url")
+    mime = (match.group("mime") or "").lower()
+    if not mime.startswith("video/") and mime not in ("image/gif", "application/octet-stream"):
+        raise APIError(
+            400, f"a video data URL must have a video/* type, got {mime or 'none'!r}", param="video_url"
+        )
+    payload = url[match.end() :]
+    if len(payload) > settings.max_video_bytes * 4 // 3 + 4:
+        raise APIError(
+            413,
+            f"the video is larger than --max-video-bytes ({settings.max_video_bytes} bytes)",
+            param="video_url",
+            code="video_too_large",
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "the video data URL is not valid base64", param="video_url") from None
+    if not data:
+        raise APIError(400, "the video is empty (0 bytes)", param="video_url", code="video_decode_error")
+    if len(data) > settings.max_video_bytes:
+        raise APIError(
+            413,
+            f"the video is {len(data)} bytes, over --max-video-bytes ({settings.max_video_bytes})",
+            param="video_url",
+            code="video_too_large",
+        )
+    suffix = VIDEO_SUFFIXES.get(mime.split("/", 1)[1], ".mp4") if "/" in mime else ".mp4"
+    return VideoSource("sha256:" + hashlib.sha256(data).hexdigest(), _temporary(data, suffix), True)
+
+
+def _local_video(path: str, settings: ServeSettings) -> VideoSource:
+    """A path that must resolve (symlinks followed) inside --allowed-local-media-path."""
     if settings.allowed_local_media_path is None:
         raise APIError(
             403,
@@ -564,6 +574,46 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     engine = Engine(model, settings)
     app = FastAPI(title="mmvid", version="1", docs_url=None, redoc_url=None)
     app.state.engine = engine
+    _install_errors(app)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        refused = _refuse(request, settings)
+        return refused.response() if refused is not None else await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/v1/models")
+    async def models():
+        card = {
+            "id": settings.model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "mmvid",
+            "max_model_len": engine.context,
+            "video_generation": model.generation_head is not None,
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: ChatRequest):
+        return await _chat(engine, request)
+
+    @app.post("/v1/videos/generations")
+    async def videos(request: VideoRequest):
+        return await _video(engine, request)
+
+    return app
+
+
+def _install_errors(app: FastAPI) -> None:
+    """Every error as OpenAI's {"error": {...}} body."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -582,156 +632,136 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     async def _not_allowed(request: Request, exc):
         return APIError(405, f"{request.method} is not allowed on {request.url.path}").response()
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if settings.api_key is not None:
-                given = request.headers.get("authorization", "")
-                token = given[7:] if given.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                    return APIError(
-                        401,
-                        "missing or wrong API key (Authorization: Bearer <key>)",
-                        type="authentication_error",
-                        code="invalid_api_key",
-                    ).response()
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-                return APIError(
-                    413,
-                    f"the request is {length} bytes, over the limit of {settings.max_request_bytes} "
-                    "(--max-video-bytes sets it)",
-                    code="request_too_large",
-                ).response()
-        return await call_next(request)
 
-    def check_model(name: str) -> None:
-        if name != settings.model_name:
-            raise APIError(
-                404,
-                f"the model {name!r} does not exist; this server serves {settings.model_name!r}",
-                param="model",
-                code="model_not_found",
+def _refuse(request: Request, settings: ServeSettings) -> APIError | None:
+    """A /v1 request without the API key, or with a body larger than any allowed one."""
+    if not request.url.path.startswith("/v1/"):
+        return None
+    if settings.api_key is not None:
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            return APIError(
+                401,
+                "missing or wrong API key (Authorization: Bearer <key>)",
+                type="authentication_error",
+                code="invalid_api_key",
             )
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+        return APIError(
+            413,
+            f"the request is {length} bytes, over the limit of {settings.max_request_bytes} "
+            "(--max-video-bytes sets it)",
+            code="request_too_large",
+        )
+    return None
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return HTMLResponse((STATIC / "index.html").read_text())
-
-    @app.get("/v1/models")
-    async def models():
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": settings.model_name,
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "mmvid",
-                    "max_model_len": engine.context,
-                    "video_generation": model.generation_head is not None,
-                }
-            ],
-        }
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: ChatRequest):
-        check_model(request.model)
-        if engine.pending >= settings.max_pending:
-            raise APIError(
-                429,
-                f"the server has {engine.pending} requests in flight; try again later",
-                type="rate_limit_error",
-                code="server_busy",
-            )
-        engine.pending += 1
-        released = False
-        try:
-            prepared = await run_in_threadpool(engine.prepare, request)
-            rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            deltas = engine.deltas(prepared)
-            if not request.stream:
-                collected = await run_in_threadpool(list, deltas)  # one thread hop for the whole answer
-                text, last = [d.text for d in collected], collected[-1]
-                return {
-                    "id": rid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": settings.model_name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "".join(text)},
-                            "finish_reason": last.finish_reason,
-                            "logprobs": None,
-                        }
-                    ],
-                    "usage": _usage(last.usage, prepared),
-                }
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            released = True  # the stream lowers the count when it ends
-            return StreamingResponse(
-                _sse(engine, deltas, prepared, rid, created, settings.model_name, include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        finally:
-            if not released:
-                engine.pending -= 1
-
-    @app.post("/v1/videos/generations")
-    async def videos(request: VideoRequest):
-        check_model(request.model)
-        if model.generation_head is None:
-            raise APIError(
-                400,
-                "this model has no generation head: it cannot make videos",
-                param="model",
-                code="no_generation_head",
-            )
-        suffix = "." + request.response_format
-        fd, name = tempfile.mkstemp(prefix="mmvid-gen-", suffix=suffix)
-        os.close(fd)
-        start = time.perf_counter()
-
-        def work():
-            with engine.lock, torch.no_grad():
-                return model.generate_video(
-                    request.prompt,
-                    guidance_scale=request.guidance_scale,
-                    temperature=request.temperature,
-                    top_k=request.top_k,
-                    top_p=request.top_p,
-                    steps=request.steps,
-                    seed=request.seed,
-                    output=name,
-                    fps=request.fps,
-                )
-
-        try:
-            frames = await run_in_threadpool(work)
-            data = Path(name).read_bytes()
-        except ValueError as e:
-            raise APIError(400, str(e), param="prompt") from None
-        finally:
-            Path(name).unlink(missing_ok=True)
-        T, H, W = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
-        return Response(
-            data,
-            media_type="video/mp4" if suffix == ".mp4" else "image/gif",
-            headers={
-                "X-Mmvid-Frames": str(T),
-                "X-Mmvid-Size": f"{W}x{H}",
-                "X-Mmvid-Fps": str(request.fps),
-                "X-Mmvid-Seconds": f"{time.perf_counter() - start:.3f}",
-            },
+def _check_model(name: str, settings: ServeSettings) -> None:
+    if name != settings.model_name:
+        raise APIError(
+            404,
+            f"the model {name!r} does not exist; this server serves {settings.model_name!r}",
+            param="model",
+            code="model_not_found",
         )
 
-    return app
+
+async def _chat(engine: Engine, request: ChatRequest):
+    """POST /v1/chat/completions: a chat.completion, or a stream of chunks."""
+    settings = engine.settings
+    _check_model(request.model, settings)
+    if engine.pending >= settings.max_pending:
+        raise APIError(
+            429,
+            f"the server has {engine.pending} requests in flight; try again later",
+            type="rate_limit_error",
+            code="server_busy",
+        )
+    engine.pending += 1
+    released = False
+    try:
+        prepared = await run_in_threadpool(engine.prepare, request)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        deltas = engine.deltas(prepared)
+        if not request.stream:
+            collected = await run_in_threadpool(list, deltas)  # one thread hop for the whole answer
+            last = collected[-1]
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(d.text for d in collected)},
+                "finish_reason": last.finish_reason,
+                "logprobs": None,
+            }
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": settings.model_name,
+                "choices": [choice],
+                "usage": _usage(last.usage, prepared),
+            }
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        released = True  # the stream lowers the count when it ends
+        return StreamingResponse(
+            _sse(engine, deltas, prepared, rid, created, settings.model_name, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    finally:
+        if not released:
+            engine.pending -= 1
+
+
+async def _video(engine: Engine, request: VideoRequest) -> Response:
+    """POST /v1/videos/generations: the generated video's bytes."""
+    model = engine.model
+    _check_model(request.model, engine.settings)
+    if model.generation_head is None:
+        raise APIError(
+            400,
+            "this model has no generation head: it cannot make videos",
+            param="model",
+            code="no_generation_head",
+        )
+    suffix = "." + request.response_format
+    fd, name = tempfile.mkstemp(prefix="mmvid-gen-", suffix=suffix)
+    os.close(fd)
+    start = time.perf_counter()
+
+    def work():
+        with engine.lock, torch.no_grad():
+            return model.generate_video(
+                request.prompt,
+                guidance_scale=request.guidance_scale,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                steps=request.steps,
+                seed=request.seed,
+                output=name,
+                fps=request.fps,
+            )
+
+    try:
+        frames = await run_in_threadpool(work)
+        data = Path(name).read_bytes()
+    except ValueError as e:
+        raise APIError(400, str(e), param="prompt") from None
+    finally:
+        Path(name).unlink(missing_ok=True)
+    T, H, W = (int(x) for x in frames.shape[:3])
+    return Response(
+        data,
+        media_type="video/mp4" if suffix == ".mp4" else "image/gif",
+        headers={
+            "X-Mmvid-Frames": str(T),
+            "X-Mmvid-Size": f"{W}x{H}",
+            "X-Mmvid-Fps": str(request.fps),
+            "X-Mmvid-Seconds": f"{time.perf_counter() - start:.3f}",
+        },
+    )
 
 
 async def _sse(
