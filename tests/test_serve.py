@@ -175,6 +175,17 @@ def test_local_paths_and_frame_budgets(setup, client):
     )
     assert ok.status_code == 200, ok.text
     assert ok.json()["usage"]["prompt_tokens_details"]["video_tokens"] < 23  # fewer frames, fewer tokens
+    by_rate = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "mmvid",
+            "messages": _messages("a.mp4"),
+            "max_completion_tokens": 3,
+            "mm_processor_kwargs": {"fps": 4.0},
+        },
+    )
+    assert by_rate.status_code == 200, by_rate.text
+    assert by_rate.json()["usage"]["completion_tokens"] <= 3
     bad = client.post(
         "/v1/chat/completions",
         json={"model": "mmvid", "messages": _messages("a.mp4"), "mm_processor_kwargs": {"num_frames": 1}},
