@@ -269,3 +269,32 @@ def test_continuation_scores_do_not_depend_on_the_batch_size(model):
         one, eight = (continuation_logprobs(model, messages, options, video, end_of_answer=True, batch_size=n)
                       for n in (1, 8))
         torch.testing.assert_close(torch.tensor(eight), torch.tensor(one))
+
+
+def test_a_broken_video_is_unscorable_and_the_run_goes_on(model, world, tmp_path, saved_model):
+    """One undecodable video among good ones: its questions are reported and counted as unscorable, never as
+    right or wrong; the other questions are scored; --strict stops at it (exit 2)."""
+    import shutil
+
+    videos = tmp_path / "videos"
+    shutil.copytree(world / "test" / "videos", videos)
+    questions = [json.loads(x) for x in (world / "test" / "tv_align.jsonl").read_text().splitlines()][:12]
+    broken = questions[0]["video"]
+    good = (videos / Path(broken).name).read_bytes()
+    (videos / Path(broken).name).write_bytes(good[: len(good) // 3])  # truncated: no frame decodes
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({**q, "video": "videos/" + Path(q["video"]).name}) + "\n"
+                             for q in questions))
+    n_broken = sum(q["video"] == broken for q in questions)
+    record = run_benches(["tv_align"], BenchContext(model=model, data=str(bench), log_samples=True))
+    result = record["results"]["tv_align"]
+    assert result["metrics"]["unscorable"]["value"] == n_broken and result["metrics"]["unscorable"]["n"] == 12
+    assert result["metrics"]["acc"]["n"] == 12 - n_broken
+    assert result["settings"]["unscorable_questions"] == n_broken
+    (path, reason), = result["settings"]["unreadable_videos"].items()
+    assert path.endswith(Path(broken).name) and reason
+    assert sum("unscorable" in s for s in record["samples"]["tv_align"]) == n_broken
+    cmd = [sys.executable, "eval/run.py", "--bench", "tv_align", "--model", str(saved_model), "--data",
+           str(bench), "--strict", "--output", str(tmp_path / "strict.json")]
+    strict = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 2 and Path(broken).name in strict.stderr

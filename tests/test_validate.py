@@ -103,3 +103,45 @@ def test_validate_runs_as_a_module(make_video, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "missing_video: 1" in out.stdout
+
+
+def _video_with_a_corrupt_middle(path) -> None:
+    """48 frames, a keyframe every 8, then the packets of the middle third overwritten with noise: the first
+    and the last frame still decode, the frames in between do not."""
+    import av
+    import numpy as np
+
+    from mmvid.data.shapes.world import render, sample_scene
+
+    frames = render(sample_scene(1, 48, 64, 64))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.gop_size = 8
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"mdat") + 8
+    end = start + (len(data) - start) * 2 // 3
+    start = start + (len(data) - start) // 3
+    data[start:end] = np.random.default_rng(0).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_validate_decodes_what_training_reads(tmp_path, capsys):
+    from mmvid.data import read_video
+
+    _video_with_a_corrupt_middle(tmp_path / "mid.mp4")
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([_sample("a", video="mid.mp4")]))
+    with pytest.raises(ValueError):  # what training asks for: 8 frames spread over the video
+        read_video(tmp_path / "mid.mp4", num_frames=8)
+    assert validate_main([str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "decoded as training reads them: 8 frames (uniform)" in out and "unreadable_video: 1" in out
+    assert validate_main([str(data), "--num-frames", "0"]) == 1  # every frame
+    assert validate_main([str(data), "--no-decode"]) == 0  # said plainly: existence only
+    assert "existence only" in capsys.readouterr().out

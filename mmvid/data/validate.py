@@ -1,12 +1,14 @@
 """Check a LLaVA-format data file (yours or mmvid's) before training on it.
 
-    python -m mmvid.data.validate DATA.json [MORE.jsonl ...] [--video-root DIR] [--no-decode]
-                                  [--show 5] [--report report.json]
+    python -m mmvid.data.validate DATA.json [MORE.jsonl ...] [--video-root DIR] [--num-frames 8]
+                                  [--sampling uniform] [--fps F] [--no-decode] [--show 5]
+                                  [--report report.json]
 
 Checks every sample: structure (turns alternate human/gpt), one `<video>` placeholder per
-video, no empty questions or answers, every video present and decodable (first and last frame,
-through `mmvid.data.read_video`). Prints a summary per data file; exits 0 when clean, 1 when any
-sample has an error, 2 when a data file cannot be read at all.
+video, no empty questions or answers, every video present and decodable the way training reads it
+(`--num-frames` frames with `--sampling`, through `mmvid.data.read_video`; `--num-frames 0` decodes every
+frame; `--no-decode` only checks that the files exist, and says so). Prints a summary per data file; exits 0
+when clean, 1 when any sample has an error, 2 when a data file cannot be read at all.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def validate_file(
     decode: bool = True,
     placeholder: str = VIDEO_PLACEHOLDER,
     progress: bool = True,
+    num_frames: int = 8,
+    sampling: str = "uniform",
+    fps: float | None = None,
 ) -> Report:
     """Validate one data file. Raises FileNotFoundError / DataFormatError when it cannot be read."""
     path = Path(path)
@@ -85,22 +90,24 @@ def validate_file(
             report.warn("duplicate_id", f"id {sample_id!r} is used by {n} samples")
     report.videos = len(users)
     for video in tqdm(users, desc=f"checking videos of {path.name}", unit="video", disable=not progress):
-        problem = check_video(root / video, decode)
+        problem = check_video(root / video, decode, num_frames, sampling, fps)
         if problem is not None:
             for name in users[video]:
                 report.error(problem.kind, f"{name}: {problem.message}")
     return report
 
 
-def check_video(path: Path, decode: bool = True) -> Problem | None:
-    """None when the video exists (and decodes, with `decode`), else the problem."""
+def check_video(path: Path, decode: bool = True, num_frames: int = 8, sampling: str = "uniform",
+                fps: float | None = None) -> Problem | None:
+    """None when the video exists (and, with `decode`, its `num_frames` frames decode with `sampling`, as
+    training reads them; 0: every frame), else the problem."""
     if not path.is_file():
         return Problem("missing_video", f"video not found: {path}")
     if not decode:
         return None
     try:
-        read_video(path, num_frames=2)
-    except (VideoDecodeError, ValueError) as e:
+        read_video(path, num_frames=num_frames or None, fps=fps, sampling=sampling)
+    except (VideoDecodeError, ValueError, RuntimeError) as e:
         return Problem("unreadable_video", str(e))
     return None
 
@@ -130,18 +137,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
     parser.add_argument("--video-root",
                         help="folder the video paths are relative to (default: each data file's folder)")
-    parser.add_argument("--no-decode", action="store_true", help="only check that videos exist")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="only check that videos exist (their frames are not decoded)")
+    parser.add_argument("--num-frames", type=int, default=8,
+                        help="frames decoded per video, as training reads them (default %(default)s; 0: "
+                             "every frame)")
+    parser.add_argument("--sampling", default="uniform", choices=["uniform", "fps", "clip"])
+    parser.add_argument("--fps", type=float, default=None, help="the rate for --sampling fps")
     parser.add_argument("--placeholder", default=VIDEO_PLACEHOLDER,
                         help="the video placeholder (default %(default)s)")
     parser.add_argument("--show", type=int, default=5, help="examples shown per problem kind")
     parser.add_argument("--report", help="also write the full report as JSON here")
     args = parser.parse_args(argv)
 
+    if args.num_frames < 0:
+        parser.error("--num-frames must be >= 0 (0: every frame)")
+    if args.no_decode:
+        print("videos: existence only (--no-decode); a file that exists but does not decode passes")
+    else:
+        frames = "every frame" if args.num_frames == 0 else f"{args.num_frames} frames ({args.sampling})"
+        print(f"videos: decoded as training reads them: {frames}")
     status, reports = 0, []
     for data in args.data:
         try:
             report = validate_file(data, args.video_root, decode=not args.no_decode,
-                                   placeholder=args.placeholder)
+                                   placeholder=args.placeholder, num_frames=args.num_frames,
+                                   sampling=args.sampling, fps=args.fps)
         except (FileNotFoundError, DataFormatError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 2

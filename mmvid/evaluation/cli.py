@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-samples", "--log_samples", action="store_true",
                         help="store per-item records in the JSON")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any bench option")
+    parser.add_argument("--strict", action="store_true",
+                        help="tv_align: stop at the first video that cannot be read (default: report it, "
+                             "count its questions as unscorable, go on)")
     for key, text in OPTIONS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", f"--{key}", dest=key, help=text)
     return parser.parse_args(argv)
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
             return 2
         key, value = item.split("=", 1)
         options[key.replace("-", "_")] = value
+    if args.strict:
+        options["strict"] = "1"
     names = [n.strip() for n in args.bench.split(",") if n.strip()]
     ctx = BenchContext(model_path=args.model, data=args.data, limit=args.limit, seed=args.seed,
                        batch_size=args.batch_size, log_samples=args.log_samples, options=options)

@@ -121,11 +121,24 @@ def run(ctx: BenchContext) -> BenchResult:
     hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     samples = []
     cache: dict[str, torch.Tensor] = {}  # video path -> projected features: questions share videos
+    strict = str(ctx.option("strict", "0")).lower() in ("1", "true", "yes")
+    unreadable: dict[str, str] = {}  # video path -> why it could not be read
     for q in tqdm(questions, desc="tv_align", unit="question"):
         video_path = str(root / q["video"])
-        if video_path not in cache:
+        if video_path not in cache and video_path not in unreadable:
             cache.clear()  # questions of one video are adjacent; keep one video's features
-            cache[video_path] = model.encode_video(model.processor.load_video(video_path)[None])
+            try:
+                cache[video_path] = model.encode_video(model.processor.load_video(video_path)[None])
+            except (OSError, ValueError, RuntimeError) as e:  # missing, undecodable, too short
+                if strict:
+                    raise
+                unreadable[video_path] = f"{type(e).__name__}: {e}"
+                tqdm.write(f"tv_align: cannot read {video_path} ({unreadable[video_path]}); its questions "
+                           "are counted as unscorable (--strict stops instead)")
+        if video_path in unreadable:
+            samples.append({"id": q["id"], "category": q["category"], "video": video_path,
+                            "unscorable": unreadable[video_path]})
+            continue
         features = cache[video_path]
         messages = [{"role": "user",
                      "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
@@ -156,7 +169,8 @@ def run(ctx: BenchContext) -> BenchResult:
             hits["gen_unparsed"]["overall"].append(float(choice is None))
             record.update(generated=text, parsed=None if choice is None else letters[choice])
         samples.append(record)
-    metrics = []
+    unscorable = sum(1 for r in samples if "unscorable" in r)
+    metrics = [Metric("unscorable", float(unscorable), n=len(questions))]
     for name, groups in hits.items():
         for group in ["overall"] + sorted(g for g in groups if g != "overall"):
             value, stderr = mean_stderr(groups[group])
@@ -165,5 +179,6 @@ def run(ctx: BenchContext) -> BenchResult:
     settings = {"file": str(path), "mode": mode, "option_format": formats[0],
                 "headline": f"acc = {formats[0]} formulation", "end_of_answer": end_of_answer,
                 "also_reported": {f"acc_{f}": f"{f} formulation" for f in formats[1:]},
-                "questions": len(questions), "chance": 1 / len(questions[0]["options"])}
+                "questions": len(questions), "chance": 1 / len(questions[0]["options"]),
+                "unscorable_questions": unscorable, "unreadable_videos": unreadable, "strict": strict}
     return BenchResult("tv_align", metrics, settings, samples)
