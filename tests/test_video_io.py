@@ -328,3 +328,26 @@ def test_tensor_helpers_reject_wrong_layouts():
         frames_to_tensor(torch.zeros(5, 6, 3, 7, dtype=torch.uint8))
     with pytest.raises(ValueError, match="float video"):
         tensor_to_frames(torch.zeros(5, 3, 6, 7))
+
+
+def test_a_folder_of_frames_reads_as_a_video(tmp_path):
+    from PIL import Image
+
+    from mmvid.data.video_io import FRAME_FOLDER_FPS, VideoDecodeError, read_video
+    from mmvid.testing import frame_index_of, indexed_frames
+
+    frames = indexed_frames(12, 32, 32)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, frame in enumerate(frames):  # frame_2 must come before frame_10: natural order
+        Image.fromarray(frame).save(folder / f"frame_{i}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    video = read_video(folder, num_frames=4)
+    assert video.backend == "frames" and video.num_source_frames == 12
+    assert frame_index_of(video.frames) == [0, 4, 7, 11] == video.indices.tolist()
+    assert video.fps == FRAME_FOLDER_FPS
+    assert read_video(folder, num_frames=3, size=16).frames.shape == (3, 16, 16, 3)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoDecodeError, match="no frame images"):
+        read_video(empty, num_frames=2)

@@ -237,8 +237,43 @@ def _probe_pyav(path: str) -> _Probe:
     return _Probe(timestamps, fps, decode)
 
 
-_PROBES = {"decord": _probe_decord, "pyav": _probe_pyav}
-_INSTALL_HINT = {"decord": "pip install decord", "pyav": "pip install av"}
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FRAME_FOLDER_FPS = 3.0  # the rate assumed for a folder of frames (MVBench's frame-folder sources are 3 fps)
+
+
+def _frame_files(path: str) -> list[Path]:
+    """A folder's image files in natural order (frame_2 before frame_10); hidden files skipped."""
+    import re
+
+    files = [p for p in Path(path).iterdir()
+             if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+
+
+def _probe_frames(path: str) -> _Probe:
+    """A folder of JPEG/PNG frames read as a video at FRAME_FOLDER_FPS; every frame is resized to the first's
+    size (frames of one video share it)."""
+    from PIL import Image
+
+    files = _frame_files(path)
+    if not files:
+        raise RuntimeError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in the folder")
+
+    def decode(indices: np.ndarray) -> np.ndarray:
+        frames, shape = [], None
+        for i in indices.tolist():
+            with Image.open(files[i]) as image:
+                image = image.convert("RGB")
+                shape = shape or image.size
+                same = image if image.size == shape else image.resize(shape, Image.BICUBIC)
+                frames.append(np.asarray(same))
+        return np.stack(frames)
+
+    return _Probe(np.arange(len(files), dtype=np.float64) / FRAME_FOLDER_FPS, FRAME_FOLDER_FPS, decode)
+
+
+_PROBES = {"decord": _probe_decord, "pyav": _probe_pyav, "frames": _probe_frames}
+_INSTALL_HINT = {"decord": "pip install decord", "pyav": "pip install av", "frames": "pip install pillow"}
 
 
 def available_backends() -> list[str]:
@@ -273,10 +308,11 @@ def read_video(
     end_time: float | None = None,
     strict: bool = False,
 ) -> DecodedVideo:
-    """Decode frames from a video file.
+    """Decode frames from a video file, or read them from a folder of frame images.
 
     Args:
-        path: the video file.
+        path: the video file, or a folder of JPEG/PNG frames in name order (natural sort), read as a video at
+            FRAME_FOLDER_FPS frames per second.
         num_frames: frames to return ("uniform", "clip"), or the cap ("fps"); None = all.
         fps: the target rate for `sampling="fps"`, in frames per second.
         sampling: "uniform", "fps" or "clip" (see the module docstring).
@@ -307,6 +343,11 @@ def read_video(
     plan = dict(num_frames=num_frames, fps=fps, sampling=sampling, start=start, stride=stride, seed=seed,
                 start_time=start_time, end_time=end_time, strict=strict)
     errors: list[str] = []
+    if os.path.isdir(path):  # a folder of frames (MVBench's frame-folder sources): one backend reads it
+        video = _read_with("frames", path, plan, size, errors, explicit=True)
+        if video is not None:
+            return video
+        raise VideoDecodeError(f"cannot read the frame folder {path}: " + "; ".join(errors))
     for name in _backend_order(backend):
         video = _read_with(name, path, plan, size, errors, explicit=backend != "auto")
         if video is not None:
@@ -356,7 +397,7 @@ def _check_path(path: str) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(f"video not found: {path}")
     if os.path.isdir(path):
-        raise VideoDecodeError(f"cannot decode video {path}: it is a directory")
+        return  # a folder of frames
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(f"cannot decode video {path}: the file is empty (0 bytes)")
 
