@@ -164,8 +164,7 @@ class PromptCache:
         videos in it. The prefix never ends inside a video span, nor passes a video whose features changed."""
         if self.kv is None:
             return 0, 0
-        keep = next((i for i, (a, b) in enumerate(zip(self.ids, ids)) if a != b),
-                    min(len(self.ids), len(ids)))
+        keep = shared_prefix(self.ids, ids)
         cached = self.kv.get_seq_length()
         keep = min(keep, cached, len(ids) - 1)  # at least one token runs, for the logits
         per_video = 1 if features is None else features.shape[1]
@@ -179,6 +178,11 @@ class PromptCache:
         if cached > keep:
             self.kv.crop(keep - cached)  # negative: drop that many tokens from the end
         return keep, videos
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two id lists share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _same_videos(old: torch.Tensor | None, new: torch.Tensor | None) -> int:

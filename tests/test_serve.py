@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from mmvid.data import write_video  # noqa: E402
 from mmvid.data.shapes.world import render, sample_scene  # noqa: E402
 from mmvid.serve import ServeSettings, create_app  # noqa: E402
+from mmvid.serve.loadtest import free_port  # noqa: E402
 from mmvid.testing import tiny_videollm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,66 +130,42 @@ def test_a_second_turn_reuses_the_video_and_the_kv_prefix(setup, client):
     folder, _ = setup
     engine = client.app.state.engine
     url = _data_url((folder / "media" / "b.mp4").read_bytes())
-    first = client.post(
-        "/v1/chat/completions",
-        json={"model": "mmvid", "messages": _messages(url), "max_tokens": 4, "temperature": 0},
-    ).json()
+    first = _chat(client, _messages(url), max_tokens=4, temperature=0).json()
     encoded = engine.encoded
     messages = _messages(url) + [
         {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
         {"role": "user", "content": "And its colour?"},
     ]
-    second = client.post(
-        "/v1/chat/completions",
-        json={"model": "mmvid", "messages": messages, "max_tokens": 4, "temperature": 0},
-    ).json()
+    second = _chat(client, messages, max_tokens=4, temperature=0).json()
     assert engine.encoded == encoded  # the resent video came from the cache
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached >= first["usage"]["prompt_tokens"] - 1  # the whole first prompt, video span included
 
 
 def test_a_seed_repeats_a_sampled_answer(client):
-    request = {
-        "model": "mmvid",
-        "messages": _messages("a.mp4"),
-        "max_tokens": 6,
-        "temperature": 1.0,
-        "seed": 7,
-    }
     answers = [
-        client.post("/v1/chat/completions", json=request).json()["choices"][0]["message"]["content"]
+        _chat(client, max_tokens=6, temperature=1.0, seed=7).json()["choices"][0]["message"]["content"]
         for _ in range(2)
     ]
     assert answers[0] == answers[1]
 
 
+def _chat(client, messages: list[dict] | None = None, **fields):
+    """POST a chat completion about media/a.mp4 (or `messages`) with `fields`."""
+    body = {"model": "mmvid", "messages": messages or _messages("a.mp4"), **fields}
+    return client.post("/v1/chat/completions", json=body)
+
+
 def test_local_paths_and_frame_budgets(setup, client):
-    ok = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "mmvid",
-            "messages": _messages("a.mp4"),
-            "max_tokens": 2,
-            "mm_processor_kwargs": {"num_frames": 4},
-        },
-    )
-    assert ok.status_code == 200, ok.text
-    assert ok.json()["usage"]["prompt_tokens_details"]["video_tokens"] < 23  # fewer frames, fewer tokens
-    by_rate = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "mmvid",
-            "messages": _messages("a.mp4"),
-            "max_completion_tokens": 3,
-            "mm_processor_kwargs": {"fps": 4.0},
-        },
-    )
+    default = _chat(client, max_tokens=2)
+    ok = _chat(client, max_tokens=2, mm_processor_kwargs={"num_frames": 4})
+    assert default.status_code == ok.status_code == 200, ok.text
+    video_tokens = [r.json()["usage"]["prompt_tokens_details"]["video_tokens"] for r in (default, ok)]
+    assert video_tokens[1] < video_tokens[0]  # fewer frames, fewer tokens
+    by_rate = _chat(client, max_completion_tokens=3, mm_processor_kwargs={"fps": 4.0})
     assert by_rate.status_code == 200, by_rate.text
     assert by_rate.json()["usage"]["completion_tokens"] <= 3
-    bad = client.post(
-        "/v1/chat/completions",
-        json={"model": "mmvid", "messages": _messages("a.mp4"), "mm_processor_kwargs": {"num_frames": 1}},
-    )
+    bad = _chat(client, mm_processor_kwargs={"num_frames": 1})
     assert bad.status_code == 400 and "num_frames" in bad.json()["error"]["message"]
 
 
@@ -320,18 +296,12 @@ def test_text_to_video_returns_an_mp4(setup, client):
 # ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(setup):
     import uvicorn
 
     folder, model = setup
-    port = _free_port()
+    port = free_port()
     app = create_app(model, ServeSettings(allowed_local_media_path=str(folder / "media")))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -387,7 +357,7 @@ def test_concurrent_streams_all_finish(server):
 
 def test_the_server_process_starts_answers_and_shuts_down_gracefully(setup):
     folder, _ = setup
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -17,7 +17,6 @@ tokens/s count fewer tokens, the same for both paths.
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -31,12 +30,6 @@ from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Met
 QUESTION = "Describe the video."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _inproc(model, path: Path, max_tokens: int) -> tuple[float, float, int]:
     """(ttft, seconds, completion tokens) of one question in this process."""
     from mmvid.generation import PromptCache, SamplingParams, stream
@@ -47,15 +40,15 @@ def _inproc(model, path: Path, max_tokens: int) -> tuple[float, float, int]:
         ids = model.prompt_ids([{"role": "user", "content": f"<video>\n{QUESTION}"}], features)
         first, tokens = None, 0
         for delta in stream(model, ids, SamplingParams(max_new_tokens=max_tokens), features, PromptCache()):
-            first = time.perf_counter() - start if first is None else first
+            if first is None and (delta.text or delta.finish_reason):  # as stream_chat times the server
+                first = time.perf_counter() - start
             tokens += len(delta.token_ids)
     return first, time.perf_counter() - start, tokens
 
 
 def _http(base: str, messages: list[dict], max_tokens: int) -> dict:
-    import json
-
-    import httpx
+    """One greedy streamed answer through the server (`loadtest.stream_chat`); raises when it fails."""
+    from mmvid.serve.loadtest import stream_chat
 
     body = {
         "model": "mmvid",
@@ -65,20 +58,10 @@ def _http(base: str, messages: list[dict], max_tokens: int) -> dict:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    start, first, text, usage = time.perf_counter(), None, [], None
-    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=600) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"the server answered {response.status_code}: {response.read()[:300]!r}")
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            usage = chunk.get("usage") or usage
-            for choice in chunk["choices"]:
-                if first is None:
-                    first = time.perf_counter() - start  # the first chunk after the request: a sampled token
-                text.append(choice["delta"].get("content") or "")
-    return {"ttft": first, "seconds": time.perf_counter() - start, "text": "".join(text), "usage": usage}
+    result = stream_chat(base, body, timeout=600)
+    if not result["ok"] or not result["done"]:
+        raise RuntimeError(f"the server's answer failed: {result.get('error', 'no [DONE]')}")
+    return result
 
 
 def _rate(tokens: int, seconds: float, ttft: float) -> float:
@@ -95,10 +78,10 @@ def _through_server(model, videos: list[Path], max_tokens: int, clients: int, re
     import uvicorn
 
     from mmvid.serve import ServeSettings, create_app
-    from mmvid.serve.loadtest import run_load
+    from mmvid.serve.loadtest import free_port, run_load
 
     app = create_app(model, ServeSettings(allowed_local_media_path=str(Path(videos[0]).resolve().parent)))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -112,12 +95,10 @@ def _through_server(model, videos: list[Path], max_tokens: int, clients: int, re
         _http(base, _ask(videos[0]), 2)  # warm-up
         served, turns = [], []
         for v in videos:
-            engine.videos.clear()  # the same work as in process: every video read and encoded
-            engine.caches.clear()
+            engine.forget()  # the same work as in process: every video read and encoded
             served.append(_http(base, _ask(v), max_tokens))
         for v in videos:
-            engine.videos.clear()
-            engine.caches.clear()
+            engine.forget()
             first = _http(base, _ask(v), max_tokens)
             follow = _ask(v) + [
                 {"role": "assistant", "content": first["text"]},
@@ -154,7 +135,7 @@ def run(ctx: BenchContext) -> BenchResult:
     in_rate = [r for t, s, k in inproc if (r := _rate(k, s, t)) == r]
     sv_ttft = [x["ttft"] for x in served]
     sv_rate = [
-        r for x in served if (r := _rate(x["usage"]["completion_tokens"], x["seconds"], x["ttft"])) == r
+        r for x in served if (r := _rate(x["usage"]["completion_tokens"], x["latency"], x["ttft"])) == r
     ]
     t1, t2 = [a["ttft"] for a, _ in turns], [b["ttft"] for _, b in turns]
     cached = [

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -33,7 +34,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from mmvid.generation import PromptCache, SamplingParams, stream
+from mmvid.generation import PromptCache, SamplingParams, shared_prefix, stream
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 log = logging.getLogger(__name__)
@@ -268,27 +268,33 @@ def _data_video(url: str, settings: ServeSettings) -> VideoSource:
             400, f"a video data URL must have a video/* type, got {mime or 'none'!r}", param="video_url"
         )
     payload = url[match.end() :]
-    if len(payload) > settings.max_video_bytes * 4 // 3 + 4:
-        raise APIError(
-            413,
-            f"the video is larger than --max-video-bytes ({settings.max_video_bytes} bytes)",
-            param="video_url",
-            code="video_too_large",
-        )
+    if len(payload) > settings.max_video_bytes * 4 // 3 + 4:  # refused before decoding
+        raise _too_large("the video", None, settings)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "the video data URL is not valid base64", param="video_url") from None
-    if not data:
-        raise APIError(400, "the video is empty (0 bytes)", param="video_url", code="video_decode_error")
-    if len(data) > settings.max_video_bytes:
-        raise APIError(
-            413,
-            f"the video is {len(data)} bytes, over --max-video-bytes ({settings.max_video_bytes})",
-            param="video_url",
-            code="video_too_large",
-        )
     suffix = VIDEO_SUFFIXES.get(mime.split("/", 1)[1], ".mp4") if "/" in mime else ".mp4"
+    return _video_bytes(data, "the video", suffix, settings)
+
+
+def _too_large(what: str, size: int | None, settings: ServeSettings) -> APIError:
+    bytes_ = "" if size is None else f"{size} bytes, "
+    return APIError(
+        413,
+        f"{what} is {bytes_}over --max-video-bytes ({settings.max_video_bytes})",
+        param="video_url",
+        code="video_too_large",
+    )
+
+
+def _video_bytes(data: bytes, what: str, suffix: str, settings: ServeSettings) -> VideoSource:
+    """A video's bytes (a data URL's, a download's): checked, written to a temporary file, keyed by its
+    content."""
+    if not data:
+        raise APIError(400, f"{what} is empty (0 bytes)", param="video_url", code="video_decode_error")
+    if len(data) > settings.max_video_bytes:
+        raise _too_large(what, len(data), settings)
     return VideoSource("sha256:" + hashlib.sha256(data).hexdigest(), _temporary(data, suffix), True)
 
 
@@ -318,15 +324,9 @@ def _local_video(path: str, settings: ServeSettings) -> VideoSource:
         )
     if not real.is_file():
         raise APIError(400, f"{path} is not a file", param="video_url")
-    size = real.stat().st_size
-    if size > settings.max_video_bytes:
-        raise APIError(
-            413,
-            f"{path} is {size} bytes, over --max-video-bytes ({settings.max_video_bytes})",
-            param="video_url",
-            code="video_too_large",
-        )
     stat = real.stat()
+    if stat.st_size > settings.max_video_bytes:
+        raise _too_large(path, stat.st_size, settings)
     return VideoSource(f"file:{real}:{stat.st_size}:{stat.st_mtime_ns}", real, False)
 
 
@@ -341,17 +341,7 @@ def _download(url: str, settings: ServeSettings) -> VideoSource:
         raise APIError(
             400, f"could not fetch {url}: {e}", param="video_url", code="video_fetch_error"
         ) from None
-    if len(data) > settings.max_video_bytes:
-        raise APIError(
-            413,
-            f"{url} is over --max-video-bytes ({settings.max_video_bytes})",
-            param="video_url",
-            code="video_too_large",
-        )
-    if not data:
-        raise APIError(400, f"{url} is empty", param="video_url", code="video_decode_error")
-    suffix = Path(url.split("?")[0]).suffix or ".mp4"
-    return VideoSource("sha256:" + hashlib.sha256(data).hexdigest(), _temporary(data, suffix), True)
+    return _video_bytes(data, url, Path(url.split("?")[0]).suffix or ".mp4", settings)
 
 
 def split_messages(messages: list[Message]) -> tuple[list[dict], list[str]]:
@@ -412,7 +402,7 @@ class Engine:
     def __init__(self, model, settings: ServeSettings):
         self.model, self.settings = model, settings
         self.lock = threading.Lock()
-        self.videos: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.videos = PromptCache(max_videos=settings.videos)  # its keyed store of encoded videos only
         self.caches: list[PromptCache] = []  # free caches, least recently used first
         self.pending = 0
         self.encoded = 0  # videos decoded and encoded (the tests check that a resent video is not)
@@ -433,26 +423,22 @@ class Engine:
             frames = processor.config.check_frames(num_frames) if num_frames is not None else None
         except ValueError as e:
             raise APIError(400, f"mm_processor_kwargs: {e}", param="mm_processor_kwargs.num_frames") from None
-        out = []
-        for k, source in enumerate(sources):
-            key = (source.key, frames, fps)
-            if key in self.videos:
-                self.videos.move_to_end(key)
-                out.append(self.videos[key])
-                continue
+
+        def encode(k: int, source: VideoSource) -> torch.Tensor:
             try:
                 video = processor.load_video(source.path, num_frames=frames, fps=fps)
             except (VideoDecodeError, ValueError, OSError) as e:
                 raise APIError(
                     400, f"video {k}: could not decode it: {e}", param="video_url", code="video_decode_error"
                 ) from None
-            with torch.no_grad():
-                features = self.model.encode_video(video[None].to(self.model.device))
             self.encoded += 1
-            self.videos[key] = features
-            while len(self.videos) > self.settings.videos:
-                self.videos.popitem(last=False)
-            out.append(features)
+            with torch.no_grad():
+                return self.model.encode_video(video[None].to(self.model.device))
+
+        out = [
+            self.videos.video_features((s.key, frames, fps), functools.partial(encode, k, s))
+            for k, s in enumerate(sources)
+        ]
         if len({f.shape[1:] for f in out}) > 1:
             raise APIError(
                 400,
@@ -469,16 +455,19 @@ class Engine:
         with self.lock:
             best, best_len = None, 0
             for cache in self.caches:
-                n = next(
-                    (i for i, (a, b) in enumerate(zip(cache.ids, ids)) if a != b),
-                    min(len(cache.ids), len(ids)),
-                )
+                n = shared_prefix(cache.ids, ids)
                 if n > best_len:
                     best, best_len = cache, n
             if best is not None:
                 self.caches.remove(best)
                 return best
             return PromptCache(max_videos=0)
+
+    def forget(self) -> None:
+        """Drop every encoded video and conversation cache (the serve bench measures cold requests)."""
+        with self.lock:
+            self.videos.videos.clear()
+            self.caches.clear()
 
     def checkin(self, cache: PromptCache) -> None:
         with self.lock:

@@ -19,6 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+def free_port() -> int:
+    """A free TCP port on loopback, for a server started next (tests, `--bench serve`)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _percentiles(values: list[float]) -> dict:
     if not values:
         return {"p50": None, "p95": None, "max": None}
@@ -35,7 +44,10 @@ def _percentiles(values: list[float]) -> dict:
     }
 
 
-def _one(url: str, body: dict, headers: dict, timeout: float) -> dict:
+def stream_chat(url: str, body: dict, headers: dict | None = None, timeout: float = 300.0) -> dict:
+    """One streamed chat completion against the server at `url`: {"ok", "done" (saw [DONE]), "latency",
+    "ttft" (to the first chunk with text or a finish_reason: a sampled token, not the role chunk), "text",
+    "usage", "completion_tokens"}, or {"ok": False, "error"}."""
     import httpx
 
     start, first, text, done, usage = time.perf_counter(), None, [], False, None
@@ -58,8 +70,9 @@ def _one(url: str, body: dict, headers: dict, timeout: float) -> dict:
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices", []):
                     piece = choice.get("delta", {}).get("content")
+                    if first is None and (piece or choice.get("finish_reason")):
+                        first = time.perf_counter() - start
                     if piece:
-                        first = first if first is not None else time.perf_counter() - start
                         text.append(piece)
     except Exception as e:  # noqa: BLE001 - a load test reports every failure
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -69,6 +82,7 @@ def _one(url: str, body: dict, headers: dict, timeout: float) -> dict:
         "latency": time.perf_counter() - start,
         "ttft": first,
         "text": "".join(text),
+        "usage": usage,
         "completion_tokens": (usage or {}).get("completion_tokens"),
     }
 
@@ -106,7 +120,9 @@ def run_load(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda _: _one(url.rstrip("/"), body, headers, timeout), range(requests)))
+        results = list(
+            pool.map(lambda _: stream_chat(url.rstrip("/"), body, headers, timeout), range(requests))
+        )
     wall = time.perf_counter() - start
     ok = [r for r in results if r["ok"] and r["done"]]
     tokens = sum(r["completion_tokens"] or 0 for r in ok)

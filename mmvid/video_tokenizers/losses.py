@@ -60,7 +60,7 @@ class PerceptualLoss(nn.Module):
         for i, layer in enumerate(self.features):
             a, b = layer(a), layer(b)
             if i in _TAPS:
-                loss = loss + (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean()
+                loss = loss + _feature_distance(a, b, dim=1)
             if i >= _TAPS[-1]:
                 break
         return loss
@@ -100,10 +100,14 @@ class TowerPerceptualLoss(nn.Module):
         hidden = features.model(pixel_values=pixels, output_hidden_states=True).hidden_states
         loss = x.new_zeros(())
         for h in hidden:  # a CNN: the stem's map, then each stage's; a ViT: the embeddings, then each layer
-            dim = 1 if h.ndim == 4 else -1
-            a, b = F.normalize(h, dim=dim).chunk(2)
-            loss = loss + (a - b.detach()).pow(2).sum(dim).mean()
+            a, b = h.chunk(2)
+            loss = loss + _feature_distance(a, b.detach(), dim=1 if h.ndim == 4 else -1)
         return loss
+
+
+def _feature_distance(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean squared distance between features unit-normalised along `dim` (LPIPS without its weights)."""
+    return (F.normalize(a, dim=dim) - F.normalize(b, dim=dim)).pow(2).sum(dim).mean()
 
 
 def build_perceptual_loss(weights_path: str | None, tokenizer: nn.Module | None = None) -> nn.Module | None:
