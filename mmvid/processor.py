@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mmvid.config import config_from_dict, config_to_dict
-from mmvid.data.video_io import SAMPLING_MODES, frames_to_tensor, read_video
+from mmvid.data.video_io import SAMPLING_MODES, DecodedVideo, frames_to_tensor, read_video
 from mmvid.prompting import (
     IGNORE_INDEX,
     EncodedSample,
@@ -100,10 +100,17 @@ class VideoProcessor:
                     fps: float | None = None) -> torch.Tensor:
         """A video file -> uint8 frames (T, H, W, 3) at image_size. `num_frames` (checked against the video
         tokenizer) and `fps` (sampling at that rate, num_frames its cap) override the config for this call."""
+        return self.read_decoded(path, num_frames, fps).frames
+
+    def read_decoded(self, path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
+                     start_time: float | None = None, end_time: float | None = None) -> DecodedVideo:
+        """`read_frames` with what was read: the source frame indices, timestamps and backend; `start_time`
+        / `end_time` (seconds) sample only frames shown in that window (MVBench's windowed tasks)."""
         c = self.config
         num_frames = c.check_frames(c.num_frames if num_frames is None else num_frames)
         sampling, fps = ("fps", fps) if fps is not None else (c.sampling, c.fps)
-        return read_video(path, num_frames=num_frames, fps=fps, sampling=sampling, size=c.image_size).frames
+        return read_video(path, num_frames=num_frames, fps=fps, sampling=sampling, size=c.image_size,
+                          start_time=start_time, end_time=end_time)
 
     def load_video(self, path: str | os.PathLike, num_frames: int | None = None,
                    fps: float | None = None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 `BENCHES` maps each bench name to its `run(ctx) -> BenchResult` function.
 """
 
-from mmvid.evaluation import coordtok_memory, fewshot, recon, tokens, tv_align, tv_align_gen
+from mmvid.evaluation import benchmarks, coordtok_memory, fewshot, recon, tokens, tv_align, tv_align_gen
 from mmvid.evaluation.runner import (
     BenchContext,
     BenchResult,
@@ -36,6 +36,7 @@ BENCHES = {
     "coordtok_memory": coordtok_memory.run,
     "lm_eval": _lm_eval,
     "serve": _serve,
+    **{name: benchmarks.bench(name) for name in benchmarks.READERS},  # public benchmarks, their own files
 }
 
 __all__ = ["BENCHES", "BenchContext", "BenchResult", "Metric", "evaluate", "format_table", "run_benches",

@@ -12,11 +12,12 @@ from mmvid.evaluation.runner import DEFAULT_MODEL, BenchContext, format_table, r
 # Bench options: flag -> default shown in --help. Both --a-b and --a_b spellings are accepted.
 OPTIONS = {
     "split": "tv_align/recon: world split (default test)",
-    "mode": "tv_align: loglikelihood | generate | both (default loglikelihood)",
+    "mode": "tv_align: loglikelihood | generate | both (default loglikelihood; the public benchmarks: both)",
     "option_format": "tv_align: comma list of cloze | letter | text; the first is the headline acc (default "
-                     "cloze,letter)",
-    "video_root": "tv_align: folder the benchmark's video paths are relative to",
-    "max_new_tokens": "tv_align generate mode: answer length (default 8)",
+                     "cloze,letter); the public benchmarks: cloze | letter (default cloze)",
+    "video_root": "tv_align and the public benchmarks: folder the benchmark's video paths are relative to",
+    "answers": "egoschema: the release's subset_answers.json, for its questions.json",
+    "max_new_tokens": "generate mode: answer length (default 8; the public benchmarks 16)",
     "ways": "fewshot: N classes per episode (default 5)",
     "shots": "fewshot: comma list of K (default 1,5)",
     "episodes": "fewshot: episodes per K (default 20; --limit overrides)",
@@ -47,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="store per-item records in the JSON")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any bench option")
     parser.add_argument("--strict", action="store_true",
-                        help="tv_align: stop at the first video that cannot be read (default: report it, "
-                             "count its questions as unscorable, go on)")
+                        help="tv_align and the public benchmarks: stop at the first unreadable video or "
+                             "malformed row (default: report it, count it as unscorable, go on)")
     for key, text in OPTIONS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", f"--{key}", dest=key, help=text)
     return parser.parse_args(argv)
@@ -76,6 +77,6 @@ def main(argv=None) -> int:
     print(format_table(record))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(args.output or f"runs/eval/{'_'.join(names)}-{stamp}.json")
-    write_results(record, output)
-    print(f"wrote {output}")
+    for path in write_results(record, output):
+        print(f"wrote {path}")
     return 0

@@ -155,10 +155,18 @@ def evaluate(model, benches: list[str], output: str | Path | None = None, **kwar
     return record
 
 
-def write_results(record: dict, path: str | Path) -> None:
+def write_results(record: dict, path: str | Path) -> list[Path]:
+    """The record as JSON at `path`, and each bench's per-item records (`--log-samples`) also as JSONL
+    beside it, `<stem>_samples_<bench>.jsonl` (lm-eval's naming); returns the files written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str))
+    written = [path]
+    for bench, samples in (record.get("samples") or {}).items():
+        jsonl = path.with_name(f"{path.stem}_samples_{bench}.jsonl")
+        jsonl.write_text("".join(json.dumps(s, default=str) + "\n" for s in samples))
+        written.append(jsonl)
+    return written
 
 
 def format_table(record: dict) -> str:
