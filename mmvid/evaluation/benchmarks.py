@@ -6,8 +6,8 @@ malformed rows counted, never guessed).
     mvbench            --data MVBench/ (its json/<task>.json; or one <task>.json)  --video-root MVBench/video
         Items `{"video", "question", "candidates": [...], "answer": <a candidate's text>}`, optional
         `"start"`/`"end"` (seconds: only that window is sampled). The task is the file's name. Videos are
-        looked for under the video root in the task's source folder (the folders lmms-eval's MVBench task
-        lists, e.g. action_count -> perception/videos), then directly; a source that is a folder of frames
+        looked for under the video root in the task's source folders (the release's list and lmms-eval's,
+        e.g. action_count -> perception/videos), then directly; a source that is a folder of frames
         (episodic_reasoning's TVQA frames) is read as a video (`read_video`, 3 fps). `--limit` is per task.
     videomme           --data videomme/test-00000-of-00001.parquet  --video-root <folder holding data/>
         Rows `videoID, question_id, duration, domain, sub_category, task_type, question,
@@ -52,18 +52,22 @@ from mmvid.evaluation.video_mc import (
     run_mc,
 )
 
-# MVBench task -> its videos' folder under the video root (as lmms-eval 0.7.3's mvbench task lists them).
+# MVBench task -> the folders its videos are in under the video root: the release's (MVBench's own list;
+# windowed tasks' full videos) and lmms-eval 0.7.3's (pre-cut segments and converted copies). Each is also
+# looked for under data0613/ (files the release added later), then the root itself.
+_STAR = ("star/Charades_v1_480", "star/Charades_segment")
+_CLEVRER = ("clevrer/video_validation",)
+_PERCEPTION = ("perception/videos",)
 MVBENCH_FOLDERS = {
-    "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
-    "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
-    "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
-    "character_order": "perception/videos", "object_shuffle": "perception/videos",
-    "egocentric_navigation": "vlnqa", "moving_direction": "clevrer/video_validation",
-    "episodic_reasoning": "tvqa/frames_fps3_hq", "fine_grained_action": "Moments_in_Time_Raw/videos",
-    "scene_transition": "scene_qa/video", "state_change": "perception/videos",
-    "moving_attribute": "clevrer/video_validation", "action_antonym": "ssv2_video_mp4",
-    "unexpected_action": "FunQA_test/test", "counterfactual_inference": "clevrer/video_validation",
-    "object_existence": "clevrer/video_validation", "action_count": "perception/videos",
+    "action_sequence": _STAR, "action_prediction": _STAR, "object_interaction": _STAR,
+    "action_antonym": ("ssv2_video", "ssv2_video_mp4"),
+    "fine_grained_action": ("Moments_in_Time_Raw/videos",),
+    "unexpected_action": ("FunQA_test/test",), "object_existence": _CLEVRER, "moving_direction": _CLEVRER,
+    "moving_count": _CLEVRER, "moving_attribute": _CLEVRER, "counterfactual_inference": _CLEVRER,
+    "object_shuffle": _PERCEPTION, "action_count": _PERCEPTION, "state_change": _PERCEPTION,
+    "character_order": _PERCEPTION, "action_localization": ("sta/sta_video", "sta/sta_video_segment"),
+    "scene_transition": ("scene_qa/video",), "fine_grained_pose": ("nturgbd", "nturgbd_convert"),
+    "egocentric_navigation": ("vlnqa",), "episodic_reasoning": ("tvqa/frames_fps3_hq",),  # frame folders
 }
 NEXTQA_GROUPS = {"C": "causal", "T": "temporal", "D": "descriptive"}
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -230,7 +234,8 @@ def read_mvbench(ctx: BenchContext) -> MCBenchmark:
             raise BenchmarkFormatError(f"answer {answer!r} is not one of the candidates {candidates}")
         task = path.stem
         start, end = _window(row)
-        video = find_video(roots, _field(row, "video"), (MVBENCH_FOLDERS.get(task, ""), ""))
+        folders = MVBENCH_FOLDERS.get(task, ())
+        video = find_video(roots, _field(row, "video"), (*folders, *(f"data0613/{f}" for f in folders), ""))
         return MCQuestion(f"{task}/{where.rsplit(' ', 1)[-1]}", video, _field(row, "question"), candidates,
                           candidates.index(answer), task, start=start, end=end, where=where)
 
@@ -279,7 +284,7 @@ def read_nextqa_mc(ctx: BenchContext) -> MCBenchmark:
     def parse(row, where, path):
         options = [_field(row, f"a{i}") for i in range(5)]
         answer = _index(row.get("answer"), 5, "'answer'")
-        video_id = _field(row, "video")
+        video_id = _field(row, "video" if "video" in row or "video_id" not in row else "video_id")  # NExT-GQA
         qtype = str(row.get("type") or "").strip()
         categories = {"type": qtype, "group": NEXTQA_GROUPS.get(qtype[:1], "other")} if qtype else {}
         video = find_video(roots, mapping.get(video_id, video_id), suffixes=(".mp4", ".MP4"))

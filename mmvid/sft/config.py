@@ -31,13 +31,18 @@ def default_model() -> VideoLLMConfig:
 @dataclass
 class SFTData:
     world: str | None = "data/shapes"  # built with default settings when missing (None: no world)
-    # LLaVA JSON/JSONL files; world t2v.jsonl files (prompt -> video) train the generation head.
+    # Data files (JSON/JSONL: mmvid/LLaVA, LLaVA-Video-178K's <image>-for-video, LLaMA-Factory/ms-swift
+    # ShareGPT; see mmvid.data.conversations) and LLaVA-NeXT mixture YAMLs (`datasets:` of {json_path,
+    # sampling_strategy}; mmvid.data.mixture, `random:` drawn with `seed`); world t2v.jsonl files (prompt ->
+    # video) train the generation head.
     # A world's train/sft_cloze.jsonl (every benchmark question of each training video, answered with the
     # option text, after one caption round) is written when missing (mmvid.sft.world_data); sft.jsonl
     # holds the same videos' letter-answered conversations.
     train: list[str] = field(default_factory=lambda: ["data/shapes/train/sft_cloze.jsonl",
                                                       "data/shapes/train/t2v.jsonl"])
     video_root: str | None = None  # default: each data file's folder
+    # how rows are read: auto (per row, from its keys) | mmvid (<image> is text) | llava | sharegpt
+    format: str = "auto"
     # A curriculum: the first `curriculum_steps` optimizer steps draw from these files instead of `train`
     # (same format). A world's train/sft_attributes.jsonl (only the colour and shape questions of each
     # training video, about every object; no caption) is written when missing. Measured (issue 17): on the
@@ -162,6 +167,10 @@ class SFTConfig:
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if not self.data.train:
             raise ValueError("data.train needs at least one data file")
+        from mmvid.data.conversations import FORMATS
+
+        if self.data.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {list(FORMATS)}, got {self.data.format!r}")
         from mmvid.videollm import TEXT_LOSSES
 
         if self.text_loss not in TEXT_LOSSES:

@@ -1,4 +1,10 @@
-"""SFT samples: LLaVA conversations + their videos, read and encoded by the model's VideoProcessor.
+"""SFT samples: conversations + their videos, read and encoded by the model's VideoProcessor.
+
+`files` are data files in any format mmvid.data.conversations reads (mmvid, LLaVA / LLaVA-Video-178K,
+LLaMA-Factory / ms-swift ShareGPT), each converted once, when the data set is built, into the one internal
+form every step below reads, and LLaVA-NeXT mixture YAMLs (mmvid.data.mixture: each named file cut to its
+`sampling_strategy`; `random:` draws with `seed`). A sample without an id gets `<file name>#<row>`, so a
+warning names where it is.
 
 A sample that cannot be used (a video that is missing or does not decode, too many tokens, a
 malformed conversation) is skipped with a warning naming the file and the reason, and replaced by
@@ -42,7 +48,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmvid.data import VideoDecodeError, VideoTooShortError
-from mmvid.data.conversations import GPT, HUMAN, SYSTEM, VIDEO_PLACEHOLDER, load_conversations, sample_videos
+from mmvid.data.conversations import GPT, HUMAN, SYSTEM, VIDEO_PLACEHOLDER, sample_videos
+from mmvid.data.mixture import read_training_data
 from mmvid.prompting import pack_rounds
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,8 @@ log = logging.getLogger(__name__)
 class SFTDataset(Dataset):
     def __init__(self, files: list[str], processor, video_root: str | None = None, split_turns: bool = False,
                  prompt_dropout: float = 0.0, merge_t2v: bool = True, pack_questions: bool = False,
-                 t2v_fraction: float = 1.0, max_rounds: int | None = None):
+                 t2v_fraction: float = 1.0, max_rounds: int | None = None, data_format: str = "auto",
+                 seed: int = 0):
         if not 0.0 <= prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         if pack_questions and not split_turns:
@@ -62,9 +70,19 @@ class SFTDataset(Dataset):
         self.pack_questions = pack_questions
         self.prompt_dropout = prompt_dropout
         self.items: list[tuple[dict, Path]] = []
-        for file in files:
-            root = Path(video_root) if video_root else Path(file).parent
-            self.items += [(t2v_conversation(sample), root) for sample in load_conversations(file)]
+        # item -> why it cannot be used, found when its file was read (a row in no known format, an image
+        # sample, mixed <image>/<video>, ...): `load` raises it, so it is skipped and counted as a bad sample
+        self.problems: dict[int, str] = {}
+        for data in read_training_data(files, seed=seed, format=data_format):
+            root = Path(video_root) if video_root else data.path.parent
+            if data.selection:
+                log.info("%s: %s", data.path, data.selection)
+            for sample, row, problems in zip(data.samples, data.rows, data.problems):
+                if isinstance(sample, dict) and sample.get("id") is None:
+                    sample = {**sample, "id": f"{data.path.name}#{row}"}
+                if problems:
+                    self.problems[len(self.items)] = "; ".join(p.message for p in problems)
+                self.items.append((t2v_conversation(sample), root))
         if not self.items:
             raise ValueError(f"no samples in {files}")
         self.extras: dict[int, list[list[dict]]] = {}  # item -> text-to-video conversations sharing its video
@@ -92,7 +110,8 @@ class SFTDataset(Dataset):
             return (str(root / videos[0]) if len(videos) == 1 else None), is_text_to_video(
                 sample["conversations"])
 
-        keys = [one_video(sample, root) for sample, root in self.items]
+        keys = [(None, False) if i in self.problems else one_video(sample, root)
+                for i, (sample, root) in enumerate(self.items)]
         owner: dict[str, int] = {}
         for i, (path, generation) in enumerate(keys):
             if path is not None and not generation:
@@ -109,10 +128,13 @@ class SFTDataset(Dataset):
                 self.extras.setdefault(target, []).append(sample["conversations"])
         remap = {old: new for new, old in enumerate(kept)}
         self.extras = {remap[k]: v for k, v in self.extras.items()}
+        self.problems = {remap[k]: v for k, v in self.problems.items()}  # a problem row is never merged
         self.items = [self.items[i] for i in kept]
 
     def load(self, index: int) -> dict:
         """One sample (raises on a bad one)."""
+        if index in self.problems:
+            raise ValueError(self.problems[index])
         sample, root = self.items[index]
         name = str(sample.get("id", index))
         videos = [root / v for v in sample_videos(sample)]

@@ -77,14 +77,15 @@ def _stage_log(cfg: SFTConfig, name: str, seconds: float, **extra) -> None:
 def write_world_cloze(cfg: SFTConfig) -> None:
     """`{world}/train/sft_cloze.jsonl` when a training file names it, and `{world}/train/sft_attributes.jsonl`
     when a curriculum file names it, each when missing (both from the training split only)."""
+    from mmvid.data.mixture import data_file_paths
     from mmvid.sft.world_data import attribute_conversations, cloze_conversations
 
     train = Path(cfg.data.world) / "train"
-    wanted = [str(Path(f)) for f in [*cfg.data.train,
-                                     *(cfg.data.curriculum if cfg.data.curriculum_steps else [])]]
+    named = [*cfg.data.train, *(cfg.data.curriculum if cfg.data.curriculum_steps else [])]
+    wanted = {f.resolve() for f in data_file_paths(named)}  # a mixture YAML: the files it names
     for target, make in ((train / "sft_cloze.jsonl", cloze_conversations),
                          (train / "sft_attributes.jsonl", attribute_conversations)):
-        if str(target) not in wanted or target.is_file():
+        if target.resolve() not in wanted or target.is_file():
             continue
         samples = make(cfg.data.world, "train", seed=cfg.seed)
         tmp = target.with_suffix(".partial")
@@ -101,15 +102,15 @@ def prepare_text_tokenizer(cfg: SFTConfig) -> None:
     folder = cfg.model.text_tokenizer
     if cfg.model.llm is not None or not folder or (Path(folder) / "tokenizer.json").is_file():
         return  # a real LLM brings its own tokenizer
-    from mmvid.data.conversations import load_conversations
+    from mmvid.data.mixture import read_training_data
     from mmvid.sft.data import t2v_conversation
     from mmvid.text_tokenizer import train_text_tokenizer
 
     start = time.perf_counter()
     texts = []
-    for file in cfg.data.train:
-        for sample in load_conversations(file):
-            texts += [turn["value"] for turn in t2v_conversation(sample)["conversations"]]
+    for data in read_training_data(cfg.data.train, seed=cfg.seed, format=cfg.data.format):
+        for sample, problems in zip(data.samples, data.problems):  # a row SFT cannot use has no text here
+            texts += [] if problems else [turn["value"] for turn in t2v_conversation(sample)["conversations"]]
     if cfg.data.world:
         from mmvid.sft.world_data import world_texts
 
@@ -338,7 +339,8 @@ def build_phases(cfg: SFTConfig, model, rank: int, world_size: int) -> dict[str,
     for name, paths in files.items():
         dataset = SFTDataset(paths, model.processor, cfg.data.video_root, split_turns=cfg.data.split_turns,
                              prompt_dropout=cfg.data.prompt_dropout, pack_questions=cfg.data.pack_questions,
-                             t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds)
+                             t2v_fraction=cfg.data.t2v_fraction, max_rounds=cfg.data.max_rounds,
+                             data_format=cfg.data.format, seed=cfg.seed)
         sampler = ResumableSampler(len(dataset), shuffle=True, seed=cfg.seed, rank=rank,
                                    world_size=world_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
