@@ -93,7 +93,8 @@ def validate_data(data: DataFile, video_root: str | Path | None = None, decode: 
     for i, sample in enumerate(data.samples):
         name = data.name(i)
         # A row that could not be converted is reported as such, not checked again in a form it is not in.
-        for problem in data.problems[i] or check_sample(sample, placeholder):
+        checks = check_t2v(sample) if data.formats[i] == "t2v" else check_sample(sample, placeholder)
+        for problem in data.problems[i] or checks:
             report.error(problem.kind, f"{name}: {problem.message}")
         if isinstance(sample, dict) and not data.problems[i]:
             if sample.get("id") is not None:
@@ -115,6 +116,15 @@ def validate_data(data: DataFile, video_root: str | Path | None = None, decode: 
             for name in users[video]:
                 report.error(problem.kind, f"{name}: {problem.message}")
     return report
+
+
+def check_t2v(sample: dict) -> list[Problem]:
+    """The checks of a world t2v.jsonl line ({"video", "prompt"}: the prompt's video is the answer)."""
+    if not isinstance(sample.get("video"), str):
+        return [Problem("malformed", "'video' must be a path")]
+    if not isinstance(sample.get("prompt"), str) or not sample["prompt"].strip():
+        return [Problem("empty_question", "the text-to-video prompt is empty")]
+    return []
 
 
 def check_video(path: Path, decode: bool = True, num_frames: int = 8, sampling: str = "uniform",
