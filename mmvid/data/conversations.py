@@ -108,15 +108,14 @@ def read_data_file(path: str | os.PathLike, format: str = "auto") -> DataFile:
         raise ValueError(f"unknown data format {format!r}; known: {list(FORMATS)}")
     path = Path(path)
     rows = read_rows(path)
-    found = [detect_format(row) for row in rows]
-    if rows and all(f is None for f in found):
+    if rows and all(detect_format(row) is None for row in rows):
         first = sorted(rows[0]) if isinstance(rows[0], dict) else f"a {type(rows[0]).__name__}"
         raise DataFormatError(
             f"{path}: unknown data format (row 0: {first}); known: LLaVA/mmvid ('conversations', 'video'), "
             "ShareGPT ('messages' or 'conversations', with 'videos'), a world t2v line ('video', 'prompt')")
     samples, formats, problems = [], [], []
-    for row, detected in zip(rows, found):
-        sample, read_as, found_problems = normalise_sample(row, format, detected)
+    for row in rows:
+        sample, read_as, found_problems = normalise_sample(row, format)
         samples.append(sample)
         formats.append(read_as)
         problems.append(found_problems)
@@ -200,11 +199,10 @@ def detect_format(row) -> str | None:
     return None
 
 
-def normalise_sample(row, format: str = "auto", detected: str | None = None) -> tuple[object, str | None,
-                                                                                         list[Problem]]:
-    """(the row in the internal form, the format it was read as, problems). `detected`: detect_format(row),
-    when the caller has it. A row that cannot be converted comes back unchanged, with a problem."""
-    detected = detected if detected is not None else detect_format(row)
+def normalise_sample(row, format: str = "auto") -> tuple[object, str | None, list[Problem]]:
+    """(the row in the internal form, the format it was read as, problems). A row that cannot be converted
+    comes back unchanged, with a problem."""
+    detected = detect_format(row)
     if detected is None:
         if not isinstance(row, dict):
             return row, None, [Problem("malformed",
