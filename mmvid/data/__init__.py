@@ -1,12 +1,17 @@
-"""Data: video I/O at the model boundary, LLaVA-format conversations and their validation."""
+"""Data: video I/O at the model boundary, conversations (mmvid/LLaVA, LLaVA-Video-178K, ShareGPT) and
+their validation, LLaVA-NeXT data mixtures."""
 
 from mmvid.data.conversations import (
+    FORMATS,
     VIDEO_PLACEHOLDER,
+    DataFile,
     DataFormatError,
     check_sample,
     load_conversations,
+    read_data_file,
     sample_videos,
 )
+from mmvid.data.mixture import read_training_data
 from mmvid.data.video_io import (
     DecodedVideo,
     VideoDecodeError,
@@ -21,7 +26,11 @@ from mmvid.data.video_io import (
 )
 
 __all__ = [
+    "FORMATS",
     "VIDEO_PLACEHOLDER",
+    "DataFile",
+    "read_data_file",
+    "read_training_data",
     "DataFormatError",
     "DecodedVideo",
     "VideoDecodeError",
