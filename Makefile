@@ -2,13 +2,17 @@
 #   TORCH_SPEC   the torch requirement installed before the project (default: the CPU build here)
 #   TORCH_INDEX  an extra index for it, e.g. https://download.pytorch.org/whl/cu128 on a GPU machine
 #   EXTRAS       the project extras (default dev; "dev,gpu" adds flash-attn)
+#   LMMS_EVAL    with dev, the lmms-eval installed without its dependencies for tests/test_lmms_plugin.py (the
+#                ones its CLI needs are in dev; all of them pull torchvision and av<16); users: pip install ".[lmms]"
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS      ?= dev
+LMMS_EVAL   ?= lmms-eval==0.7.3
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.mmvid-installed
+comma       := ,
 
 .PHONY: setup demo test test-slow clean-venv
 
@@ -19,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(if $(filter dev,$(subst $(comma), ,$(EXTRAS))),$(PY) -m pip install --no-deps "$(LMMS_EVAL)")
 	touch $(STAMP)
 
 demo: setup
