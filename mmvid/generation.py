@@ -228,7 +228,7 @@ def stream(model, prompt_ids: list[int], params: SamplingParams = SamplingParams
         raise ValueError("empty prompt: nothing to continue")
     cache = PromptCache() if cache is None else cache
     generator = params.generator(model.device) if generator is None else generator
-    eos = model.text_tokenizer.eos_token_id
+    ends = {model.text_tokenizer.eos_token_id, model.processor.end_of_turn_id} - {None}  # the turn's end
     text = _Text(model.text_tokenizer, params.stop)
     usage = Usage(prompt_tokens=len(prompt_ids))
     try:
@@ -238,7 +238,7 @@ def stream(model, prompt_ids: list[int], params: SamplingParams = SamplingParams
             token = int(
                 sample_tokens(logits[None], params.temperature, params.top_k, params.top_p, generator)[0])
             cache.ids.append(token)
-            if token == eos:
+            if token in ends:
                 yield Delta(text.flush(), [], "stop", usage)
                 return
             usage.completion_tokens += 1

@@ -36,6 +36,7 @@ from mmvid.prompting import (
     VideoTokenIds,
     encode_conversation,
     encode_prompt,
+    end_of_turn_id,
 )
 from mmvid.text_tokenizer import VIDEO_END, VIDEO_START, VIDEO_TOKEN
 
@@ -93,6 +94,16 @@ class VideoProcessor:
         if text_tokenizer is not None:
             ids = [text_tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)]
             self.video_ids = VideoTokenIds(*ids)
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The token that ends an assistant turn in the text tokenizer's chat template (where generation
+        stops; `mmvid.prompting.end_of_turn_id`), found once per template."""
+        tok = self._text_tokenizer()
+        key = (tok.chat_template, tok.eos_token_id)
+        if getattr(self, "_end_of_turn", (None, None))[0] != key:
+            self._end_of_turn = (key, end_of_turn_id(tok))
+        return self._end_of_turn[1]
 
     # -- videos --------------------------------------------------------------------------------------
 

@@ -81,6 +81,29 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[in
     return list(ids)
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends an assistant turn in the tokenizer's chat template: the first special token the
+    template writes after the assistant's content (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3,
+    `<end_of_turn>` in Gemma, `<|end|>` in Phi-3 and mmvid's own, `</s>` in Mistral's). It is not always the
+    eos: Gemma's eos is `<eos>` and Phi-3's `<|endoftext|>`, yet their turns end on the tokens above, so
+    that is where generation stops and what scores an option as a whole answer. Falls back to the eos when
+    the template ends turns without a special token."""
+    user = [{"role": "user", "content": "Hi"}]
+    try:
+        before = _render(tokenizer, user, generation_prompt=True)
+        answer = [{"role": "assistant", "content": "Yes"}]
+        through = _render(tokenizer, user + answer, generation_prompt=False)
+    except Exception:  # a template that cannot render this probe (e.g. needs a system turn): the eos
+        return tokenizer.eos_token_id
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                                if getattr(t, "special", False)}
+    if through[: len(before)] == before:
+        for token in through[len(before):]:
+            if token in special:
+                return token
+    return tokenizer.eos_token_id
+
+
 def encode_conversation(
     tokenizer,
     conversations: list[dict],

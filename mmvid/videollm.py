@@ -120,23 +120,88 @@ def answer_span_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (token * weights).sum() / starts.sum()
 
 
-def choose_attn_implementation(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
-    """flash_attention_2 when installed, on CUDA and in half precision; else SDPA; else eager."""
+ATTENTION_PREFERENCE = ("flash_attention_2", "sdpa", "eager")
+
+
+def llm_class_for(llm_config) -> type:
+    """The Hugging Face causal-LM class transformers builds for a config (AutoModelForCausalLM's choice)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(llm_config)]
+    except KeyError:
+        raise ValueError(f"transformers has no causal-LM class for model_type "
+                         f"{getattr(llm_config, 'model_type', None)!r}") from None
+
+
+def supported_attention(model_class: type) -> list[str]:
+    """The attention implementations a Hugging Face model class accepts, as transformers declares them
+    (`_supports_flash_attn`, `_supports_sdpa`; eager always), in mmvid's order of preference."""
+    flags = {"flash_attention_2": bool(getattr(model_class, "_supports_flash_attn", False)
+                                       or getattr(model_class, "_supports_flash_attn_2", False)),
+             "sdpa": bool(getattr(model_class, "_supports_sdpa", False)), "eager": True}
+    return [name for name in ATTENTION_PREFERENCE if flags[name]]
+
+
+def choose_attn_implementation(requested: str, device: torch.device | str, dtype: torch.dtype,
+                               model_class: type | None = None) -> str:
+    """`auto`: the first of flash_attention_2 (installed, on CUDA, in half precision), SDPA and eager that
+    `model_class` supports (Gemma2, say, refuses SDPA: eager). An explicit choice the class does not support
+    is a ValueError naming the ones it accepts."""
     device = torch.device(device)
+    accepted = supported_attention(model_class) if model_class is not None else list(ATTENTION_PREFERENCE)
+    name = getattr(model_class, "__name__", "the LLM")
     if requested != "auto":
+        if requested not in accepted:
+            raise ValueError(f"{name} does not support attn_implementation={requested!r}; it accepts "
+                             f"{accepted} (or 'auto', the first of them that runs here)")
         if requested == "flash_attention_2" and not _flash_attn_available():
             raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package (pip "
                              "install mmvid[gpu]) and CUDA; use 'auto' to fall back to sdpa")
         return requested
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn_available():
+    half = dtype in (torch.float16, torch.bfloat16)
+    if device.type == "cuda" and half and "flash_attention_2" in accepted and _flash_attn_available():
         choice = "flash_attention_2"
-    elif hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+    elif "sdpa" in accepted and hasattr(torch.nn.functional, "scaled_dot_product_attention"):
         choice = "sdpa"
     else:
         choice = "eager"
-    log.info("attention: %s (device %s, dtype %s, flash-attn %s)", choice, device.type, dtype,
-             "installed" if _flash_attn_available() else "not installed")
+    log.info("attention: %s for %s (accepts %s; device %s, dtype %s, flash-attn %s)", choice, name, accepted,
+             device.type, dtype, "installed" if _flash_attn_available() else "not installed")
     return choice
+
+
+SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def special_ids_from_tokenizer(llm_config: dict, text_tokenizer) -> dict:
+    """`llm_config` with pad/bos/eos ids from the text tokenizer: a model built from a config must use its
+    tokenizer's ids, not the architecture's defaults (Phi-3's pad 32000 and SmolLM3's 128004 lie outside a
+    small vocabulary). A different id given in `llm_config` is replaced, with a warning."""
+    out = dict(llm_config)
+    for key in SPECIAL_IDS:
+        ours = getattr(text_tokenizer, key)
+        if key in llm_config and llm_config[key] is not None and llm_config[key] != ours:
+            log.warning("llm_config sets %s=%s but the text tokenizer's is %s; using the tokenizer's", key,
+                        llm_config[key], ours)
+        out[key] = ours
+    return out
+
+
+def warn_special_id_mismatch(llm: nn.Module, text_tokenizer) -> list[str]:
+    """Warn (and return the messages) where a pretrained LLM's config names other pad/bos/eos ids than its
+    text tokenizer: generation would stop on, or pad with, a token the tokenizer does not mean."""
+    messages = []
+    for key in SPECIAL_IDS:
+        theirs, ours = getattr(llm.config, key, None), getattr(text_tokenizer, key)
+        agrees = theirs is None or ours is None or theirs == ours or (isinstance(theirs, (list, tuple))
+                                                                      and ours in theirs)
+        if not agrees:
+            messages.append(f"the LLM's config has {key}={theirs} but its text tokenizer's is {ours}; mmvid "
+                            "uses the tokenizer's")
+    for message in messages:
+        log.warning(message)
+    return messages
 
 
 def _flash_attn_available() -> bool:
@@ -197,7 +262,6 @@ class VideoLLM(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         dtype = getattr(torch, config.dtype)
-        attn = choose_attn_implementation(config.attn_implementation, device, dtype)
         if text_tokenizer is None:
             source = config.text_tokenizer or config.llm
             if source is None:
@@ -212,13 +276,15 @@ class VideoLLM(nn.Module):
         if text_tokenizer.pad_token is None:
             text_tokenizer.pad_token = text_tokenizer.eos_token
         if config.llm is not None:
+            llm_class = llm_class_for(AutoConfig.from_pretrained(config.llm))
+            attn = choose_attn_implementation(config.attn_implementation, device, dtype, llm_class)
             llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=attn)
+            warn_special_id_mismatch(llm, text_tokenizer)
         else:
-            data = dict(config.llm_config)
-            # a model from scratch: exactly the tokenizer's vocabulary
+            # a model from scratch: exactly the tokenizer's vocabulary and special ids
+            data = special_ids_from_tokenizer(config.llm_config, text_tokenizer)
             data.setdefault("vocab_size", len(text_tokenizer))
-            llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
-                                                   dtype=dtype, attn_implementation=attn)
+            llm = _llm_from_config(data, config.attn_implementation, device, dtype)
         if len(text_tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(text_tokenizer))
         video_tokenizer = video_tokenizer_from(config.video_tokenizer, **config.video_tokenizer_overrides)
@@ -649,7 +715,7 @@ class VideoLLM(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VideoLLM":
         """Load a folder written by `save_pretrained`, offline; validates the manifest. A folder without
         processor_config.json (saved before the processor existed) gets the model's default processor."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from mmvid.checkpoint import load_weights
 
@@ -666,10 +732,7 @@ class VideoLLM(nn.Module):
                              f"{FORMAT_VERSION})")
         config = VideoLLMConfig(**record["videollm"])
         dtype = getattr(torch, config.dtype)
-        attn = choose_attn_implementation(config.attn_implementation, device, dtype)
-        data = dict(config.llm_config)
-        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data),
-                                               dtype=dtype, attn_implementation=attn)
+        llm = _llm_from_config(dict(config.llm_config), config.attn_implementation, device, dtype)
         text_tokenizer = AutoTokenizer.from_pretrained(path)
         processor = (VideoProcessor.from_pretrained(path, text_tokenizer) if (path / PROCESSOR_FILE).is_file()
                      else None)
@@ -685,6 +748,16 @@ class VideoLLM(nn.Module):
         model.to(device)
         model.apply_trainable()
         return model
+
+
+def _llm_from_config(data: dict, attn_implementation: str, device, dtype: torch.dtype) -> nn.Module:
+    """A fresh LLM from a config dict with "model_type", with the attention its class supports."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = {k: v for k, v in data.items() if k != "_attn_implementation_autoset"}
+    llm_config = AutoConfig.for_model(data.pop("model_type"), **data)
+    attn = choose_attn_implementation(attn_implementation, device, dtype, llm_class_for(llm_config))
+    return AutoModelForCausalLM.from_config(llm_config, dtype=dtype, attn_implementation=attn)
 
 
 def _attn_implementation(llm: nn.Module) -> str | None:

@@ -52,7 +52,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from mmvid.data.shapes.text import multiple_choice_prompt
-from mmvid.evaluation.scoring import parse_choice, pick, score_sequences
+from mmvid.evaluation.scoring import parse_choice, pick, score_requests
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 log = logging.getLogger(__name__)
@@ -190,32 +190,10 @@ class MMVidChat(lmms):
     def _score(self, prompts: list[tuple[list[dict], torch.Tensor | None]],
                continuations: list[list[str]]) -> list[list[tuple[float, bool]]]:
         """(summed log-prob, is_greedy) of each prompt's continuations, all in one left-padded forward pass
-        (`score_sequences`; one prompt's choices give the same numbers as `continuation_logprobs`)."""
-        tok = self.model.text_tokenizer
-        rows, num_scored, features, owners = [], [], [], []
-        for k, ((messages, video_features), answers) in enumerate(zip(prompts, continuations)):
-            context = self.model.prompt_ids(messages, video_features)
-            for answer in answers:
-                piece = tok(answer, add_special_tokens=False)["input_ids"]
-                if not piece:
-                    raise ValueError(f"a continuation encodes to no tokens: {answer!r}")
-                piece = piece + [tok.eos_token_id] if self.end_of_answer else piece
-                rows.append(context + piece)
-                num_scored.append(len(piece))
-                owners.append(k)
-                if video_features is not None:
-                    features.append(video_features)  # row order = the order of the batch's <video> spans
-        video_features = torch.cat(features) if features else None
-
-        def forward(input_ids, attention_mask, position_ids, keep):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              video_features=video_features).logits
-
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        scored: list[list[tuple[float, bool]]] = [[] for _ in prompts]
-        for k, score in zip(owners, score_sequences(forward, rows, num_scored, pad, self.model.device)):
-            scored[k].append(score)
-        return scored
+        (`mmvid.evaluation.scoring.score_requests`, tv_align's scorer)."""
+        requests = [(messages, answers, video_features)
+                    for (messages, video_features), answers in zip(prompts, continuations)]
+        return score_requests(self.model, requests, self.end_of_answer)
 
     # -- generation --------------------------------------------------------------------------------
 

@@ -37,9 +37,8 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
         end_of_answer: score each continuation followed by the end-of-turn (eos) token: the whole answer.
         batch_size: continuations per forward pass (None: all at once); the scores do not depend on it.
     """
-    tok = model.text_tokenizer
     context = model.prompt_ids(messages, video_features)
-    pieces = _continuation_pieces(tok, continuations, end_of_answer)
+    pieces = continuation_pieces(model, continuations, end_of_answer)
     device = model.device
     if all(len(p) == 1 for p in pieces):  # one forward pass scores every single-token choice
         ids = torch.tensor([context], device=device)
@@ -51,59 +50,69 @@ def continuation_logprobs(model: VideoLLM, messages: list[dict], continuations: 
     scores = []
     for start in range(0, len(pieces), size):
         chunk = pieces[start:start + size]
-        scores += _score_rows(model, [context + p for p in chunk], [len(p) for p in chunk],
-                              None if video_features is None else [video_features] * len(chunk))
+        scored = _score_rows(model, [context + p for p in chunk], [len(p) for p in chunk],
+                             None if video_features is None else [video_features] * len(chunk))
+        scores += [total for total, _ in scored]
     return scores
 
 
-def _continuation_pieces(tok, continuations: list[str], end_of_answer: bool) -> list[list[int]]:
+def continuation_pieces(model: VideoLLM, continuations: list[str], end_of_answer: bool) -> list[list[int]]:
+    """Each continuation's token ids, followed by the chat template's end-of-turn token with
+    `end_of_answer` (the whole answer)."""
+    tok = model.text_tokenizer
     pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
     if any(len(p) == 0 for p in pieces):
         raise ValueError(f"a continuation encodes to no tokens: {continuations!r}")
     if end_of_answer:
-        if tok.eos_token_id is None:
-            raise ValueError("end_of_answer=True needs a tokenizer with an eos (end-of-turn) token")
-        pieces = [p + [tok.eos_token_id] for p in pieces]
+        end = model.processor.end_of_turn_id
+        if end is None:
+            raise ValueError("end_of_answer=True needs a chat template that ends turns with a token (or an "
+                             "eos)")
+        pieces = [p + [end] for p in pieces]
     return pieces
 
 
 def _score_rows(model: VideoLLM, sequences: list[list[int]], num_scored: list[int],
-                features: list[torch.Tensor] | None) -> list[float]:
-    """Summed log-probs of each row's last tokens in one left-padded forward pass; `features[i]` (V, N, D)
-    fill row i's video spans."""
+                features: list[torch.Tensor] | None) -> list[tuple[float, bool]]:
+    """(summed log-prob, is_greedy) of each row's last tokens in one left-padded forward pass;
+    `features[i]` (V, N, D) fill row i's video spans."""
     video_features = None if features is None else torch.cat(features)
 
     def forward(input_ids, attention_mask, position_ids, keep):
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      video_features=video_features).logits
 
-    scored = score_sequences(forward, sequences, num_scored, model.text_tokenizer.pad_token_id, model.device)
-    return [total for total, _ in scored]
+    tok = model.text_tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return score_sequences(forward, sequences, num_scored, pad, model.device)
 
 
 @torch.no_grad()
-def batch_continuation_logprobs(model: VideoLLM,
-                                requests: list[tuple[list[dict], list[str], torch.Tensor | None]],
-                                end_of_answer: bool = False) -> list[list[float]]:
-    """`continuation_logprobs` of several prompts in one forward pass: each request is (messages,
-    continuations, video_features (V, N, D) or None); every request's continuations become rows of one
+def score_requests(model: VideoLLM, requests: list[tuple[list[dict], list[str], torch.Tensor | None]],
+                   end_of_answer: bool = False) -> list[list[tuple[float, bool]]]:
+    """(summed log-prob, is_greedy) of each request's continuations, all in one forward pass: each request
+    is (messages, continuations, video_features (V, N, D) or None), every continuation one row of one
     left-padded batch, so the scores do not depend on which requests share it."""
-    tok = model.text_tokenizer
     rows, num_scored, features, owner = [], [], [], []
     for k, (messages, continuations, video_features) in enumerate(requests):
         context = model.prompt_ids(messages, video_features)
-        for piece in _continuation_pieces(tok, continuations, end_of_answer):
+        for piece in continuation_pieces(model, continuations, end_of_answer):
             rows.append(context + piece)
             num_scored.append(len(piece))
             owner.append(k)
             if video_features is not None:
-                features.append(video_features)
-    if features and len(features) != len(rows):
-        raise ValueError("batch_continuation_logprobs: give video features for every request or for none")
-    scores: list[list[float]] = [[] for _ in requests]
-    for k, total in zip(owner, _score_rows(model, rows, num_scored, features or None)):
-        scores[k].append(total)
+                features.append(video_features)  # row order = the order of the batch's <video> spans
+    scores: list[list[tuple[float, bool]]] = [[] for _ in requests]
+    for k, score in zip(owner, _score_rows(model, rows, num_scored, features or None)):
+        scores[k].append(score)
     return scores
+
+
+def batch_continuation_logprobs(model: VideoLLM,
+                                requests: list[tuple[list[dict], list[str], torch.Tensor | None]],
+                                end_of_answer: bool = False) -> list[list[float]]:
+    """`continuation_logprobs` of several prompts in one forward pass (see `score_requests`)."""
+    return [[total for total, _ in scores] for scores in score_requests(model, requests, end_of_answer)]
 
 
 @torch.no_grad()
