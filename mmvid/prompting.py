@@ -75,7 +75,12 @@ def to_messages(conversations: list[dict]) -> list[dict]:
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    try:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    except Exception as e:  # jinja2's TemplateError, e.g. Gemma's "System role not supported"
+        if type(e).__module__.startswith("jinja2"):
+            raise ValueError(f"the chat template refuses this conversation: {e}") from e
+        raise
     if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
@@ -102,6 +107,19 @@ def end_of_turn_id(tokenizer) -> int | None:
             if token in special:
                 return token
     return tokenizer.eos_token_id
+
+
+def _turn_end(tokenizer, full: list[int], before: list[int], through: list[int]) -> int:
+    """Where an assistant turn ends in the whole conversation's ids: `through` (the conversation rendered up
+    to and with the turn) is a prefix of `full`, or differs from it only by a closing tail of special
+    tokens that a template writes after the last message (Phi-3's eos)."""
+    common = next((i for i, (a, b) in enumerate(zip(full, through)) if a != b), min(len(full), len(through)))
+    special = set(tokenizer.all_special_ids)
+    clean = full[: len(before)] == before and common > len(before)
+    if not clean or not (common == len(through) or all(t in special for t in through[common:])):
+        raise ValueError("the chat template does not render conversations as clean prefixes, so "
+                         "assistant turns cannot be masked reliably; use a template whose turns only append")
+    return common
 
 
 def encode_conversation(
@@ -131,12 +149,9 @@ def encode_conversation(
             continue
         before = _render(tokenizer, messages[:k], generation_prompt=True)
         through = _render(tokenizer, messages[: k + 1], generation_prompt=False)
-        if full[: len(before)] != before or full[: len(through)] != through:
-            raise ValueError("the chat template does not render conversations as clean prefixes, so "
-                             "assistant turns cannot be masked reliably; use a template whose turns only "
-                             "append")
-        labels[len(before) : len(through)] = full[len(before) : len(through)]
-        supervised += len(through) - len(before)
+        end = _turn_end(tokenizer, full, before, through)
+        labels[len(before) : end] = full[len(before) : end]
+        supervised += end - len(before)
     if supervised == 0:
         raise ValueError(f"sample {sample_id!r} has no assistant tokens to learn from")
 

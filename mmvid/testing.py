@@ -79,7 +79,10 @@ def tiny_videollm(workdir: str | Path, family: str = "llama", video_tokenizer: s
     torch.manual_seed(seed)
     settings = dict(llm_config=llm, text_tokenizer=str(folder), video_tokenizer=video_tokenizer,
                     num_frames=num_frames, max_length=1024)
-    return VideoLLM.build(VideoLLMConfig(**{**settings, **config})).eval()
+    tokenizer = config.pop("text_tokenizer", None)  # a tokenizer object (e.g. with another chat template)
+    if isinstance(tokenizer, (str, Path)):
+        settings["text_tokenizer"], tokenizer = str(tokenizer), None
+    return VideoLLM.build(VideoLLMConfig(**{**settings, **config}), text_tokenizer=tokenizer).eval()
 
 
 def world_clips(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0):

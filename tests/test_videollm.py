@@ -13,7 +13,7 @@ from mmvid.data import frames_to_tensor
 from mmvid.data.shapes import world
 from mmvid.prompting import IGNORE_INDEX, SampleTooLongError, encode_conversation
 from mmvid.testing import world_text_tokenizer
-from mmvid.videollm import VideoLLM, VideoLLMConfig, choose_attn_implementation
+from mmvid.videollm import VideoLLM, VideoLLMConfig, choose_attn_implementation, supported_attention
 
 FAMILIES = {
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -231,6 +231,57 @@ def test_attention_choice_on_cpu():
     assert choose_attn_implementation("eager", "cpu", torch.float32) == "eager"
     with pytest.raises(ValueError, match="flash-attn"):
         choose_attn_implementation("flash_attention_2", "cpu", torch.bfloat16)
+
+
+def test_attention_follows_what_each_architecture_supports(tokenizer_dir):
+    """Gemma2 refuses SDPA: auto falls back to eager; asking for SDPA names what it accepts."""
+    from transformers import Gemma2ForCausalLM, LlamaForCausalLM
+
+    assert supported_attention(LlamaForCausalLM) == ["flash_attention_2", "sdpa", "eager"]
+    assert supported_attention(Gemma2ForCausalLM) == ["flash_attention_2", "eager"]
+    assert choose_attn_implementation("auto", "cpu", torch.float32, Gemma2ForCausalLM) == "eager"
+    refused = r"Gemma2ForCausalLM does not support .*'sdpa'.*\['flash_attention_2', 'eager'\]"
+    with pytest.raises(ValueError, match=refused):
+        choose_attn_implementation("sdpa", "cpu", torch.float32, Gemma2ForCausalLM)
+    gemma2 = dict(model_type="gemma2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+    model = VideoLLM.build(VideoLLMConfig(llm_config=gemma2, text_tokenizer=str(tokenizer_dir),
+                                          video_tokenizer="vtok_tiny", num_frames=8, max_length=256))
+    assert model.llm.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="accepts"):
+        VideoLLM.build(VideoLLMConfig(llm_config=gemma2, text_tokenizer=str(tokenizer_dir), num_frames=8,
+                                      video_tokenizer="vtok_tiny", attn_implementation="sdpa"))
+
+
+@pytest.mark.parametrize("model_type", ["phi3", "smollm3"])
+def test_special_ids_of_a_model_built_from_a_config_are_its_tokenizers(tokenizer_dir, model_type, caplog):
+    """Phi-3's and SmolLM3's configs default to pad ids 32000 and 128004, outside a 400-token vocabulary."""
+    llm_config = dict(model_type=model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=7)
+    with caplog.at_level("WARNING", logger="mmvid.videollm"):
+        model = VideoLLM.build(VideoLLMConfig(llm_config=llm_config, text_tokenizer=str(tokenizer_dir),
+                                              video_tokenizer="vtok_tiny", num_frames=8, max_length=256))
+    tok = model.text_tokenizer
+    assert [getattr(model.llm.config, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")] == \
+        [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id]
+    assert "llm_config sets pad_token_id=7" in caplog.text  # a different id given in the config is replaced
+    video = torch.zeros(1, 3, 8, model.image_size, model.image_size)
+    assert model.generate(video=video, prompt="What moves?", max_new_tokens=3) is not None
+
+
+def test_a_pretrained_llm_whose_ids_disagree_with_its_tokenizer_is_warned(tokenizer_dir, tmp_path, caplog):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(**{**FAMILIES["llama"], "vocab_size": len(tok) + 8, "eos_token_id": 5,
+                                     "bos_token_id": tok.bos_token_id})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    with caplog.at_level("WARNING", logger="mmvid.videollm"):
+        VideoLLM.build(VideoLLMConfig(llm=str(tmp_path / "llm"), video_tokenizer="vtok_tiny", num_frames=8))
+    assert f"eos_token_id=5 but its text tokenizer's is {tok.eos_token_id}" in caplog.text
+    assert "bos_token_id" not in caplog.text
 
 
 # ---------------------------------------------------------------- checkpoints and generation
