@@ -14,7 +14,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.mmvid-installed
 comma       := ,
 
-.PHONY: setup demo test test-slow clean-venv
+.PHONY: setup demo test test-slow test-registry clean-venv
 
 setup: $(STAMP)
 
@@ -45,6 +45,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# The walk over every causal-LM architecture transformers registers (tests/test_llm_registry.py, about a minute
+# on 2 cores); its table goes to runs/llm_registry.json. CI runs it after `make test`.
+test-registry: setup
+	$(PY) -m pytest -m slow tests/test_llm_registry.py
 
 clean-venv:
 	rm -rf $(VENV)
