@@ -229,12 +229,16 @@ def stream(model, prompt_ids: list[int], params: SamplingParams = SamplingParams
     cache = PromptCache() if cache is None else cache
     generator = params.generator(model.device) if generator is None else generator
     ends = {model.text_tokenizer.eos_token_id, model.processor.end_of_turn_id} - {None}  # the turn's end
+    vocab = len(model.text_tokenizer)
     text = _Text(model.text_tokenizer, params.stop)
     usage = Usage(prompt_tokens=len(prompt_ids))
     try:
         logits = prefill(model, prompt_ids, video_features, cache)
         usage.cached_tokens = cache.reused
         for step in range(params.max_new_tokens):
+            if logits.shape[-1] > vocab:  # rows past the tokenizer (a padded vocabulary: Qwen2.5's 151936)
+                logits = logits.clone()
+                logits[vocab:] = float("-inf")
             token = int(
                 sample_tokens(logits[None], params.temperature, params.top_k, params.top_p, generator)[0])
             cache.ids.append(token)

@@ -16,6 +16,7 @@ with it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -127,11 +128,15 @@ def llm_class_for(llm_config) -> type:
     """The Hugging Face causal-LM class transformers builds for a config (AutoModelForCausalLM's choice)."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        return AutoModelForCausalLM._model_mapping[type(llm_config)]
-    except KeyError:
-        raise ValueError(f"transformers has no causal-LM class for model_type "
-                         f"{getattr(llm_config, 'model_type', None)!r}") from None
+    mapping = AutoModelForCausalLM._model_mapping
+    if type(llm_config) in mapping:
+        return mapping[type(llm_config)]
+    # the text config of a composite (emu3 -> emu3_text_model), as a saved LLM's config is: its class's own
+    for model_class in mapping.values():
+        if getattr(model_class, "config_class", None) is type(llm_config):
+            return model_class
+    raise ValueError(f"transformers has no causal-LM class for model_type "
+                     f"{getattr(llm_config, 'model_type', None)!r}")
 
 
 def supported_attention(model_class: type) -> list[str]:
@@ -185,6 +190,9 @@ def special_ids_from_tokenizer(llm_config: dict, text_tokenizer) -> dict:
             log.warning("llm_config sets %s=%s but the text tokenizer's is %s; using the tokenizer's", key,
                         llm_config[key], ours)
         out[key] = ours
+    if isinstance(out.get("text_config"), dict):  # a composite (emu3, mllama): its text model reads these
+        out["text_config"] = {**out["text_config"], **{key: out[key] for key in SPECIAL_IDS}}
+        out["text_config"].setdefault("vocab_size", len(text_tokenizer))
     return out
 
 
@@ -414,7 +422,8 @@ class VideoLLM(nn.Module):
         llm_labels = labels if text_loss == "token" else None
         if video_targets is None or not bool(video_targets.any()):
             embeds = self.embed(input_ids, videos, video_features, video_index)
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels, **kwargs)
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels,
+                           **self.token_inputs(input_ids), **kwargs)
             if labels is not None and text_loss == "span":
                 out["loss"] = answer_span_loss(out.logits, labels)
             return out
@@ -428,7 +437,7 @@ class VideoLLM(nn.Module):
         embeds = self.embed(input_ids, video_features=self.project(tokens, videos.shape[2]),
                             video_index=video_index)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels,
-                       output_hidden_states=True, **kwargs)
+                       output_hidden_states=True, **self.token_inputs(input_ids), **kwargs)
         span_tokens = tokens if video_index is None else tokens[video_index.to(tokens.device)]
         gen_loss = self.generation_loss(out.hidden_states[-1], input_ids, span_tokens.detach(), video_targets)
         lm_loss = out.loss if text_loss == "token" else None if labels is None else answer_span_loss(
@@ -596,8 +605,31 @@ class VideoLLM(nn.Module):
             embeds = self.llm.get_input_embeddings()(input_ids)
         else:
             embeds = self.embed(input_ids, video_features=video_features)
-        out = self.llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
-        return out.logits[:, -1], out.past_key_values
+        if isinstance(cache, RecomputeCache):  # an LLM without a KV cache: run the whole sequence again
+            cache = cache.extended(input_ids, embeds)
+            out = self.llm(inputs_embeds=cache.embeds, use_cache=False, **self.token_inputs(cache.ids))
+            return out.logits[:, -1], cache
+        out = self.llm(inputs_embeds=embeds, use_cache=True, **llm_cache_kwargs(self.llm, cache),
+                       **self.token_inputs(input_ids))
+        kv = output_cache(out)
+        if kv is None or not hasattr(kv, "get_seq_length"):  # openai-gpt, rwkv, xlnet, recurrent_gemma
+            kv = RecomputeCache(input_ids, embeds) if cache is None else None
+            if kv is None:
+                raise ValueError(f"{type(self.llm).__name__} returned no KV cache to continue from")
+        return out.logits[:, -1], kv
+
+    def token_inputs(self, input_ids: torch.Tensor) -> dict:
+        """Inputs some LLMs take from the token ids besides their embeddings: Gemma 3n's and Gemma 4's
+        per-layer embeddings (`get_per_layer_inputs`), looked up with video positions as the pad token, as
+        their own multimodal models do. Empty for every other LLM."""
+        llm = self.llm.get_base_model() if _is_peft(self.llm) else self.llm
+        lookup = getattr(getattr(llm, "model", None), "get_per_layer_inputs", None)
+        if lookup is None:
+            return {}
+        video = torch.isin(input_ids, torch.tensor([self.video_ids.placeholder, self.video_ids.start,
+                                                    self.video_ids.end], device=input_ids.device))
+        pad = self.text_tokenizer.pad_token_id or 0
+        return {"per_layer_inputs": lookup(input_ids.masked_fill(video, pad))}
 
     @property
     def device(self) -> torch.device:
@@ -756,8 +788,11 @@ def _llm_from_config(data: dict, attn_implementation: str, device, dtype: torch.
 
     data = {k: v for k, v in data.items() if k != "_attn_implementation_autoset"}
     llm_config = AutoConfig.for_model(data.pop("model_type"), **data)
-    attn = choose_attn_implementation(attn_implementation, device, dtype, llm_class_for(llm_config))
-    return AutoModelForCausalLM.from_config(llm_config, dtype=dtype, attn_implementation=attn)
+    llm_class = llm_class_for(llm_config)
+    attn = choose_attn_implementation(attn_implementation, device, dtype, llm_class)
+    if type(llm_config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM.from_config(llm_config, dtype=dtype, attn_implementation=attn)
+    return llm_class._from_config(llm_config, dtype=dtype, attn_implementation=attn)  # a composite's text LLM
 
 
 def _attn_implementation(llm: nn.Module) -> str | None:
@@ -804,6 +839,43 @@ def _check_manifest(saved: dict, rebuilt: dict, path: Path) -> None:
                          f"the tokenizer files or video tokenizer config were changed after saving")
 
 
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def llm_cache_kwargs(llm: nn.Module, cache) -> dict:
+    """The KV cache as the LLM's forward takes it: `cache=` (transformers 5), else `past_key_values=`."""
+    base = llm.get_base_model() if _is_peft(llm) else llm
+    if type(base) not in _CACHE_KWARG:
+        names = inspect.signature(base.forward).parameters
+        _CACHE_KWARG[type(base)] = "cache" if "cache" in names else "past_key_values"
+    return {_CACHE_KWARG[type(base)]: cache}
+
+
+def output_cache(out):
+    """The KV cache an LLM returned (`cache` in transformers 5, `past_key_values` before), or None."""
+    return out.get("cache", out.get("past_key_values"))
+
+
+class RecomputeCache:
+    """What stands in for the KV cache of an LLM that returns none (openai-gpt, rwkv, xlnet, recurrent_gemma
+    through transformers' generic path): the ids and embeddings so far, all run again at every step. It
+    answers `get_seq_length` and `crop` like a transformers cache, so a PromptCache can reuse its prefix."""
+
+    def __init__(self, ids: torch.Tensor, embeds: torch.Tensor):
+        self.ids, self.embeds = ids, embeds
+
+    def extended(self, ids: torch.Tensor, embeds: torch.Tensor) -> "RecomputeCache":
+        return RecomputeCache(torch.cat([self.ids, ids], 1), torch.cat([self.embeds, embeds], 1))
+
+    def get_seq_length(self) -> int:
+        return self.ids.shape[1]
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first `max_length` positions (negative: drop that many from the end), as DynamicCache."""
+        keep = max_length if max_length >= 0 else self.get_seq_length() + max_length
+        self.ids, self.embeds = self.ids[:, :keep], self.embeds[:, :keep]
+
+
 class _Stream:
     """One prompt's LLM state while a video is generated: its KV cache and last hidden state."""
 
@@ -813,14 +885,14 @@ class _Stream:
         self.length = len(ids)
         out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids),
                        use_cache=True, output_hidden_states=True)
-        self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
+        self.cache, self.hidden = output_cache(out), out.hidden_states[-1][:, -1]
 
     def feed(self, embedding: torch.Tensor) -> None:
         self.length += 1
         mask = torch.ones((1, self.length), dtype=torch.long, device=embedding.device)
         out = self.llm(inputs_embeds=embedding.to(self.llm.dtype), attention_mask=mask,
-                       past_key_values=self.cache, use_cache=True, output_hidden_states=True)
-        self.cache, self.hidden = out.past_key_values, out.hidden_states[-1][:, -1]
+                       use_cache=True, output_hidden_states=True, **llm_cache_kwargs(self.llm, self.cache))
+        self.cache, self.hidden = output_cache(out), out.hidden_states[-1][:, -1]
 
 
 def _layout_slice(layout, i: int):

@@ -150,3 +150,22 @@ def test_sampler_and_bad_params():
     for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def test_ids_past_the_tokenizer_are_never_sampled(tmp_path):
+    """A padded vocabulary (Qwen2.5: 151936 rows, 151665 tokens): rows past the tokenizer are never sampled,
+    even when they score highest."""
+    padded = tiny_videollm(tmp_path, seed=0)
+    vocab = len(padded.text_tokenizer)
+    padded.llm.resize_token_embeddings(vocab + 64)
+
+    def prefer_padding(module, inputs, output):
+        output[..., vocab + 3] += 1e4
+
+    handle = padded.llm.get_output_embeddings().register_forward_hook(prefer_padding)
+    try:
+        ids = padded.prompt_ids([{"role": "user", "content": "There are two objects:"}])
+        done = generate(padded, ids, SamplingParams(max_new_tokens=4))
+    finally:
+        handle.remove()
+    assert done.token_ids and all(t < vocab for t in done.token_ids)

@@ -23,9 +23,10 @@ from mmvid.testing import world_text_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 # dense GQA (llama, mistral), tied embeddings (qwen2), parallel residual (gpt_neox), sliding + global layers
 # and eager-only attention (gemma2), pad/bos/eos defaults outside a small vocabulary (phi3, smollm3), latent
-# attention + MoE (deepseek_v3), a hybrid of linear and full attention (qwen3_next)
+# attention + MoE (deepseek_v3), a hybrid of linear and full attention (qwen3_next), no KV cache to continue
+# from (openai-gpt: generation runs the sequence again), per-layer token embeddings (gemma3n_text)
 REPRESENTATIVE = ["llama", "mistral", "qwen2", "gpt_neox", "gemma2", "phi3", "smollm3", "deepseek_v3",
-                  "qwen3_next"]
+                  "qwen3_next", "openai-gpt", "gemma3n_text"]
 
 
 @pytest.fixture(scope="module")
