@@ -439,7 +439,7 @@ class VideoLLM(nn.Module):
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=llm_labels,
                        output_hidden_states=True, **self.token_inputs(input_ids), **kwargs)
         span_tokens = tokens if video_index is None else tokens[video_index.to(tokens.device)]
-        gen_loss = self.generation_loss(out.hidden_states[-1], input_ids, span_tokens.detach(), video_targets)
+        gen_loss = self.generation_loss(last_hidden(out), input_ids, span_tokens.detach(), video_targets)
         lm_loss = out.loss if text_loss == "token" else None if labels is None else answer_span_loss(
             out.logits, labels)
         out["gen_loss"] = gen_loss
@@ -856,6 +856,16 @@ def output_cache(out):
     return out.get("cache", out.get("past_key_values"))
 
 
+def last_hidden(out) -> torch.Tensor:
+    """The LLM's last hidden states (B, L, hidden), which a generation head reads."""
+    hidden = out.hidden_states[-1]
+    if hidden.ndim != 3:
+        raise ValueError(f"the LLM's last hidden states have shape {tuple(hidden.shape)}, not (batch, "
+                         "length, hidden) (Gemma 3n keeps several AltUp streams), so a generation head "
+                         "cannot read them; use another LLM for text-to-video")
+    return hidden
+
+
 class RecomputeCache:
     """What stands in for the KV cache of an LLM that returns none (openai-gpt, rwkv, xlnet, recurrent_gemma
     through transformers' generic path): the ids and embeddings so far, all run again at every step. It
@@ -877,22 +887,37 @@ class RecomputeCache:
 
 
 class _Stream:
-    """One prompt's LLM state while a video is generated: its KV cache and last hidden state."""
+    """One prompt's LLM state while a video is generated: its KV cache and last hidden state. An LLM that
+    returns no KV cache (openai-gpt, rwkv, ...) keeps the embeddings and runs them all again at each step."""
 
     def __init__(self, model: VideoLLM, ids: list[int]):
         self.llm = model.llm
         input_ids = torch.tensor([ids], device=model.device)
+        self.extra = model.token_inputs(input_ids)
+        # a generated video position's token inputs: those of a video position (the pad's, see token_inputs)
+        self.step_extra = model.token_inputs(input_ids.new_full((1, 1), model.video_ids.placeholder))
+        embeds = model.embed(input_ids)
+        out = self.llm(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), use_cache=True,
+                       output_hidden_states=True, **self.extra)
+        self.cache, self.hidden = output_cache(out), last_hidden(out)[:, -1]
+        self.embeds = embeds if self.cache is None else None
         self.length = len(ids)
-        out = self.llm(inputs_embeds=model.embed(input_ids), attention_mask=torch.ones_like(input_ids),
-                       use_cache=True, output_hidden_states=True)
-        self.cache, self.hidden = output_cache(out), out.hidden_states[-1][:, -1]
 
     def feed(self, embedding: torch.Tensor) -> None:
         self.length += 1
         mask = torch.ones((1, self.length), dtype=torch.long, device=embedding.device)
-        out = self.llm(inputs_embeds=embedding.to(self.llm.dtype), attention_mask=mask,
-                       use_cache=True, output_hidden_states=True, **llm_cache_kwargs(self.llm, self.cache))
-        self.cache, self.hidden = output_cache(out), out.hidden_states[-1][:, -1]
+        embedding = embedding.to(self.llm.dtype)
+        if self.embeds is not None:  # no KV cache: the whole sequence again
+            self.embeds = torch.cat([self.embeds, embedding], 1)
+            self.extra = {k: torch.cat([v, self.step_extra[k]], 1) for k, v in self.extra.items()}
+            out = self.llm(inputs_embeds=self.embeds, attention_mask=mask, use_cache=False,
+                           output_hidden_states=True, **self.extra)
+        else:
+            cache = llm_cache_kwargs(self.llm, self.cache)
+            out = self.llm(inputs_embeds=embedding, attention_mask=mask, use_cache=True,
+                           output_hidden_states=True, **cache, **self.step_extra)
+            self.cache = output_cache(out)
+        self.hidden = last_hidden(out)[:, -1]
 
 
 def _layout_slice(layout, i: int):

@@ -414,3 +414,45 @@ def test_llm_from_a_local_pretrained_folder(tokenizer_dir, tmp_path):
     torch.testing.assert_close(model.llm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
     batch = model.processor.collate([model.processor.encode_sample(_sample())], videos=[_video()])
     assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("model_type", ["openai-gpt", "rwkv"])
+def test_text_to_video_with_an_llm_that_returns_no_kv_cache(tokenizer_dir, model_type):
+    """openai-gpt and rwkv return no KV cache: each generated video token runs the whole sequence again."""
+    from transformers import AutoTokenizer
+
+    from mmvid.llm_registry import tiny_llm_config
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir)) + 3  # + the video tokens
+    torch.manual_seed(0)
+    model = VideoLLM.build(VideoLLMConfig(llm_config=tiny_llm_config(model_type, vocab_size=vocab),
+                                          text_tokenizer=str(tokenizer_dir), video_tokenizer="vtok_tiny",
+                                          num_frames=8, generation_head="flow")).eval()
+    first = model.generate_video("a red circle moves left", seed=0, steps=2)
+    assert first.shape == (8, model.image_size, model.image_size, 3)
+    assert torch.equal(first, model.generate_video("a red circle moves left", seed=0, steps=2))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "openai-gpt"])
+def test_the_video_generation_stream_sees_the_whole_sequence(tokenizer_dir, model_type):
+    """After feeding generated embeddings, the stream's hidden state is the one of the whole sequence run at
+    once, with a KV cache (llama) or without one (openai-gpt)."""
+    from transformers import AutoTokenizer
+
+    from mmvid.llm_registry import tiny_llm_config
+    from mmvid.videollm import _Stream
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir)) + 3
+    torch.manual_seed(0)
+    model = VideoLLM.build(VideoLLMConfig(llm_config=tiny_llm_config(model_type, vocab_size=vocab),
+                                          text_tokenizer=str(tokenizer_dir), video_tokenizer="vtok_tiny",
+                                          num_frames=8)).eval()
+    ids = model.text_tokenizer("a red circle moves left", add_special_tokens=False)["input_ids"]
+    fed = torch.randn(1, 2, model.llm.get_input_embeddings().embedding_dim)
+    with torch.no_grad():
+        stream = _Stream(model, ids)
+        stream.feed(fed[:, :1])
+        stream.feed(fed[:, 1:])
+        whole = torch.cat([model.embed(torch.tensor([ids])), fed], 1)
+        expected = model.llm(inputs_embeds=whole, output_hidden_states=True).hidden_states[-1][:, -1]
+    torch.testing.assert_close(stream.hidden, expected, rtol=1e-4, atol=1e-4)
