@@ -43,7 +43,6 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import string
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,7 +51,8 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from mmvid.data.shapes.text import multiple_choice_prompt
-from mmvid.evaluation.scoring import parse_choice, pick, score_requests
+from mmvid.evaluation.scoring import letters_for, parse_choice, pick, score_requests
+from mmvid.evaluation.tv_align import answer_index as question_answer_index
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,11 @@ class MMVidChat(lmms):
         with tqdm(total=len(requests), desc="mmvid loglikelihood", disable=self.rank != 0) as bar:
             for start in range(0, len(groups), self.batch_size):
                 chunk = groups[start:start + self.batch_size]
-                prompts = [self._scoring_prompt(requests[group[0]].args) for group in chunk]
-                continuations = [[_answer(requests[i].args[1]) for i in group] for group in chunk]
-                scored = self._score(prompts, continuations)
+                batch = []  # (messages, continuations, video features): tv_align's scorer, one forward pass
+                for group in chunk:
+                    messages, features = self._scoring_prompt(requests[group[0]].args)
+                    batch.append((messages, [_answer(requests[i].args[1]) for i in group], features))
+                scored = score_requests(self.model, batch, self.end_of_answer)
                 for group, scores in zip(chunk, scored):
                     for i, score in zip(group, scores):
                         results[i] = score
@@ -185,15 +187,6 @@ class MMVidChat(lmms):
         _, _, doc_to_visual, doc_id, task, split = args
         visuals = _flatten(doc_to_visual(self._doc(task, split, doc_id)))
         return [{"role": "user", "content": _user_turn(context, len(visuals))}], self._video_features(visuals)
-
-    @torch.no_grad()
-    def _score(self, prompts: list[tuple[list[dict], torch.Tensor | None]],
-               continuations: list[list[str]]) -> list[list[tuple[float, bool]]]:
-        """(summed log-prob, is_greedy) of each prompt's continuations, all in one left-padded forward pass
-        (`mmvid.evaluation.scoring.score_requests`, tv_align's scorer)."""
-        requests = [(messages, answers, video_features)
-                    for (messages, video_features), answers in zip(prompts, continuations)]
-        return score_requests(self.model, requests, self.end_of_answer)
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -301,21 +294,6 @@ def _answer(continuation: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def letters_of(doc: dict) -> list[str]:
-    return list(string.ascii_uppercase[: len(doc["options"])])
-
-
-def answer_index(doc: dict) -> int:
-    """The index of the answer: a letter, or an option's text (as `tv_align.load_questions` reads it)."""
-    options, answer = doc["options"], doc["answer"]
-    if answer in letters_of(doc):
-        return letters_of(doc).index(answer)
-    if answer in options:
-        return options.index(answer)
-    raise ValueError(f"question {doc.get('id')!r}: answer {answer!r} is neither a letter in "
-                     f"{letters_of(doc)} nor an option")
-
-
 def doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list[str]:
     """The question's video, under the task's `video_root` (its JSONL's folder)."""
     root = Path((lmms_eval_specific_kwargs or {}).get("video_root") or ".")
@@ -340,3 +318,16 @@ def generation_metrics(doc: dict, results: list[str]) -> dict[str, float]:
     """gen_acc (the answer parsed as a letter or an option's text) and gen_unparsed, as tv_align's."""
     choice = parse_choice(results[0], doc["options"], letters_of(doc))
     return {"gen_acc": float(choice == answer_index(doc)), "gen_unparsed": float(choice is None)}
+
+
+def letters_of(doc: dict) -> list[str]:
+    """A task doc's option letters (the letter task's `doc_to_choice`)."""
+    return letters_for(doc["options"])
+
+
+def answer_index(doc: dict) -> int:
+    """A task doc's answer index (`tv_align.answer_index`; `doc_to_target`), the error naming the question."""
+    try:
+        return question_answer_index(doc)
+    except ValueError as e:
+        raise ValueError(f"question {doc.get('id')!r}: {e}") from None

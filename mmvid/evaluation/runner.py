@@ -73,6 +73,10 @@ class BenchContext:
     def option(self, key: str, default: str | None = None) -> str | None:
         return self.options.get(key, default)
 
+    def flag(self, key: str) -> bool:
+        """A yes/no option ("1", "true", "yes"; `--strict` sets strict=1)."""
+        return str(self.options.get(key, "0")).lower() in ("1", "true", "yes")
+
 
 def mean_stderr(values: list[float]) -> tuple[float, float | None]:
     """Mean and its standard error (sample standard deviation / sqrt(n)), as lm-eval reports."""

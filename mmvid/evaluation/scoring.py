@@ -17,6 +17,7 @@ depend on the batch it is in, and the scored tokens sit at the same last positio
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -153,6 +154,11 @@ def left_pad(sequences: list[list[int]], pad_id: int,
         attention_mask[row, width - len(s):] = 1
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return input_ids.to(device), attention_mask.to(device), position_ids.to(device)
+
+
+def letters_for(options: list[str]) -> list[str]:
+    """The option letters of a multiple-choice question: "A", "B", ... one per option."""
+    return list(string.ascii_uppercase[: len(options)])
 
 
 def pick(scores: list[float], continuations: list[str]) -> tuple[int, int]:

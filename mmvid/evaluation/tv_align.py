@@ -30,7 +30,6 @@ Scoring modes:
 from __future__ import annotations
 
 import json
-import string
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from mmvid.data.shapes.text import multiple_choice_prompt
 from mmvid.evaluation.runner import DEFAULT_DATA, BenchContext, BenchResult, Metric, mean_stderr
-from mmvid.evaluation.scoring import continuation_logprobs, parse_choice, pick
+from mmvid.evaluation.scoring import continuation_logprobs, letters_for, parse_choice, pick
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 MODES = ("loglikelihood", "generate", "both")
@@ -70,6 +69,16 @@ def read_records(path: Path, required: tuple[str, ...]):
         yield where, item
 
 
+def answer_index(item: dict) -> int:
+    """The index of a question's answer, given as a letter or as an option's text (ValueError otherwise)."""
+    letters, options, answer = letters_for(item["options"]), item["options"], item["answer"]
+    if answer in letters:
+        return letters.index(answer)
+    if answer in options:
+        return options.index(answer)
+    raise ValueError(f"answer {answer!r} is neither a letter in {letters} nor an option")
+
+
 def load_questions(path: str | Path) -> list[dict]:
     """Read and check a benchmark JSONL; errors name the file and line."""
     path = Path(path)
@@ -81,15 +90,10 @@ def load_questions(path: str | Path) -> list[dict]:
         if not (isinstance(options, list) and 2 <= len(options) <= 26
                 and all(isinstance(o, str) and o for o in options)):
             raise BenchmarkFormatError(f"{where}: 'options' must be a list of 2-26 non-empty strings")
-        letters = list(string.ascii_uppercase[: len(options)])
-        answer = item["answer"]
-        if answer in letters:
-            item["answer_index"] = letters.index(answer)
-        elif answer in options:
-            item["answer_index"] = options.index(answer)
-        else:
-            raise BenchmarkFormatError(f"{where}: answer {answer!r} is neither a letter in {letters} nor an "
-                                       "option")
+        try:
+            item["answer_index"] = answer_index(item)
+        except ValueError as e:
+            raise BenchmarkFormatError(f"{where}: {e}") from None
         questions.append(item)
     if not questions:
         raise BenchmarkFormatError(f"{path}: no questions")
@@ -121,7 +125,7 @@ def run(ctx: BenchContext) -> BenchResult:
     hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     samples = []
     cache: dict[str, torch.Tensor] = {}  # video path -> projected features: questions share videos
-    strict = str(ctx.option("strict", "0")).lower() in ("1", "true", "yes")
+    strict = ctx.flag("strict")
     unreadable: dict[str, str] = {}  # video path -> why it could not be read
     for q in tqdm(questions, desc="tv_align", unit="question"):
         video_path = str(root / q["video"])
@@ -142,7 +146,7 @@ def run(ctx: BenchContext) -> BenchResult:
         features = cache[video_path]
         messages = [{"role": "user",
                      "content": f"{VIDEO_TOKEN}\n{multiple_choice_prompt(q['question'], q['options'])}"}]
-        letters = list(string.ascii_uppercase[: len(q["options"])])
+        letters = letters_for(q["options"])
         record = {"id": q["id"], "category": q["category"], "answer": letters[q["answer_index"]]}
         if mode in ("loglikelihood", "both"):
             for k, fmt in enumerate(formats):

@@ -28,7 +28,6 @@ record (`--log-samples`, also written as JSONL) has the source frame indices tha
 from __future__ import annotations
 
 import re
-import string
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -39,15 +38,12 @@ from tqdm import tqdm
 
 from mmvid.data.video_io import frames_to_tensor
 from mmvid.evaluation.runner import BenchContext, BenchResult, Metric, mean_stderr
-from mmvid.evaluation.scoring import batch_continuation_logprobs, pick
+from mmvid.evaluation.scoring import batch_continuation_logprobs, letters_for, pick
+from mmvid.evaluation.tv_align import BenchmarkFormatError  # one error for every benchmark file
 from mmvid.text_tokenizer import VIDEO_TOKEN
 
 MODES = ("loglikelihood", "generate", "both")
 LL_FORMATS = ("cloze", "letter")
-
-
-class BenchmarkFormatError(ValueError):
-    """A benchmark row that is not a valid question (names its file and row)."""
 
 
 @dataclass
@@ -91,10 +87,6 @@ class MCBenchmark:
                 taken[q.task] += 1
                 out.append(q)
         return out
-
-
-def letters_for(options: list[str]) -> list[str]:
-    return list(string.ascii_uppercase[: len(options)])
 
 
 _ALONE = re.compile(r"^\W*\(?([A-Z])\)?\W*$")  # "B", "(B)", "B.", "B)"
@@ -142,7 +134,7 @@ def _options(ctx: BenchContext) -> tuple[str, str, int, bool]:
     if fmt not in LL_FORMATS:
         raise ValueError(f"option_format must be one of {list(LL_FORMATS)} here, got {fmt!r}")
     max_new_tokens = int(ctx.option("max_new_tokens", "16"))
-    strict = str(ctx.option("strict", "0")).lower() in ("1", "true", "yes")
+    strict = ctx.flag("strict")
     return mode, fmt, max_new_tokens, strict
 
 
