@@ -605,18 +605,27 @@ class VideoLLM(nn.Module):
             embeds = self.llm.get_input_embeddings()(input_ids)
         else:
             embeds = self.embed(input_ids, video_features=video_features)
-        if isinstance(cache, RecomputeCache):  # an LLM without a KV cache: run the whole sequence again
+        out, cache = self.run_cached(input_ids, embeds, cache)
+        return out.logits[:, -1], cache
+
+    def run_cached(self, input_ids: torch.Tensor, embeds: torch.Tensor, cache=None,
+                   **kwargs) -> tuple[Any, Any]:
+        """Run `embeds` (those of `input_ids`, (1, L)) after the tokens held by `cache` (None starts one): the
+        LLM's output and the cache, now holding them too. An LLM that returns no KV cache (openai-gpt, rwkv,
+        xlnet, recurrent_gemma) gets a RecomputeCache: the whole sequence runs again at each call."""
+        if isinstance(cache, RecomputeCache):
             cache = cache.extended(input_ids, embeds)
-            out = self.llm(inputs_embeds=cache.embeds, use_cache=False, **self.token_inputs(cache.ids))
-            return out.logits[:, -1], cache
+            out = self.llm(inputs_embeds=cache.embeds, use_cache=False, **self.token_inputs(cache.ids),
+                           **kwargs)
+            return out, cache
         out = self.llm(inputs_embeds=embeds, use_cache=True, **llm_cache_kwargs(self.llm, cache),
-                       **self.token_inputs(input_ids))
+                       **self.token_inputs(input_ids), **kwargs)
         kv = output_cache(out)
-        if kv is None or not hasattr(kv, "get_seq_length"):  # openai-gpt, rwkv, xlnet, recurrent_gemma
-            kv = RecomputeCache(input_ids, embeds) if cache is None else None
-            if kv is None:
-                raise ValueError(f"{type(self.llm).__name__} returned no KV cache to continue from")
-        return out.logits[:, -1], kv
+        if kv is not None and hasattr(kv, "get_seq_length"):
+            return out, kv
+        if cache is not None:
+            raise ValueError(f"{type(self.llm).__name__} returned no KV cache to continue from")
+        return out, RecomputeCache(input_ids, embeds)
 
     def token_inputs(self, input_ids: torch.Tensor) -> dict:
         """Inputs some LLMs take from the token ids besides their embeddings: Gemma 3n's and Gemma 4's
@@ -786,13 +795,13 @@ def _llm_from_config(data: dict, attn_implementation: str, device, dtype: torch.
     """A fresh LLM from a config dict with "model_type", with the attention its class supports."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    data = {k: v for k, v in data.items() if k != "_attn_implementation_autoset"}
+    data = dict(data)
     llm_config = AutoConfig.for_model(data.pop("model_type"), **data)
     llm_class = llm_class_for(llm_config)
     attn = choose_attn_implementation(attn_implementation, device, dtype, llm_class)
-    if type(llm_config) in AutoModelForCausalLM._model_mapping:
+    if type(llm_config) in AutoModelForCausalLM._model_mapping:  # (it takes a composite's text config itself)
         return AutoModelForCausalLM.from_config(llm_config, dtype=dtype, attn_implementation=attn)
-    return llm_class._from_config(llm_config, dtype=dtype, attn_implementation=attn)  # a composite's text LLM
+    return llm_class._from_config(llm_config, dtype=dtype, attn_implementation=attn)  # a saved text config
 
 
 def _attn_implementation(llm: nn.Module) -> str | None:
@@ -887,36 +896,25 @@ class RecomputeCache:
 
 
 class _Stream:
-    """One prompt's LLM state while a video is generated: its KV cache and last hidden state. An LLM that
-    returns no KV cache (openai-gpt, rwkv, ...) keeps the embeddings and runs them all again at each step."""
+    """One prompt's LLM state while a video is generated: its cache (`VideoLLM.run_cached`) and last hidden
+    state."""
 
     def __init__(self, model: VideoLLM, ids: list[int]):
-        self.llm = model.llm
+        self.model = model
         input_ids = torch.tensor([ids], device=model.device)
-        self.extra = model.token_inputs(input_ids)
-        # a generated video position's token inputs: those of a video position (the pad's, see token_inputs)
-        self.step_extra = model.token_inputs(input_ids.new_full((1, 1), model.video_ids.placeholder))
-        embeds = model.embed(input_ids)
-        out = self.llm(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), use_cache=True,
-                       output_hidden_states=True, **self.extra)
-        self.cache, self.hidden = output_cache(out), last_hidden(out)[:, -1]
-        self.embeds = embeds if self.cache is None else None
         self.length = len(ids)
+        mask = torch.ones_like(input_ids)
+        out, self.cache = model.run_cached(input_ids, model.embed(input_ids), None, attention_mask=mask,
+                                           output_hidden_states=True)
+        self.hidden = last_hidden(out)[:, -1]
+        # a generated video token has no id of its own: its token inputs are a video position's
+        self.video_id = input_ids.new_full((1, 1), model.video_ids.placeholder)
 
     def feed(self, embedding: torch.Tensor) -> None:
         self.length += 1
         mask = torch.ones((1, self.length), dtype=torch.long, device=embedding.device)
-        embedding = embedding.to(self.llm.dtype)
-        if self.embeds is not None:  # no KV cache: the whole sequence again
-            self.embeds = torch.cat([self.embeds, embedding], 1)
-            self.extra = {k: torch.cat([v, self.step_extra[k]], 1) for k, v in self.extra.items()}
-            out = self.llm(inputs_embeds=self.embeds, attention_mask=mask, use_cache=False,
-                           output_hidden_states=True, **self.extra)
-        else:
-            cache = llm_cache_kwargs(self.llm, self.cache)
-            out = self.llm(inputs_embeds=embedding, attention_mask=mask, use_cache=True,
-                           output_hidden_states=True, **cache, **self.step_extra)
-            self.cache = output_cache(out)
+        out, self.cache = self.model.run_cached(self.video_id, embedding.to(self.model.llm.dtype), self.cache,
+                                                attention_mask=mask, output_hidden_states=True)
         self.hidden = last_hidden(out)[:, -1]
 
 
