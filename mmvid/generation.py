@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmvid.prompting import shared_prefix
+
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte fallback
 
 # ----------------------------------------------------------------------------------------------
@@ -178,11 +180,6 @@ class PromptCache:
         if cached > keep:
             self.kv.crop(keep - cached)  # negative: drop that many tokens from the end
         return keep, videos
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two id lists share."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _same_videos(old: torch.Tensor | None, new: torch.Tensor | None) -> int:

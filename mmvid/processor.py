@@ -94,6 +94,7 @@ class VideoProcessor:
         if text_tokenizer is not None:
             ids = [text_tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_TOKEN, VIDEO_START, VIDEO_END)]
             self.video_ids = VideoTokenIds(*ids)
+        self._end_of_turn: tuple = (None, None)  # ((chat template, eos id), its end-of-turn id)
 
     @property
     def end_of_turn_id(self) -> int | None:
@@ -101,7 +102,7 @@ class VideoProcessor:
         stops; `mmvid.prompting.end_of_turn_id`), found once per template."""
         tok = self._text_tokenizer()
         key = (tok.chat_template, tok.eos_token_id)
-        if getattr(self, "_end_of_turn", (None, None))[0] != key:
+        if self._end_of_turn[0] != key:
             self._end_of_turn = (key, end_of_turn_id(tok))
         return self._end_of_turn[1]
 

@@ -86,6 +86,17 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[in
     return list(ids)
 
 
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two id lists share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """Every special token id: the named ones and added tokens marked special."""
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                             if getattr(t, "special", False)}
+
+
 def end_of_turn_id(tokenizer) -> int | None:
     """The token that ends an assistant turn in the tokenizer's chat template: the first special token the
     template writes after the assistant's content (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3,
@@ -98,10 +109,9 @@ def end_of_turn_id(tokenizer) -> int | None:
         before = _render(tokenizer, user, generation_prompt=True)
         answer = [{"role": "assistant", "content": "Yes"}]
         through = _render(tokenizer, user + answer, generation_prompt=False)
-    except Exception:  # a template that cannot render this probe (e.g. needs a system turn): the eos
+    except ValueError:  # a template that refuses this probe (e.g. needs a system turn): the eos
         return tokenizer.eos_token_id
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
-                                                if getattr(t, "special", False)}
+    special = _special_ids(tokenizer)
     if through[: len(before)] == before:
         for token in through[len(before):]:
             if token in special:
@@ -113,10 +123,9 @@ def _turn_end(tokenizer, full: list[int], before: list[int], through: list[int])
     """Where an assistant turn ends in the whole conversation's ids: `through` (the conversation rendered up
     to and with the turn) is a prefix of `full`, or differs from it only by a closing tail of special
     tokens that a template writes after the last message (Phi-3's eos)."""
-    common = next((i for i, (a, b) in enumerate(zip(full, through)) if a != b), min(len(full), len(through)))
-    special = set(tokenizer.all_special_ids)
+    common = shared_prefix(full, through)
     clean = full[: len(before)] == before and common > len(before)
-    if not clean or not (common == len(through) or all(t in special for t in through[common:])):
+    if not clean or (common < len(through) and not set(through[common:]) <= _special_ids(tokenizer)):
         raise ValueError("the chat template does not render conversations as clean prefixes, so "
                          "assistant turns cannot be masked reliably; use a template whose turns only append")
     return common
@@ -213,7 +222,7 @@ def pack_rounds(samples: list[EncodedSample], video_ids: VideoTokenIds,
     first = samples[0].input_ids
     P = min(len(s) for s in samples)
     for s in samples[1:]:  # the longest common prefix
-        P = next((i for i, (a, b) in enumerate(zip(first[:P], s.input_ids)) if a != b), P)
+        P = shared_prefix(first[:P], s.input_ids)
     # Cut so that no round has a label at or before position P (its first segment token); every round has one.
     P = max(0, min([P] + [next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX) - 1
                           for s in samples]))
