@@ -104,8 +104,7 @@ def _run(model, data, bench, **options) -> dict:
     ctx = BenchContext(model=model, data=str(data), log_samples=True, batch_size=batch_size,
                        options={k: str(v) for k, v in options.items()})
     record = run_benches([bench], ctx)
-    return {"metrics": {k: v for k, v in record["results"][bench]["metrics"].items()},
-            "settings": record["results"][bench]["settings"], "samples": record["samples"][bench]}
+    return {**record["results"][bench], "samples": record["samples"][bench]}
 
 
 @pytest.mark.parametrize("bench", BENCHES)
